@@ -1,0 +1,76 @@
+//! `nixoci build`.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use super::inputs::Inputs;
+use super::reporter::CliReporter;
+use nixoci::blob::Compression;
+use nixoci::build::{self, BuildOptions};
+use nixoci::transport::ImageRef;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "DESTINATIONS (skopeo's spelling; -o may repeat):
+  oci:DIR[:TAG]                  an OCI layout directory (added to if it exists)
+  oci-archive:FILE[:REF]         an OCI layout in a tar (podman load -i FILE)
+  docker-archive:FILE[:REF]      docker save format, uncompressed layers
+  -                              docker-archive on stdout: nixoci build … -o - | podman load
+
+EXAMPLE:
+  nixoci build --closure examples/hello/closure.json --store-root examples/hello/store \\
+      --image examples/hello/image.toml -o oci-archive:hello.tar")]
+pub struct Args {
+    #[command(flatten)]
+    pub inputs: Inputs,
+    /// Where to write the image (repeatable).
+    #[arg(short = 'o', long = "output", value_name = "DEST", required = true, value_parser = ImageRef::parse)]
+    pub outputs: Vec<ImageRef>,
+    /// Layer compression for OCI outputs: gzip[:1-9] (default gzip:6), zstd[:1-19], none.
+    /// docker-archive outputs always carry uncompressed layers.
+    #[arg(long, value_name = "ALGO[:LEVEL]", default_value = "gzip")]
+    pub compression: Compression,
+    /// Layers built at once (default: the number of CPUs). Output is identical for any value.
+    #[arg(short, long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Print one JSON document (digests, layers) on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let closure = args.inputs.closure()?;
+    let spec = args.inputs.spec()?;
+    let plan = args.inputs.plan(&closure, &spec)?;
+    if args.json && args.outputs.contains(&ImageRef::Stdout) {
+        anyhow::bail!("--json and -o - both want stdout: pick one");
+    }
+    let opts = BuildOptions {
+        store_root: args.inputs.store_root.clone(),
+        spec,
+        compression: args.compression,
+        jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        epoch: source_date_epoch()?,
+        outputs: args.outputs,
+    };
+    let reporter = CliReporter::new(args.quiet);
+    let report = build::build(&closure, &plan, &opts, &reporter)?;
+    reporter.finish();
+    if args.json {
+        super::print_json(&report)?;
+    } else if !args.quiet {
+        eprintln!("{} layers, manifest {}", report.layers.len(), report.manifest_digest);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `SOURCE_DATE_EPOCH`, or 1 (not 0: some tools treat a zero mtime as "unset").
+fn source_date_epoch() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        _ => Ok(1),
+    }
+}

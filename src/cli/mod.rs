@@ -1,0 +1,56 @@
+//! The command line: one file per subcommand, each an `Args` struct plus `run`.
+
+mod build;
+mod inputs;
+mod plan;
+mod reporter;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Turn a Nix closure into a reproducible, cache-friendly OCI image — no daemon, no fakeroot.
+#[derive(Debug, Parser)]
+#[command(name = "nixoci", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// More diagnostics on stderr (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an image from a closure and write it to one or more destinations.
+    Build(build::Args),
+    /// Show how a closure would be split into layers, without reading any file.
+    Plan(plan::Args),
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Build(a) => build::run(a),
+        Command::Plan(a) => plan::run(a),
+    }
+}
+
+pub fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NIXOCI_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().try_init();
+}
+
+/// Prints `value` as the one JSON document on stdout.
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}

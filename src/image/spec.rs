@@ -1,0 +1,294 @@
+//! The image spec (`--image FILE`): runtime config plus the customisation layer (users, groups,
+//! directories, files, symlinks with their ownership written into tar headers).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::tarball::{Content, Entry, Kind};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    /// Default reference for archive outputs and tag for `oci:` when the destination names none,
+    /// e.g. `localhost/comfyui:latest`.
+    pub name: Option<String>,
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` strings.
+    #[serde(default)]
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    /// A user name, or `uid[:gid]`.
+    pub user: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
+    #[serde(default = "default_arch")]
+    pub architecture: String,
+    #[serde(default)]
+    pub users: Vec<User>,
+    #[serde(default)]
+    pub groups: Vec<Group>,
+    #[serde(default)]
+    pub dirs: Vec<DirSpec>,
+    #[serde(default)]
+    pub files: Vec<FileSpec>,
+    #[serde(default)]
+    pub symlinks: Vec<SymlinkSpec>,
+}
+
+fn default_arch() -> String {
+    "amd64".to_owned()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default)]
+    pub home: Option<String>,
+    #[serde(default)]
+    pub shell: Option<String>,
+    #[serde(default)]
+    pub gecos: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub name: String,
+    pub gid: u32,
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+/// A mode, as an octal string (`"1777"`) or a TOML integer (`0o1777`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "ModeRepr")]
+pub struct Mode(pub u32);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ModeRepr {
+    Int(u32),
+    Str(String),
+}
+
+impl TryFrom<ModeRepr> for Mode {
+    type Error = String;
+    fn try_from(r: ModeRepr) -> Result<Self, String> {
+        let m = match r {
+            ModeRepr::Int(n) => n,
+            ModeRepr::Str(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
+                .map_err(|_| format!("mode {s:?} is not an octal number"))?,
+        };
+        if m > 0o7777 {
+            return Err(format!("mode {m:o} is larger than 7777"));
+        }
+        Ok(Mode(m))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirSpec {
+    pub path: String,
+    #[serde(default)]
+    pub uid: u64,
+    #[serde(default)]
+    pub gid: u64,
+    pub mode: Option<Mode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    pub path: String,
+    pub content: String,
+    #[serde(default)]
+    pub uid: u64,
+    #[serde(default)]
+    pub gid: u64,
+    pub mode: Option<Mode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SymlinkSpec {
+    pub path: String,
+    pub target: String,
+}
+
+impl ImageSpec {
+    pub fn load(file: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading image spec {}", file.display()))?;
+        let spec: ImageSpec = toml::from_str(&text).with_context(|| format!("in image spec {}", file.display()))?;
+        spec.validate().with_context(|| format!("in image spec {}", file.display()))?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<()> {
+        for e in &self.env {
+            if !e.contains('=') {
+                bail!("env entry {e:?} must be KEY=VALUE");
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for p in self.dirs.iter().map(|d| &d.path).chain(self.files.iter().map(|f| &f.path)).chain(self.symlinks.iter().map(|s| &s.path)) {
+            let rel = clean(p)?;
+            if rel.starts_with("nix/store") || rel == "nix" {
+                bail!("{p}: the image spec cannot write into /nix/store (that is the closure's)");
+            }
+            if !seen.insert(rel) {
+                bail!("{p} is defined twice");
+            }
+        }
+        if (!self.users.is_empty() || !self.groups.is_empty()) && seen.iter().any(|p| p == "etc/passwd" || p == "etc/group") {
+            bail!("/etc/passwd and /etc/group are written from [[users]] and [[groups]]; do not also list them in [[files]]");
+        }
+        Ok(())
+    }
+
+    /// Whether the image needs a customisation layer at all.
+    pub fn has_layer(&self) -> bool {
+        !(self.users.is_empty() && self.groups.is_empty() && self.dirs.is_empty() && self.files.is_empty() && self.symlinks.is_empty())
+    }
+
+    /// The customisation layer's entries, normalised; missing parent directories are added (0755, root).
+    pub fn layer_entries(&self) -> Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        for d in &self.dirs {
+            entries.push(Entry { path: clean(&d.path)?, kind: Kind::Dir, mode: d.mode.map_or(0o755, |m| m.0), uid: d.uid, gid: d.gid });
+        }
+        for f in &self.files {
+            let bytes = f.content.clone().into_bytes();
+            entries.push(Entry { path: clean(&f.path)?, kind: Kind::File { size: bytes.len() as u64, content: Content::Inline(bytes) }, mode: f.mode.map_or(0o644, |m| m.0), uid: f.uid, gid: f.gid });
+        }
+        for s in &self.symlinks {
+            entries.push(Entry { path: clean(&s.path)?, kind: Kind::Symlink { target: s.target.clone() }, mode: 0o777, uid: 0, gid: 0 });
+        }
+        if !self.users.is_empty() || !self.groups.is_empty() {
+            entries.push(inline("etc/passwd", self.passwd()));
+            entries.push(inline("etc/group", self.group()));
+        }
+        let have: BTreeSet<String> = entries.iter().map(|e| e.path.clone()).collect();
+        let mut parents = BTreeSet::new();
+        for e in &entries {
+            let mut p = e.path.as_str();
+            while let Some((parent, _)) = p.rsplit_once('/') {
+                if !have.contains(parent) {
+                    parents.insert(parent.to_owned());
+                }
+                p = parent;
+            }
+        }
+        entries.extend(parents.into_iter().map(|p| Entry::dir(p, 0o755)));
+        crate::tarball::normalize(&mut entries)?;
+        Ok(entries)
+    }
+
+    fn passwd(&self) -> String {
+        let mut out = String::new();
+        if !self.users.iter().any(|u| u.uid == 0) {
+            out.push_str("root:x:0:0:root:/root:/sbin/nologin\n");
+        }
+        for u in &self.users {
+            let home = u.home.as_deref().unwrap_or("/var/empty");
+            let shell = u.shell.as_deref().unwrap_or("/sbin/nologin");
+            out.push_str(&format!("{}:x:{}:{}:{}:{home}:{shell}\n", u.name, u.uid, u.gid, u.gecos.as_deref().unwrap_or("")));
+        }
+        out
+    }
+
+    fn group(&self) -> String {
+        let mut out = String::new();
+        if !self.groups.iter().any(|g| g.gid == 0) {
+            out.push_str("root:x:0:\n");
+        }
+        for g in &self.groups {
+            out.push_str(&format!("{}:x:{}:{}\n", g.name, g.gid, g.members.join(",")));
+        }
+        out
+    }
+}
+
+fn inline(path: &str, content: String) -> Entry {
+    let bytes = content.into_bytes();
+    Entry { path: path.to_owned(), kind: Kind::File { size: bytes.len() as u64, content: Content::Inline(bytes) }, mode: 0o644, uid: 0, gid: 0 }
+}
+
+/// `/a/b/` → `a/b`; refuses relative paths, `..` and empty components.
+fn clean(p: &str) -> Result<String> {
+    let Some(rel) = p.strip_prefix('/') else { bail!("{p:?} must be an absolute path") };
+    let rel = rel.trim_end_matches('/');
+    if rel.is_empty() || rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        bail!("{p:?} is not a clean absolute path");
+    }
+    Ok(rel.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"
+entrypoint = ["/bin/app"]
+env = ["A=1"]
+user = "app"
+[[users]]
+name = "app"
+uid = 1000
+gid = 1000
+home = "/home/app"
+[[groups]]
+name = "app"
+gid = 1000
+[[dirs]]
+path = "/tmp"
+mode = "1777"
+[[dirs]]
+path = "/home/app"
+uid = 1000
+gid = 1000
+mode = 0o700
+[[symlinks]]
+path = "/usr/bin/env"
+target = "/nix/store/x/bin/env"
+"#;
+
+    #[test]
+    fn layer_has_ownership_modes_and_parents() {
+        let spec: ImageSpec = toml::from_str(SPEC).unwrap();
+        spec.validate().unwrap();
+        let e = spec.layer_entries().unwrap();
+        let find = |p: &str| e.iter().find(|x| x.path == p).unwrap_or_else(|| panic!("{p} missing"));
+        assert_eq!(find("tmp").mode, 0o1777);
+        assert_eq!((find("home/app").uid, find("home/app").mode), (1000, 0o700));
+        assert_eq!(find("home").mode, 0o755);
+        assert_eq!(find("usr").kind, Kind::Dir);
+        match &find("etc/passwd").kind {
+            Kind::File { content: Content::Inline(b), .. } => {
+                assert_eq!(String::from_utf8_lossy(b), "root:x:0:0:root:/root:/sbin/nologin\napp:x:1000:1000::/home/app:/sbin/nologin\n")
+            }
+            k => panic!("{k:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_paths_are_refused() {
+        let err = toml::from_str::<ImageSpec>("entrypont = []").unwrap_err().to_string();
+        assert!(err.contains("entrypont") && err.contains("line 1"), "{err}");
+        let spec: ImageSpec = toml::from_str("[[dirs]]\npath = \"/nix/store/x\"").unwrap();
+        assert!(spec.validate().is_err());
+        let spec: ImageSpec = toml::from_str("[[dirs]]\npath = \"/a/../b\"").unwrap();
+        assert!(spec.validate().is_err());
+    }
+}

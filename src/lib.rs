@@ -1,0 +1,13 @@
+//! nixoci: turn a Nix closure into a reproducible, cache-friendly OCI image.
+//!
+//! The module tree is the pipeline (see ARCHITECTURE.md): [`closure`] → [`layering`] →
+//! [`tarball`] → [`blob`] → [`image`] → [`transport`], driven by [`build`].
+
+pub mod blob;
+pub mod build;
+pub mod closure;
+pub mod image;
+pub mod layering;
+pub mod progress;
+pub mod tarball;
+pub mod transport;
