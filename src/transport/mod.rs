@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod oci_dir;
+pub mod source;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
