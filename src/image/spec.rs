@@ -144,7 +144,7 @@ impl ImageSpec {
         let mut seen = BTreeSet::new();
         for p in self.dirs.iter().map(|d| &d.path).chain(self.files.iter().map(|f| &f.path)).chain(self.symlinks.iter().map(|s| &s.path)) {
             let rel = clean(p)?;
-            if rel.starts_with("nix/store") || rel == "nix" {
+            if rel == "nix" || rel == "nix/store" || rel.starts_with("nix/store/") {
                 bail!("{p}: the image spec cannot write into /nix/store (that is the closure's)");
             }
             if !seen.insert(rel) {

@@ -24,7 +24,16 @@ pub trait BlobSource {
     fn blob_path(&self, digest: &Digest) -> Result<PathBuf>;
 }
 
-/// Writes `image` into the layout at `dir`, tagged `tag`. Returns whether the directory was new.
+/// Whether the layout at `dir` holds blob `digest` with `size` bytes.
+pub fn has_blob(dir: &Path, digest: &Digest, size: u64) -> bool {
+    fs::metadata(dir.join("blobs/sha256").join(digest.hex())).is_ok_and(|m| m.len() == size)
+}
+
+/// Writes `image` into the layout at `dir`, tagged `tag`.
+///
+/// Concurrent writers are safe: changes to an existing layout happen under an exclusive lock on
+/// the directory, and when two builds create the same new directory the loser adds its image to
+/// the winner's layout.
 pub fn write(dir: &Path, tag: Option<&str>, image: &Image, blobs: &dyn BlobSource) -> Result<()> {
     let existing = match fs::read_dir(dir) {
         Ok(mut entries) => entries.next().is_some(),
@@ -36,6 +45,7 @@ pub fn write(dir: &Path, tag: Option<&str>, image: &Image, blobs: &dyn BlobSourc
         if !dir.join("oci-layout").is_file() {
             bail!("cannot write {}: the directory is not empty and is not an OCI layout (no oci-layout file)", dir.display());
         }
+        let _lock = lock(dir)?;
         add_to_layout(dir, tag, image, blobs)
     } else {
         let parent = super::parent_dir(dir)?;
@@ -48,12 +58,28 @@ pub fn write(dir: &Path, tag: Option<&str>, image: &Image, blobs: &dyn BlobSourc
         add_to_layout(tmp.path(), tag, image, blobs)?;
         let tmp = tmp.keep();
         set_dir_mode(&tmp)?;
-        if let Err(e) = fs::rename(&tmp, dir) {
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(e).with_context(|| format!("cannot write {}: renaming the finished layout into place", dir.display()));
+        match fs::rename(&tmp, dir) {
+            Ok(()) => Ok(()),
+            Err(e) if dir.join("oci-layout").is_file() => {
+                // Another build created the layout first: add to it instead.
+                tracing::debug!("{} appeared while building ({e}); adding to it", dir.display());
+                let _ = fs::remove_dir_all(&tmp);
+                let _lock = lock(dir)?;
+                add_to_layout(dir, tag, image, blobs)
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                Err(e).with_context(|| format!("cannot write {}: renaming the finished layout into place", dir.display()))
+            }
         }
-        Ok(())
     }
+}
+
+/// An exclusive lock on the layout directory, held while `index.json` is read, changed and replaced.
+fn lock(dir: &Path) -> Result<fs::File> {
+    let f = fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    f.lock().with_context(|| format!("locking {}", dir.display()))?;
+    Ok(f)
 }
 
 fn set_dir_mode(dir: &Path) -> Result<()> {
