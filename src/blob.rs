@@ -1,7 +1,7 @@
 //! Layer blobs: tar → SHA-256 (diff_id) → compressor → SHA-256 (digest) → sink, in one pass.
 
-use std::fmt;
 use std::collections::VecDeque;
+use std::fmt;
 use std::io::{self, Write};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, mpsc};
@@ -40,7 +40,11 @@ impl FromStr for Digest {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         match s.strip_prefix("sha256:") {
-            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
+            Some(h)
+                if h.len() == 64
+                    && h.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+            {
                 Ok(Self(s.to_owned()))
             }
             _ => bail!("invalid digest {s:?} (expected sha256:<64 lowercase hex>)"),
@@ -68,7 +72,9 @@ impl serde::Serialize for Digest {
 
 impl<'de> serde::Deserialize<'de> for Digest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -152,11 +158,19 @@ pub struct HashWriter<W> {
 
 impl<W: Write> HashWriter<W> {
     pub fn new(inner: W) -> Self {
-        Self { inner, hasher: Sha256::new(), count: 0 }
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
 
     pub fn finish(self) -> (W, Digest, u64) {
-        (self.inner, Digest::from_sha256(&self.hasher.finalize()), self.count)
+        (
+            self.inner,
+            Digest::from_sha256(&self.hasher.finalize()),
+            self.count,
+        )
     }
 }
 
@@ -211,12 +225,23 @@ impl Pool {
                 })
             })
             .collect();
-        Self { tx: Some(tx), workers }
+        Self {
+            tx: Some(tx),
+            workers,
+        }
     }
 
-    fn submit(&self, data: Vec<u8>, compression: Compression) -> mpsc::Receiver<io::Result<Vec<u8>>> {
+    fn submit(
+        &self,
+        data: Vec<u8>,
+        compression: Compression,
+    ) -> mpsc::Receiver<io::Result<Vec<u8>>> {
         let (reply, rx) = mpsc::sync_channel(1);
-        let job = Job { data, compression, reply };
+        let job = Job {
+            data,
+            compression,
+            reply,
+        };
         if let Some(tx) = &self.tx {
             if let Err(mpsc::SendError(job)) = tx.send(job) {
                 let _ = job.reply.send(compress_chunk(&job.data, job.compression));
@@ -240,9 +265,10 @@ fn compress_chunk(data: &[u8], compression: Compression) -> io::Result<Vec<u8>> 
     match compression {
         Compression::None => Ok(data.to_vec()),
         Compression::Gzip(level) => {
-            let mut enc = flate2::GzBuilder::new()
-                .operating_system(255)
-                .write(Vec::with_capacity(data.len() / 2), flate2::Compression::new(level));
+            let mut enc = flate2::GzBuilder::new().operating_system(255).write(
+                Vec::with_capacity(data.len() / 2),
+                flate2::Compression::new(level),
+            );
             enc.write_all(data)?;
             enc.finish()
         }
@@ -279,7 +305,13 @@ const IN_FLIGHT: usize = 3;
 
 impl<'p, W: Write> ChunkWriter<'p, W> {
     fn new(inner: W, compression: Compression, pool: Option<&'p Pool>) -> Self {
-        Self { inner, compression, pool, buf: Vec::with_capacity(CHUNK), pending: VecDeque::new() }
+        Self {
+            inner,
+            compression,
+            pool,
+            buf: Vec::with_capacity(CHUNK),
+            pending: VecDeque::new(),
+        }
     }
 
     fn submit(&mut self) -> io::Result<()> {
@@ -301,7 +333,9 @@ impl<'p, W: Write> ChunkWriter<'p, W> {
 
     fn drain_one(&mut self) -> io::Result<()> {
         if let Some(rx) = self.pending.pop_front() {
-            let out = rx.recv().map_err(|_| io::Error::other("a compression worker died"))??;
+            let out = rx
+                .recv()
+                .map_err(|_| io::Error::other("a compression worker died"))??;
             self.inner.write_all(&out)?;
         }
         Ok(())
@@ -349,7 +383,13 @@ pub fn write_layer<W: Write>(
             let tar = tarball::write(entries, epoch, outer, on_data)?;
             let (sink, digest, size) = tar.finish();
             let media_type = compression.media_type().to_string();
-            let info = BlobInfo { diff_id: digest.clone(), digest, size, uncompressed_size: size, media_type };
+            let info = BlobInfo {
+                diff_id: digest.clone(),
+                digest,
+                size,
+                uncompressed_size: size,
+                media_type,
+            };
             return Ok((sink, info));
         }
         Compression::Gzip(_) | Compression::Zstd(_) => {
@@ -360,7 +400,16 @@ pub fn write_layer<W: Write>(
         }
     };
     let (sink, digest, size) = outer.finish();
-    Ok((sink, BlobInfo { digest, size, diff_id, uncompressed_size, media_type: compression.media_type().to_string() }))
+    Ok((
+        sink,
+        BlobInfo {
+            digest,
+            size,
+            diff_id,
+            uncompressed_size,
+            media_type: compression.media_type().to_string(),
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -373,21 +422,37 @@ mod tests {
         let data = b"some layer content ".repeat(1000);
         vec![
             Entry::dir("nix", 0o755),
-            Entry { path: "nix/f".into(), kind: Kind::File { size: data.len() as u64, content: Content::Inline(data) }, mode: 0o444, uid: 0, gid: 0 },
+            Entry {
+                path: "nix/f".into(),
+                kind: Kind::File {
+                    size: data.len() as u64,
+                    content: Content::Inline(data),
+                },
+                mode: 0o444,
+                uid: 0,
+                gid: 0,
+            },
         ]
     }
 
     #[test]
     fn one_pass_gives_both_digests() {
-        for c in [Compression::None, Compression::Gzip(6), Compression::Zstd(3)] {
-            let (blob, info) = write_layer(&entries(), 1, c, None, Vec::new(), &mut |_| {}).unwrap();
+        for c in [
+            Compression::None,
+            Compression::Gzip(6),
+            Compression::Zstd(3),
+        ] {
+            let (blob, info) =
+                write_layer(&entries(), 1, c, None, Vec::new(), &mut |_| {}).unwrap();
             assert_eq!(info.digest, Digest::of(&blob), "{c}");
             assert_eq!(info.size, blob.len() as u64);
             let tar = match c {
                 Compression::None => blob.clone(),
                 Compression::Gzip(_) => {
                     let mut v = Vec::new();
-                    flate2::read::MultiGzDecoder::new(&blob[..]).read_to_end(&mut v).unwrap();
+                    flate2::read::MultiGzDecoder::new(&blob[..])
+                        .read_to_end(&mut v)
+                        .unwrap();
                     v
                 }
                 Compression::Zstd(_) => zstd::decode_all(&blob[..]).unwrap(),
@@ -400,20 +465,34 @@ mod tests {
     /// Several chunks: the same bytes inline and on pools of any size, and they decompress.
     #[test]
     fn chunked_output_does_not_depend_on_workers() {
-        let data: Vec<u8> = (0..(CHUNK * 2 + 12345)).map(|i| (i * 7 % 251) as u8).collect();
-        let big = vec![Entry { path: "f".into(), kind: Kind::File { size: data.len() as u64, content: Content::Inline(data.clone()) }, mode: 0o444, uid: 0, gid: 0 }];
+        let data: Vec<u8> = (0..(CHUNK * 2 + 12345))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let big = vec![Entry {
+            path: "f".into(),
+            kind: Kind::File {
+                size: data.len() as u64,
+                content: Content::Inline(data.clone()),
+            },
+            mode: 0o444,
+            uid: 0,
+            gid: 0,
+        }];
         for c in [Compression::Gzip(1), Compression::Zstd(1)] {
             let (inline, a) = write_layer(&big, 1, c, None, Vec::new(), &mut |_| {}).unwrap();
             for n in [1, 2, 5] {
                 let pool = Pool::new(n);
-                let (pooled, b) = write_layer(&big, 1, c, Some(&pool), Vec::new(), &mut |_| {}).unwrap();
+                let (pooled, b) =
+                    write_layer(&big, 1, c, Some(&pool), Vec::new(), &mut |_| {}).unwrap();
                 assert_eq!(a, b, "{c} with {n} workers");
                 assert_eq!(inline, pooled);
             }
             let tar = match c {
                 Compression::Gzip(_) => {
                     let mut v = Vec::new();
-                    flate2::read::MultiGzDecoder::new(&inline[..]).read_to_end(&mut v).unwrap();
+                    flate2::read::MultiGzDecoder::new(&inline[..])
+                        .read_to_end(&mut v)
+                        .unwrap();
                     v
                 }
                 _ => zstd::decode_all(&inline[..]).unwrap(),
@@ -425,7 +504,10 @@ mod tests {
     #[test]
     fn compression_parses() {
         assert_eq!("gzip".parse::<Compression>().unwrap(), Compression::Gzip(6));
-        assert_eq!("zstd:9".parse::<Compression>().unwrap(), Compression::Zstd(9));
+        assert_eq!(
+            "zstd:9".parse::<Compression>().unwrap(),
+            Compression::Zstd(9)
+        );
         assert_eq!("none".parse::<Compression>().unwrap(), Compression::None);
         assert!("gzip:0".parse::<Compression>().is_err());
         assert!("lz4".parse::<Compression>().is_err());

@@ -1,6 +1,5 @@
 //! `nixoci build`: plan → list → layer blobs → image → destinations.
 
-
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -84,11 +83,22 @@ impl Listed {
     }
 }
 
-pub fn build(closure: &Closure, plan: &Plan, opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildReport> {
+pub fn build(
+    closure: &Closure,
+    plan: &Plan,
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+) -> Result<BuildReport> {
     if opts.outputs.is_empty() {
         bail!("no destination: give at least one -o DEST");
     }
-    if opts.outputs.iter().filter(|o| **o == ImageRef::Stdout).count() > 1 {
+    if opts
+        .outputs
+        .iter()
+        .filter(|o| **o == ImageRef::Stdout)
+        .count()
+        > 1
+    {
         bail!("-o - is given twice: stdout can carry one image");
     }
     for out in &opts.outputs {
@@ -102,8 +112,11 @@ pub fn build(closure: &Closure, plan: &Plan, opts: &BuildOptions, reporter: &dyn
     };
     let layers = list_layers(closure, plan, opts)?;
     lap(&mut stats, "list");
-    let oci_outputs: Vec<&ImageRef> =
-        opts.outputs.iter().filter(|o| matches!(o, ImageRef::OciDir { .. } | ImageRef::OciArchive { .. })).collect();
+    let oci_outputs: Vec<&ImageRef> = opts
+        .outputs
+        .iter()
+        .filter(|o| matches!(o, ImageRef::OciDir { .. } | ImageRef::OciArchive { .. }))
+        .collect();
     let mut primary: Option<Image> = None;
     let mut written = Vec::new();
     if !oci_outputs.is_empty() {
@@ -114,7 +127,15 @@ pub fn build(closure: &Closure, plan: &Plan, opts: &BuildOptions, reporter: &dyn
                 _ => false,
             })
         };
-        let descs = make_blobs(closure, &layers, opts, &store, &dests_have, reporter, &mut stats)?;
+        let descs = make_blobs(
+            closure,
+            &layers,
+            opts,
+            &store,
+            &dests_have,
+            reporter,
+            &mut stats,
+        )?;
         lap(&mut stats, "layers");
         let image = image::assemble(&opts.spec, descs, opts.epoch)?;
         for out in oci_outputs {
@@ -135,9 +156,19 @@ pub fn build(closure: &Closure, plan: &Plan, opts: &BuildOptions, reporter: &dyn
         lap(&mut stats, "write");
         primary = Some(image);
     }
-    for out in opts.outputs.iter().filter(|o| matches!(o, ImageRef::DockerArchive { .. } | ImageRef::Stdout)) {
-        let stream: Vec<StreamLayer<'_>> =
-            layers.iter().map(|l| StreamLayer { entries: &l.entries, group: l.group.clone(), paths: l.paths.clone() }).collect();
+    for out in opts
+        .outputs
+        .iter()
+        .filter(|o| matches!(o, ImageRef::DockerArchive { .. } | ImageRef::Stdout))
+    {
+        let stream: Vec<StreamLayer<'_>> = layers
+            .iter()
+            .map(|l| StreamLayer {
+                entries: &l.entries,
+                group: l.group.clone(),
+                paths: l.paths.clone(),
+            })
+            .collect();
         let total = layers.len();
         let mut read = 0u64;
         let mut on_layer = |i: usize, n: u64, done: Option<&BlobInfo>| match done {
@@ -154,14 +185,31 @@ pub fn build(closure: &Closure, plan: &Plan, opts: &BuildOptions, reporter: &dyn
         let (descs, config) = match out {
             ImageRef::DockerArchive { file, reference } => {
                 let r = reference.clone().or_else(|| opts.spec.name.clone());
-                archive::write_docker_archive_file(file, r.as_deref(), &stream, opts.epoch, &config, &mut on_layer)?
+                archive::write_docker_archive_file(
+                    file,
+                    r.as_deref(),
+                    &stream,
+                    opts.epoch,
+                    &config,
+                    &mut on_layer,
+                )?
             }
             _ => {
                 let stdout = std::io::stdout().lock();
                 let w = std::io::BufWriter::with_capacity(1 << 20, stdout);
                 let r = opts.spec.name.clone();
-                let (w, d, c) = archive::write_docker_archive(w, r.as_deref(), &stream, opts.epoch, &config, &mut on_layer)?;
-                let mut stdout = w.into_inner().map_err(|e| e.into_error()).context("writing to stdout")?;
+                let (w, d, c) = archive::write_docker_archive(
+                    w,
+                    r.as_deref(),
+                    &stream,
+                    opts.epoch,
+                    &config,
+                    &mut on_layer,
+                )?;
+                let mut stdout = w
+                    .into_inner()
+                    .map_err(|e| e.into_error())
+                    .context("writing to stdout")?;
                 std::io::Write::flush(&mut stdout).context("writing to stdout")?;
                 (d, c)
             }
@@ -169,7 +217,9 @@ pub fn build(closure: &Closure, plan: &Plan, opts: &BuildOptions, reporter: &dyn
         stats.bytes_read += read;
         stats.bytes_written += descs.iter().map(|d| d.blob.size).sum::<u64>();
         match &primary {
-            Some(p) if p.config != config => bail!("internal error: the docker-archive's config differs from the OCI image's"),
+            Some(p) if p.config != config => {
+                bail!("internal error: the docker-archive's config differs from the OCI image's")
+            }
             Some(_) => {}
             None => primary = Some(image::assemble(&opts.spec, descs, opts.epoch)?),
         }
@@ -193,14 +243,23 @@ fn preflight(out: &ImageRef) -> Result<()> {
         ImageRef::Stdout => {
             use std::io::IsTerminal;
             if std::io::stdout().is_terminal() {
-                bail!("refusing to write a docker-archive to a terminal: pipe it, e.g. `nixoci build … -o - | podman load`");
+                bail!(
+                    "refusing to write a docker-archive to a terminal: pipe it, e.g. `nixoci build … -o - | podman load`"
+                );
             }
         }
         ImageRef::OciDir { dir, .. } => {
             if dir.exists() && !dir.is_dir() {
-                bail!("cannot write {out}: {} exists and is not a directory", dir.display());
+                bail!(
+                    "cannot write {out}: {} exists and is not a directory",
+                    dir.display()
+                );
             }
-            let probe = if dir.is_dir() { dir.join("x") } else { dir.clone() };
+            let probe = if dir.is_dir() {
+                dir.join("x")
+            } else {
+                dir.clone()
+            };
             drop(transport::temp_sibling_file(&probe)?);
         }
         ImageRef::OciArchive { file, .. } | ImageRef::DockerArchive { file, .. } => {
@@ -226,10 +285,20 @@ fn list_layers(closure: &Closure, plan: &Plan, opts: &BuildOptions) -> Result<Ve
             tarball::list_store_path(&opts.store_root, path, &mut entries)?;
         }
         tarball::normalize(&mut entries)?;
-        listed.push(Listed { group: layer.group.clone(), paths: layer.paths.clone(), entries, variant: String::new() });
+        listed.push(Listed {
+            group: layer.group.clone(),
+            paths: layer.paths.clone(),
+            entries,
+            variant: String::new(),
+        });
     }
     if opts.spec.has_layer() {
-        listed.push(Listed { group: CUSTOM_GROUP.to_owned(), paths: Vec::new(), entries: opts.spec.layer_entries()?, variant: String::new() });
+        listed.push(Listed {
+            group: CUSTOM_GROUP.to_owned(),
+            paths: Vec::new(),
+            entries: opts.spec.layer_entries()?,
+            variant: String::new(),
+        });
     }
     Ok(listed)
 }
@@ -239,7 +308,10 @@ fn layer_key(closure: &Closure, layer: &Listed, opts: &BuildOptions) -> Option<L
     if layer.paths.is_empty() {
         return LayerKey::for_inline_entries(&layer.entries, opts.compression, opts.epoch);
     }
-    let hashes = layer.paths.iter().map(|p| (p, closure.get(p).and_then(|i| i.nar_hash.as_ref())));
+    let hashes = layer
+        .paths
+        .iter()
+        .map(|p| (p, closure.get(p).and_then(|i| i.nar_hash.as_ref())));
     LayerKey::for_store_paths(hashes, &layer.variant, opts.compression, opts.epoch)
 }
 
@@ -261,7 +333,12 @@ fn make_blobs(
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-    let (read, written, built, hits) = (AtomicU64::new(0), AtomicU64::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+    let (read, written, built, hits) = (
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
     let total = layers.len();
     let jobs = opts.jobs.max(1);
     let pool = Pool::new(jobs);
@@ -270,7 +347,10 @@ fn make_blobs(
     let one_layer = |i: usize| -> Result<BlobInfo> {
         let layer = &layers[i];
         reporter.layer_started(i, total, &layer.label(), layer.data_size());
-        let key = store.cache.as_ref().and_then(|_| layer_key(closure, layer, opts));
+        let key = store
+            .cache
+            .as_ref()
+            .and_then(|_| layer_key(closure, layer, opts));
         let cached = key.as_ref().and_then(|k| store.cache.as_ref()?.lookup(k));
         if let Some(info) = &cached {
             if dests_have(&info.digest, info.size) || store.cached_blob(info) {
@@ -278,15 +358,24 @@ fn make_blobs(
                 return Ok(info.clone());
             }
         }
-        let info = store.write_layer(&layer.entries, opts.epoch, opts.compression, &pool, &mut |n| {
-            read.fetch_add(n, Ordering::Relaxed);
-            reporter.layer_progress(i, n)
-        })?;
+        let info = store.write_layer(
+            &layer.entries,
+            opts.epoch,
+            opts.compression,
+            &pool,
+            &mut |n| {
+                read.fetch_add(n, Ordering::Relaxed);
+                reporter.layer_progress(i, n)
+            },
+        )?;
         built.fetch_add(1, Ordering::Relaxed);
         written.fetch_add(info.size, Ordering::Relaxed);
         if let (Some(cache), Some(key)) = (&store.cache, &key) {
             if cached.is_some_and(|c| c != info) {
-                reporter.note(&format!("cache entry for layer {} was wrong; replaced it", i + 1));
+                reporter.note(&format!(
+                    "cache entry for layer {} was wrong; replaced it",
+                    i + 1
+                ));
             }
             cache.store(key, &info)?;
         }
@@ -296,7 +385,9 @@ fn make_blobs(
         for _ in 0..producers {
             s.spawn(|| {
                 while !failed.load(Ordering::Relaxed) {
-                    let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else { return };
+                    let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        return;
+                    };
                     match one_layer(i) {
                         Ok(info) => {
                             reporter.layer_finished(i, &info);
@@ -321,13 +412,21 @@ fn make_blobs(
     Ok(results
         .into_iter()
         .zip(layers)
-        .map(|(r, l)| LayerDesc { blob: r.into_inner().unwrap().expect("every layer was built"), group: l.group.clone(), paths: l.paths.clone() })
+        .map(|(r, l)| LayerDesc {
+            blob: r.into_inner().unwrap().expect("every layer was built"),
+            group: l.group.clone(),
+            paths: l.paths.clone(),
+        })
         .collect())
 }
 
 /// The tag for `oci:DIR` without one: the image spec's name's tag, else `latest`.
 fn default_tag(spec: &ImageSpec) -> String {
-    let last = spec.name.as_deref().and_then(|n| n.rsplit('/').next()).unwrap_or("");
+    let last = spec
+        .name
+        .as_deref()
+        .and_then(|n| n.rsplit('/').next())
+        .unwrap_or("");
     last.split_once(':').map_or("latest", |(_, t)| t).to_owned()
 }
 
@@ -351,14 +450,20 @@ struct BlobStore {
 impl BlobStore {
     fn new(cache_dir: Option<&Path>, outputs: &[ImageRef]) -> Result<Self> {
         if let Some(dir) = cache_dir {
-            return Ok(Self { cache: Some(Cache::open(dir)?), staging: None });
+            return Ok(Self {
+                cache: Some(Cache::open(dir)?),
+                staging: None,
+            });
         }
         let parent = staging_parent(outputs);
         let dir = tempfile::Builder::new()
             .prefix(".nixoci-staging-")
             .tempdir_in(&parent)
             .with_context(|| format!("creating a staging directory in {}", parent.display()))?;
-        Ok(Self { cache: None, staging: Some(dir) })
+        Ok(Self {
+            cache: None,
+            staging: Some(dir),
+        })
     }
 
     fn tmp_dir(&self) -> PathBuf {
@@ -379,15 +484,28 @@ impl BlobStore {
 
     /// Whether the cache holds `info`'s blob, intact.
     fn cached_blob(&self, info: &BlobInfo) -> bool {
-        self.cache.as_ref().is_some_and(|c| c.verified_blob(info).is_some())
+        self.cache
+            .as_ref()
+            .is_some_and(|c| c.verified_blob(info).is_some())
     }
 
-    fn write_layer(&self, entries: &[Entry], epoch: u64, compression: Compression, pool: &Pool, on_data: &mut dyn FnMut(u64)) -> Result<BlobInfo> {
+    fn write_layer(
+        &self,
+        entries: &[Entry],
+        epoch: u64,
+        compression: Compression,
+        pool: &Pool,
+        on_data: &mut dyn FnMut(u64),
+    ) -> Result<BlobInfo> {
         let tmp = tempfile::NamedTempFile::new_in(self.tmp_dir())?;
         let w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
         let (w, info) = blob::write_layer(entries, epoch, compression, Some(pool), w, on_data)?;
-        w.into_inner().map_err(|e| e.into_error()).context("writing a layer blob")?;
-        tmp.persist(self.path(&info.digest)).map_err(|e| e.error).context("storing a layer blob")?;
+        w.into_inner()
+            .map_err(|e| e.into_error())
+            .context("writing a layer blob")?;
+        tmp.persist(self.path(&info.digest))
+            .map_err(|e| e.error)
+            .context("storing a layer blob")?;
         Ok(info)
     }
 }
@@ -396,7 +514,9 @@ impl BlobSource for BlobStore {
     fn blob_path(&self, digest: &Digest) -> Result<PathBuf> {
         let p = self.path(digest);
         if !p.is_file() {
-            bail!("internal error: blob {digest} is in neither the cache nor the staging directory");
+            bail!(
+                "internal error: blob {digest} is in neither the cache nor the staging directory"
+            );
         }
         Ok(p)
     }

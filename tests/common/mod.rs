@@ -160,10 +160,18 @@ pub fn run_ok_str(cmd: &mut Command) -> String {
     String::from_utf8(run_ok(cmd)).expect("UTF-8 output")
 }
 
-/// `nixoci` with an environment that does not leak into digests.
+/// `nixoci` with an environment that does not leak into digests, and a layer cache of its own
+/// (so every build really reads the store: a shared warm cache would make reproducibility
+/// tests vacuous).
 pub fn nixoci() -> Command {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let cache = target_dir()
+        .join("test-caches")
+        .join(format!("{}-{n}", std::process::id()));
     let mut c = Command::new(bin());
-    c.env_remove("SOURCE_DATE_EPOCH")
+    c.env("XDG_CACHE_HOME", cache)
+        .env_remove("SOURCE_DATE_EPOCH")
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1");
     c
