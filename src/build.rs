@@ -29,6 +29,8 @@ pub struct BuildOptions {
     /// mtime of every entry and the config's `created`.
     pub epoch: u64,
     pub outputs: Vec<ImageRef>,
+    /// `--policy`: the image must pass it before anything is written.
+    pub policy: Option<crate::policy::Policy>,
 }
 
 /// What a build made.
@@ -77,6 +79,7 @@ pub fn build(closure: &Closure, plan: &Plan, opts: &BuildOptions, reporter: &dyn
         let staging = Staging::new(staging_parent(&opts.outputs))?;
         let descs = make_blobs(&layers, opts, &staging, reporter)?;
         let image = image::assemble(&opts.spec, descs, opts.epoch)?;
+        gate(opts, &layers, image.layers.iter().map(|l| l.blob.size))?;
         for out in oci_outputs {
             match out {
                 ImageRef::OciDir { dir, tag } => {
@@ -93,6 +96,10 @@ pub fn build(closure: &Closure, plan: &Plan, opts: &BuildOptions, reporter: &dyn
             written.push(out.to_string());
         }
         primary = Some(image);
+    }
+    if primary.is_none() {
+        // docker-archive layers are uncompressed tars, whose exact size the listing gives.
+        gate(opts, &layers, layers.iter().map(|l| tarball::tar_size(&l.entries)))?;
     }
     for out in opts.outputs.iter().filter(|o| matches!(o, ImageRef::DockerArchive { .. } | ImageRef::Stdout)) {
         let stream: Vec<StreamLayer<'_>> =
@@ -137,6 +144,23 @@ pub fn build(closure: &Closure, plan: &Plan, opts: &BuildOptions, reporter: &dyn
         layers: image.layers,
         outputs: written,
     })
+}
+
+/// `--policy`: judges the listed layers (with their blob `sizes`) before anything is written.
+fn gate(opts: &BuildOptions, layers: &[Listed], sizes: impl Iterator<Item = u64>) -> Result<()> {
+    use crate::policy::{ImageFacts, LayerFacts};
+    let Some(policy) = &opts.policy else { return Ok(()) };
+    let facts = ImageFacts {
+        reference: "the image being built".to_owned(),
+        user: opts.spec.user.clone(),
+        passwd: crate::policy::passwd_of_entries(layers.iter().map(|l| l.entries.as_slice())),
+        layers: layers.iter().zip(sizes).map(|(l, size)| LayerFacts::from_entries(size, &l.group, l.paths.clone(), &l.entries)).collect(),
+    };
+    let verdict = policy.evaluate(&facts);
+    if !verdict.passed {
+        return Err(verdict.to_error());
+    }
+    Ok(())
 }
 
 /// Fails early, before any work, when a destination cannot be written.

@@ -18,7 +18,7 @@ fn build_example(outputs: Vec<ImageRef>) {
     let closure = closure_file(&root.join("closure.json")).unwrap();
     let spec = ImageSpec::load(&root.join("image.toml")).unwrap();
     let plan = plan(&closure, Budget { store_layers: 10 });
-    let opts = BuildOptions { store_root: root.join("store"), spec, compression: Compression::Gzip(6), jobs: 2, epoch: 1, outputs };
+    let opts = BuildOptions { store_root: root.join("store"), spec, compression: Compression::Gzip(6), jobs: 2, epoch: 1, outputs, policy: None };
     build(&closure, &plan, &opts, &Silent).unwrap();
 }
 

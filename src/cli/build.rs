@@ -33,6 +33,10 @@ pub struct Args {
     /// Layers built at once (default: the number of CPUs). Output is identical for any value.
     #[arg(short, long, value_name = "N")]
     pub jobs: Option<usize>,
+    /// Check the assembled image against this policy (see `nixoci check --help`) before anything
+    /// is written: a failing image is refused and no destination is touched.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<std::path::PathBuf>,
     /// Print one JSON document (digests, layers) on stdout.
     #[arg(long)]
     pub json: bool,
@@ -55,6 +59,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         epoch: source_date_epoch()?,
         outputs: args.outputs,
+        policy: args.policy.as_deref().map(nixoci::policy::Policy::load).transpose()?,
     };
     let reporter = CliReporter::new(args.quiet);
     let report = build::build(&closure, &plan, &opts, &reporter)?;
