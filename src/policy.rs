@@ -369,11 +369,9 @@ impl Verdict {
         out
     }
 
-    /// An error for a build that this verdict refuses, listing the failed rules.
+    /// An error for a build that this verdict refuses, with every rule's outcome.
     pub fn to_error(&self) -> anyhow::Error {
-        let mut failed = Self { rules: self.rules.iter().filter(|r| !r.passed).cloned().collect(), ..self.clone() };
-        failed.passed = false;
-        anyhow!("the image fails policy {}; nothing was written:\n{}", self.policy, failed.render(10).trim_end())
+        anyhow!("the image fails policy {}; nothing was written:\n{}", self.policy, self.render(10).trim_end())
     }
 }
 
