@@ -15,9 +15,10 @@
 //! the image ID runtimes use); make sure the runtime has it (`podman image exists`, else `podman
 //! load -i` for archives or `podman pull oci:DIR:TAG` for layout dirs; docker likewise with `docker
 //! load`); decide whether GPU checks can run (device nodes, and for podman a CDI spec); then run
-//! each check with `run --rm --pull never --entrypoint CMD IMAGE ARGS…`, capturing its output, and
-//! judge it: exit status 0 and `expect_stdout` found. A check that outruns its timeout has its
-//! container removed (`podman rm -f -t 0` / `docker rm -f`). Results render as a table, as JSON
+//! each check: `create --rm --pull never --entrypoint CMD IMAGE ARGS…` (not timed: a large image
+//! takes a while to set up), then `start --attach`, bounded by the check's timeout, capturing its
+//! output; judge it: exit status 0 and `expect_stdout` found. A check that outruns its timeout has
+//! its container removed (`podman rm -f -t 0` / `docker rm -f`). Results render as a table, as JSON
 //! and as JUnit XML.
 
 use std::collections::BTreeSet;
@@ -409,7 +410,20 @@ fn ensure_loaded(rt: Runtime, image: &ImageRef, src: &SourceImage, reporter: &dy
     };
     let mut _packed = None;
     let output = match (rt, image) {
-        (Runtime::Podman, ImageRef::OciDir { .. }) => load(&["pull", "-q", &image.to_string()])?,
+        (Runtime::Podman, ImageRef::OciDir { dir, tag }) => {
+            // podman names an image pulled from `oci:PATH` after PATH, and refuses a PATH that is
+            // not a valid repository name (upper case, `.tmpXyZ`): pull through a lowercase link.
+            let link = LowercaseLink::new(dir)?;
+            let src = format!("oci:{}{}", link.path.display(), tag.as_deref().map(|t| format!(":{t}")).unwrap_or_default());
+            let out = load(&["pull", "-q", &src])?;
+            if has_image(rt, &id) {
+                // Rename it from the temporary path to something a person recognises.
+                let quiet = |args: &[&str]| Command::new(rt.program()).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+                let _ = quiet(&["untag", &id]);
+                let _ = quiet(&["tag", &id, &format!("localhost/nixoci-smoke:{}", &id[..12])]);
+            }
+            out
+        }
         (_, ImageRef::OciArchive { file, .. } | ImageRef::DockerArchive { file, .. }) => load(&["load", "-i", &path_arg(file)?])?,
         (Runtime::Docker, ImageRef::OciDir { dir, .. }) => {
             // docker load reads archives only: pack the layout (docker ≥ 25 reads OCI archives).
@@ -434,6 +448,30 @@ fn ensure_loaded(rt: Runtime, image: &ImageRef, src: &SourceImage, reporter: &dy
     match loaded {
         Some(name) if has_image(rt, &name) => Ok(name),
         _ => bail!("{} loaded {image} but has no image with its config digest {} (load said: {})", rt.program(), src.config_digest, output.trim()),
+    }
+}
+
+/// A symlink to `target` at a path podman accepts as a repository name; removed on drop.
+struct LowercaseLink {
+    path: PathBuf,
+}
+
+impl LowercaseLink {
+    fn new(target: &Path) -> Result<Self> {
+        let target = std::fs::canonicalize(target).with_context(|| format!("reading {}", target.display()))?;
+        let valid = |p: &Path| p.to_str().is_some_and(|s| s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"/._-".contains(&b)));
+        let tmp = std::env::temp_dir();
+        let base = if valid(&tmp) { tmp } else { PathBuf::from("/tmp") };
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let path = base.join(format!("nixoci-smoke-{}-{nanos:x}", std::process::id()));
+        std::os::unix::fs::symlink(&target, &path).with_context(|| format!("linking {} to {}", path.display(), target.display()))?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for LowercaseLink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -521,30 +559,29 @@ pub fn run_captured(mut cmd: Command, timeout: Duration, on_timeout: &mut dyn Fn
     Ok(Captured { exit_code: if timed_out { None } else { status.code() }, timed_out, stdout, stderr, elapsed })
 }
 
+/// How long creating a container may take (with vfs storage it copies the whole image).
+const CREATE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Runs one check: `create` (not counted in its timeout: a large image takes a while to set up),
+/// then `start --attach`, bounded by the check's timeout.
 fn run_check(rt: Runtime, image_id: &str, check: &Check, index: usize, gpu_args: &[String]) -> Result<CheckResult> {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let name = format!("nixoci-smoke-{}-{index}-{nanos:x}", std::process::id());
-    let mut cmd = Command::new(rt.program());
-    cmd.args(["run", "--rm", "--pull", "never", "--name", &name]);
-    cmd.args(gpu_args);
-    for e in &check.env {
-        cmd.args(["--env", e]);
-    }
-    cmd.arg(format!("--entrypoint={}", check.command[0]));
-    cmd.arg(image_id);
-    cmd.args(&check.command[1..]);
-    tracing::debug!("check {:?}: {cmd:?}", check.name);
-    let timeout = check.timeout();
     let mut stop = || {
         let _ = Command::new(rt.program()).args(rt.force_remove(&name)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
     };
-    let c = run_captured(cmd, timeout, &mut stop)?;
-    if c.timed_out {
-        // The client may have been killed before the container existed; make sure it is gone.
-        stop();
+    let mut create = Command::new(rt.program());
+    create.args(["create", "--rm", "--pull", "never", "--name", &name]);
+    create.args(gpu_args);
+    for e in &check.env {
+        create.args(["--env", e]);
     }
-    let (status, message) = judge(check, &c, rt);
-    Ok(CheckResult {
+    create.arg(format!("--entrypoint={}", check.command[0]));
+    create.arg(image_id);
+    create.args(&check.command[1..]);
+    tracing::debug!("check {:?}: {create:?}", check.name);
+    let created = run_captured(create, CREATE_TIMEOUT, &mut stop)?;
+    let result = |status, message, c: Captured| CheckResult {
         name: check.name.clone(),
         status,
         gpu: check.gpu,
@@ -554,7 +591,22 @@ fn run_check(rt: Runtime, image_id: &str, check: &Check, index: usize, gpu_args:
         message,
         stdout: c.stdout,
         stderr: c.stderr,
-    })
+    };
+    if created.exit_code != Some(0) {
+        stop();
+        let last = created.stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
+        let why = if created.timed_out { format!("timed out after {CREATE_TIMEOUT:?}") } else { last };
+        return Ok(result(Status::Failed, format!("{} could not create the container: {why}", rt.program()), created));
+    }
+    let mut start = Command::new(rt.program());
+    start.args(["start", "--attach", &name]);
+    let c = run_captured(start, check.timeout(), &mut stop)?;
+    if c.timed_out || c.exit_code.is_none_or(|code| code >= 125) {
+        // Killed before --rm could act, or never started: make sure it is gone.
+        stop();
+    }
+    let (status, message) = judge(check, &c, rt);
+    Ok(result(status, message, c))
 }
 
 fn judge(check: &Check, c: &Captured, rt: Runtime) -> (Status, String) {
@@ -566,7 +618,9 @@ fn judge(check: &Check, c: &Captured, rt: Runtime) -> (Status, String) {
         // The runtime's own codes: it could not create or start the container, or the command.
         Some(code @ (125..=127)) => {
             let last = c.stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+            let not_found = last.contains("not found") || last.contains("no such file");
             let what = match code {
+                125 if not_found => format!("{:?} was not found in the image (is it on the image's PATH?)", check.command[0]),
                 125 => format!("{} could not run the container", rt.program()),
                 126 => format!("{:?} could not be executed in the image", check.command[0]),
                 _ => format!("{:?} was not found in the image (is it on the image's PATH?)", check.command[0]),
@@ -590,7 +644,7 @@ impl SmokeReport {
             let _ = writeln!(out, "GPU: {}", if g.available { g.detail.clone() } else { format!("unavailable: {}", g.detail) });
         }
         let width = self.checks.iter().map(|c| c.name.chars().count()).max().unwrap_or(0).max(5);
-        let _ = writeln!(out, "  {:<7}  {:<width$}  {:>7}  {}", "STATUS", "CHECK", "SECONDS", "DETAIL");
+        let _ = writeln!(out, "  {:<7}  {:<width$}  {:>7}  DETAIL", "STATUS", "CHECK", "SECONDS");
         for c in &self.checks {
             let _ = writeln!(out, "  {:<7}  {:<width$}  {:>7.2}  {}", c.status.word(), c.name, c.seconds, c.message);
             if c.status.is_failure() {
