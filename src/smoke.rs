@@ -339,7 +339,11 @@ fn probe_runtime(rt: Runtime) -> Result<()> {
 /// Decides whether GPU checks can run: NVIDIA device nodes, and for podman a CDI spec naming
 /// `nvidia.com/gpu` (podman reaches GPUs only through CDI).
 pub fn detect_gpu(rt: Runtime) -> GpuAccess {
-    let devices: Vec<PathBuf> = ["/dev/nvidiactl", "/dev/nvidia0"].iter().map(PathBuf::from).filter(|p| p.exists()).collect();
+    detect_gpu_in(rt, &["/dev/nvidiactl", "/dev/nvidia0"].map(PathBuf::from), &CDI_DIRS.map(PathBuf::from))
+}
+
+fn detect_gpu_in(rt: Runtime, device_nodes: &[PathBuf], cdi_dirs: &[PathBuf]) -> GpuAccess {
+    let devices: Vec<&PathBuf> = device_nodes.iter().filter(|p| p.exists()).collect();
     if devices.is_empty() {
         return GpuAccess { available: false, detail: "no NVIDIA device (/dev/nvidiactl, /dev/nvidia0) on this host".into(), run_args: vec![] };
     }
@@ -349,7 +353,7 @@ pub fn detect_gpu(rt: Runtime) -> GpuAccess {
             detail: format!("{} present; docker gets it with --gpus all (needs the NVIDIA Container Toolkit)", devices[0].display()),
             run_args: vec!["--gpus".into(), "all".into()],
         },
-        Runtime::Podman => match find_cdi_spec(&CDI_DIRS.map(PathBuf::from)) {
+        Runtime::Podman => match find_cdi_spec(cdi_dirs) {
             Some(spec) => GpuAccess {
                 available: true,
                 detail: format!("{} present, CDI spec {}", devices[0].display(), spec.display()),
@@ -646,7 +650,8 @@ impl SmokeReport {
         let width = self.checks.iter().map(|c| c.name.chars().count()).max().unwrap_or(0).max(5);
         let _ = writeln!(out, "  {:<7}  {:<width$}  {:>7}  DETAIL", "STATUS", "CHECK", "SECONDS");
         for c in &self.checks {
-            let _ = writeln!(out, "  {:<7}  {:<width$}  {:>7.2}  {}", c.status.word(), c.name, c.seconds, c.message);
+            let line = format!("  {:<7}  {:<width$}  {:>7.2}  {}", c.status.word(), c.name, c.seconds, c.message);
+            let _ = writeln!(out, "{}", line.trim_end());
             if c.status.is_failure() {
                 for (label, text) in [("stdout", &c.stdout), ("stderr", &c.stderr)] {
                     let lines: Vec<&str> = text.lines().collect();
@@ -832,6 +837,29 @@ mod tests {
         assert!(x.contains("<skipped message=\"a GPU check, skipped by --cpu\"/>"), "{x}");
         assert!(!x.contains('\u{1b}'));
         assert!(report.render().contains("result: FAIL (1 passed, 1 failed, 1 timed out, 1 skipped"));
+    }
+
+    #[test]
+    fn gpu_access_needs_devices_and_for_podman_a_cdi_spec() {
+        let d = tempfile::tempdir().unwrap();
+        let dev = d.path().join("nvidia0");
+        let cdi = d.path().join("cdi");
+        std::fs::create_dir(&cdi).unwrap();
+        let none = detect_gpu_in(Runtime::Podman, std::slice::from_ref(&dev), std::slice::from_ref(&cdi));
+        assert!(!none.available && none.detail.contains("no NVIDIA device"), "{}", none.detail);
+        std::fs::write(&dev, "").unwrap();
+        let no_spec = detect_gpu_in(Runtime::Podman, std::slice::from_ref(&dev), std::slice::from_ref(&cdi));
+        assert!(!no_spec.available, "{}", no_spec.detail);
+        assert!(
+            no_spec.detail.contains("no CDI spec") && no_spec.detail.contains("nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml"),
+            "{}",
+            no_spec.detail
+        );
+        let docker = detect_gpu_in(Runtime::Docker, std::slice::from_ref(&dev), std::slice::from_ref(&cdi));
+        assert!(docker.available && docker.run_args == ["--gpus", "all"]);
+        std::fs::write(cdi.join("nvidia.yaml"), "kind: nvidia.com/gpu\n").unwrap();
+        let podman = detect_gpu_in(Runtime::Podman, std::slice::from_ref(&dev), std::slice::from_ref(&cdi));
+        assert!(podman.available && podman.run_args == ["--device", "nvidia.com/gpu=all"], "{}", podman.detail);
     }
 
     #[test]
