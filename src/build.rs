@@ -32,6 +32,8 @@ pub struct BuildOptions {
     pub outputs: Vec<ImageRef>,
     /// The layer cache directory; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
+    /// `--policy`: the image must pass it before anything is written.
+    pub policy: Option<crate::policy::Policy>,
 }
 
 /// What a build made.
@@ -138,6 +140,7 @@ pub fn build(
         )?;
         lap(&mut stats, "layers");
         let image = image::assemble(&opts.spec, descs, opts.epoch)?;
+        gate(opts, &layers, image.layers.iter().map(|l| l.blob.size))?;
         for out in oci_outputs {
             match out {
                 ImageRef::OciDir { dir, tag } => {
@@ -155,6 +158,10 @@ pub fn build(
         }
         lap(&mut stats, "write");
         primary = Some(image);
+    }
+    if primary.is_none() {
+        // docker-archive layers are uncompressed tars, whose exact size the listing gives.
+        gate(opts, &layers, layers.iter().map(|l| tarball::tar_size(&l.entries)))?;
     }
     for out in opts
         .outputs
@@ -235,6 +242,23 @@ pub fn build(
         outputs: written,
         stats,
     })
+}
+
+/// `--policy`: judges the listed layers (with their blob `sizes`) before anything is written.
+fn gate(opts: &BuildOptions, layers: &[Listed], sizes: impl Iterator<Item = u64>) -> Result<()> {
+    use crate::policy::{ImageFacts, LayerFacts};
+    let Some(policy) = &opts.policy else { return Ok(()) };
+    let facts = ImageFacts {
+        reference: "the image being built".to_owned(),
+        user: opts.spec.user.clone(),
+        passwd: crate::policy::passwd_of_entries(layers.iter().map(|l| l.entries.as_slice())),
+        layers: layers.iter().zip(sizes).map(|(l, size)| LayerFacts::from_entries(size, &l.group, l.paths.clone(), &l.entries)).collect(),
+    };
+    let verdict = policy.evaluate(&facts);
+    if !verdict.passed {
+        return Err(verdict.to_error());
+    }
+    Ok(())
 }
 
 /// Fails early, before any work, when a destination cannot be written.

@@ -26,6 +26,7 @@ fn build_example(outputs: Vec<ImageRef>) {
         epoch: 1,
         outputs,
         cache_dir: None,
+        policy: None,
     };
     build(&closure, &plan, &opts, &Silent).unwrap();
 }

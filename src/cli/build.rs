@@ -39,6 +39,10 @@ pub struct Args {
     /// Neither read nor write the layer cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// Check the assembled image against this policy (see `nixoci check --help`) before anything
+    /// is written: a failing image is refused and no destination is touched.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<std::path::PathBuf>,
     /// Print one JSON document (digests, layers, stats) on stdout.
     #[arg(long)]
     pub json: bool,
@@ -71,6 +75,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         } else {
             args.cache_dir.or_else(nixoci::cache::Cache::default_dir)
         },
+        policy: args.policy.as_deref().map(nixoci::policy::Policy::load).transpose()?,
     };
     let reporter = CliReporter::new(args.quiet);
     let mut report = build::build(&closure, &plan, &opts, &reporter)?;

@@ -1,9 +1,11 @@
 //! The command line: one file per subcommand, each an `Args` struct plus `run`.
 
 mod build;
+mod check;
 mod inputs;
 mod plan;
 mod reporter;
+mod smoke;
 
 use std::process::ExitCode;
 
@@ -27,12 +29,18 @@ pub enum Command {
     Build(build::Args),
     /// Show how a closure would be split into layers, without reading any file.
     Plan(plan::Args),
+    /// Check an image against a policy (size budgets, forbidden store paths, non-root user…).
+    Check(check::Args),
+    /// Run smoke-test commands in containers of an image (podman or docker, GPU or CPU).
+    Smoke(smoke::Args),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Build(a) => build::run(a),
         Command::Plan(a) => plan::run(a),
+        Command::Check(a) => check::run(a),
+        Command::Smoke(a) => smoke::run(a),
     }
 }
 

@@ -90,8 +90,9 @@ pub fn config(spec: &ImageSpec, layers: &[LayerDesc], epoch: u64) -> Result<Json
     if !spec.cmd.is_empty() {
         cfg = cfg.cmd(spec.cmd.clone());
     }
-    if !spec.env.is_empty() {
-        cfg = cfg.env(spec.env.clone());
+    let env = spec.effective_env();
+    if !env.is_empty() {
+        cfg = cfg.env(env);
     }
     if let Some(w) = &spec.workdir {
         cfg = cfg.working_dir(w.clone());

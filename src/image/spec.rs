@@ -41,7 +41,21 @@ pub struct ImageSpec {
     pub files: Vec<FileSpec>,
     #[serde(default)]
     pub symlinks: Vec<SymlinkSpec>,
+    /// A GPU image: `LD_LIBRARY_PATH` gains the driver locations (see [`GPU_LIBRARY_PATH`]) and
+    /// `NVIDIA_VISIBLE_DEVICES` / `NVIDIA_DRIVER_CAPABILITIES` are set unless `env` sets them.
+    #[serde(default)]
+    pub gpu: bool,
 }
+
+/// Where a container runtime's GPU support puts the driver libraries (`libcuda.so.1`): CDI and the
+/// NVIDIA container toolkit mount them at the host's locations (`/usr/lib/x86_64-linux-gnu` on
+/// Debian/Ubuntu, `/usr/lib64` on RHEL/SUSE); Nix CUDA packages look in `/run/opengl-driver/lib`.
+/// nixpkgs' glibc ignores `/etc/ld.so.cache`, so without this `LD_LIBRARY_PATH` a Nix-built torch
+/// finds no `libcuda` inside the container.
+pub const GPU_LIBRARY_PATH: [&str; 3] = ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/run/opengl-driver/lib"];
+
+/// What `gpu = true` sets when `env` does not.
+const GPU_ENV_DEFAULTS: [(&str, &str); 2] = [("NVIDIA_VISIBLE_DEVICES", "all"), ("NVIDIA_DRIVER_CAPABILITIES", "compute,utility")];
 
 fn default_arch() -> String {
     "amd64".to_owned()
@@ -168,6 +182,34 @@ impl ImageSpec {
             );
         }
         Ok(())
+    }
+
+    /// The config's environment: `env`, plus what `gpu = true` adds. `LD_LIBRARY_PATH` keeps its
+    /// place and value in `env` with the driver directories appended (those not already there).
+    pub fn effective_env(&self) -> Vec<String> {
+        let mut env = self.env.clone();
+        if !self.gpu {
+            return env;
+        }
+        let key = |e: &String| e.split_once('=').map(|(k, _)| k.to_owned()).unwrap_or_default();
+        match env.iter_mut().find(|e| key(e) == "LD_LIBRARY_PATH") {
+            Some(e) => {
+                let mut dirs: Vec<String> = e["LD_LIBRARY_PATH=".len()..].split(':').filter(|d| !d.is_empty()).map(str::to_owned).collect();
+                for d in GPU_LIBRARY_PATH {
+                    if !dirs.iter().any(|x| x == d) {
+                        dirs.push(d.to_owned());
+                    }
+                }
+                *e = format!("LD_LIBRARY_PATH={}", dirs.join(":"));
+            }
+            None => env.push(format!("LD_LIBRARY_PATH={}", GPU_LIBRARY_PATH.join(":"))),
+        }
+        for (k, v) in GPU_ENV_DEFAULTS {
+            if !env.iter().any(|e| key(e) == k) {
+                env.push(format!("{k}={v}"));
+            }
+        }
+        env
     }
 
     /// Whether the image needs a customisation layer at all.
@@ -351,6 +393,32 @@ target = "/nix/store/x/bin/env"
             }
             k => panic!("{k:?}"),
         }
+    }
+
+    #[test]
+    fn gpu_sets_driver_paths_and_keeps_the_users_env() {
+        let spec: ImageSpec = toml::from_str("gpu = true\nenv = [\"PATH=/bin\"]").unwrap();
+        assert_eq!(
+            spec.effective_env(),
+            [
+                "PATH=/bin",
+                "LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu:/usr/lib64:/run/opengl-driver/lib",
+                "NVIDIA_VISIBLE_DEVICES=all",
+                "NVIDIA_DRIVER_CAPABILITIES=compute,utility"
+            ]
+        );
+        let spec: ImageSpec =
+            toml::from_str("gpu = true\nenv = [\"LD_LIBRARY_PATH=/opt/lib:/usr/lib64\", \"NVIDIA_VISIBLE_DEVICES=0\"]").unwrap();
+        assert_eq!(
+            spec.effective_env(),
+            [
+                "LD_LIBRARY_PATH=/opt/lib:/usr/lib64:/usr/lib/x86_64-linux-gnu:/run/opengl-driver/lib",
+                "NVIDIA_VISIBLE_DEVICES=0",
+                "NVIDIA_DRIVER_CAPABILITIES=compute,utility"
+            ]
+        );
+        let spec: ImageSpec = toml::from_str("env = [\"A=1\"]").unwrap();
+        assert_eq!(spec.effective_env(), ["A=1"]);
     }
 
     #[test]
