@@ -6,8 +6,11 @@
 pub mod blob;
 pub mod build;
 pub mod closure;
+pub mod diff;
 pub mod image;
+pub mod inspect;
 pub mod layering;
 pub mod progress;
+pub mod table;
 pub mod tarball;
 pub mod transport;

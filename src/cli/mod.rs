@@ -1,7 +1,9 @@
 //! The command line: one file per subcommand, each an `Args` struct plus `run`.
 
 mod build;
+mod diff;
 mod inputs;
+mod inspect;
 mod plan;
 mod reporter;
 
@@ -27,12 +29,18 @@ pub enum Command {
     Build(build::Args),
     /// Show how a closure would be split into layers, without reading any file.
     Plan(plan::Args),
+    /// Show an image: manifest, platform, config, and each layer's sizes, group and store paths.
+    Inspect(inspect::Args),
+    /// Compare two images: layers, download bytes, store paths, config (and files with --files).
+    Diff(diff::Args),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Build(a) => build::run(a),
         Command::Plan(a) => plan::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Diff(a) => diff::run(a),
     }
 }
 
