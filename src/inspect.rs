@@ -315,10 +315,13 @@ fn read_entries<R: Read>(r: R, files_of: Option<&BTreeSet<StorePath>>) -> Result
     let mut scan = LayerScan::default();
     // Every file entry seen in this layer (for hardlinks, which carry no data of their own).
     let mut by_path: BTreeMap<String, FileEntry> = BTreeMap::new();
-    let mut ar = tar::Archive::new(r);
+    let mut ar = tar::Archive::new(LenientEnd::new(r));
+    // Where the last entry's data ends, and its name.
+    let mut data_end = (0u64, String::new());
     for entry in ar.entries().context("reading the layer as a tar")? {
         let mut entry = entry.context("reading the layer as a tar")?;
         let raw_path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        data_end = (entry.raw_file_position() + entry.size(), raw_path.clone());
         let path = normalise(&raw_path);
         let Some(rest) = path.strip_prefix("nix/store/") else {
             if path != "nix" && path != "nix/store" && !path.is_empty() {
@@ -369,6 +372,9 @@ fn read_entries<R: Read>(r: R, files_of: Option<&BTreeSet<StorePath>>) -> Result
         }
         scan.paths.insert(sp);
     }
+    if let Some(end) = ar.into_inner().ended_at.filter(|e| *e < data_end.0) {
+        bail!("the tar ends inside {}: {} byte(s) of its data are missing", data_end.1, data_end.0 - end);
+    }
     Ok(scan)
 }
 
@@ -383,6 +389,45 @@ fn normalise(p: &str) -> &str {
         p = next;
     }
     p.trim_end_matches('/')
+}
+
+/// Supplies the end of a tar that stops right after its last entry's data: the zero padding to the
+/// next 512-byte block and the two zero blocks that end an archive (umoci 0.4 `insert` writes such
+/// layers; Go's and GNU tar's readers fail on them, umoci and podman accept them). The bytes are
+/// not hashed: the diff_id still covers exactly what the layer holds. [`read_entries`] checks
+/// that the real bytes did not end inside an entry's data.
+struct LenientEnd<R> {
+    inner: R,
+    pos: u64,
+    /// Where `inner` ended, once it has.
+    ended_at: Option<u64>,
+    /// Zeros left to supply once `inner` has ended.
+    zeros: Option<u64>,
+}
+
+impl<R: Read> LenientEnd<R> {
+    fn new(inner: R) -> Self {
+        Self { inner, pos: 0, ended_at: None, zeros: None }
+    }
+}
+
+impl<R: Read> Read for LenientEnd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.zeros.is_none() {
+            let n = self.inner.read(buf)?;
+            self.pos += n as u64;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            self.ended_at = Some(self.pos);
+            self.zeros = Some((512 - self.pos % 512) % 512 + 1024);
+        }
+        let left = self.zeros.get_or_insert(0);
+        let n = (*left).min(buf.len() as u64) as usize;
+        buf[..n].fill(0);
+        *left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// Counts and hashes what passes through.
@@ -546,6 +591,15 @@ mod tests {
         assert_eq!(files["bin/foo"].size(), 5);
         assert_eq!(files["lib"], FileEntry::Symlink { target: "bin".into() });
         assert!(!scan.files.contains_key(&StorePath::from_base_name(B).unwrap()));
+    }
+
+    #[test]
+    fn a_tar_without_its_end_blocks_reads() {
+        let bytes = tar_of(&[(&format!("nix/store/{A}/x"), tar::EntryType::Regular, b"1234567", "")]);
+        let cut = &bytes[..512 + 7];
+        let scan = read_entries(cut, None).unwrap();
+        assert_eq!(scan.paths.len(), 1);
+        assert!(read_entries(&bytes[..512 + 3], None).is_err(), "cut inside an entry");
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
 
     writeln!(w, "LAYERS  {} shared, {} added, {} removed", d.layers.shared.len(), added, d.layers.removed.len())?;
     let mut t = Table::new(&[
-        ("", Align::Left),
+        ("STATUS", Align::Left),
         ("#", Align::Right),
         ("DIGEST", Align::Left),
         ("SIZE", Align::Right),
