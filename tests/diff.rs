@@ -586,12 +586,15 @@ fn damaged_input_gives_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let good = format!("oci:{}:v1", f.p("img"));
 
-    // A truncated oci-archive.
+    // A truncated oci-archive, cut inside a member's data and inside a header.
     let bytes = fs::read(f.dir.join("v1.tar")).unwrap();
     let cut = tmp.path().join("cut.tar");
-    fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
-    let err = fails(&["diff", &good, &format!("oci-archive:{}", cut.display())]);
-    assert!(err.contains("cut.tar") && err.contains("truncated"), "{err}");
+    for len in [bytes.len() * 2 / 3, 3000] {
+        fs::write(&cut, &bytes[..len]).unwrap();
+        let r = format!("oci-archive:{}", cut.display());
+        let err = fails(&["diff", &good, &r]);
+        assert!(err.contains(&format!("reading image {r}")) && err.contains("is truncated"), "{err}");
+    }
 
     // A layer blob cut short: found when it is read (--read-layers, --files).
     let copy = tmp.path().join("img");
