@@ -98,6 +98,8 @@ pub struct LayerDiff {
     pub removed: Vec<LayerRef>,
     /// Added layers that changed only because the grouping moved store paths.
     pub regrouped: Vec<Regrouped>,
+    /// Removed layers whose store paths all live on, unchanged, in other layers of NEW.
+    pub regrouped_removed: Vec<Digest>,
     /// Added layers holding the same tar as a removed one, compressed differently.
     pub recompressed: Vec<Recompressed>,
 }
@@ -275,11 +277,18 @@ fn layer_diff(
             d.removed.push(layer_ref(i, l));
         }
     }
-    let removed_by_diff_id: BTreeMap<&Digest, &Digest> = d
-        .removed
+    let removed_by_diff_id: BTreeMap<&Digest, &Digest> =
+        d.removed.iter().filter_map(|r| old.layers[r.index].diff_id.as_ref().map(|id| (id, &r.digest))).collect();
+    let recompressed_old: BTreeSet<&Digest> = removed_by_diff_id
         .iter()
-        .filter_map(|r| old.layers[r.index].diff_id.as_ref().map(|id| (id, &r.digest)))
+        .filter(|(id, _)| d.added.iter().any(|a| new.layers[a.index].diff_id.as_ref() == Some(**id)))
+        .map(|(_, dg)| *dg)
         .collect();
+    for r in &d.removed {
+        if !r.paths.is_empty() && r.paths.iter().all(|p| new_paths.contains_key(p)) && !recompressed_old.contains(&r.digest) {
+            d.regrouped_removed.push(r.digest.clone());
+        }
+    }
     for a in &d.added {
         let l = &new.layers[a.index];
         if let Some((id, old_digest)) = l.diff_id.as_ref().and_then(|id| removed_by_diff_id.get(id).map(|o| (id, *o))) {
@@ -288,8 +297,7 @@ fn layer_diff(
         }
         let unchanged = |p: &StorePath| old_paths.contains_key(p) && new_paths.contains_key(p);
         if !a.paths.is_empty() && a.paths.iter().all(unchanged) {
-            let from: BTreeSet<&Digest> =
-                a.paths.iter().flat_map(|p| old_paths[p].iter().map(|&i| &old.layers[i].digest)).collect();
+            let from: BTreeSet<&Digest> = a.paths.iter().flat_map(|p| old_paths[p].iter().map(|&i| &old.layers[i].digest)).collect();
             d.regrouped.push(Regrouped {
                 digest: a.digest.clone(),
                 group: a.group.clone(),
@@ -329,10 +337,16 @@ fn path_diff(old: &BTreeMap<StorePath, Vec<usize>>, new: &BTreeMap<StorePath, Ve
     // 1. The same whole name: several of them pair in path order.
     pair_by(&mut old_only, &mut new_only, &mut pairs, |p| p.name().to_owned(), false);
     // 2. The same name and output suffix, then 3. the same name: only where one meets one.
-    pair_by(&mut old_only, &mut new_only, &mut pairs, |p| {
-        let (n, v) = drv_name(p.name());
-        format!("{n}\0{}", output_suffix(v))
-    }, true);
+    pair_by(
+        &mut old_only,
+        &mut new_only,
+        &mut pairs,
+        |p| {
+            let (n, v) = drv_name(p.name());
+            format!("{n}\0{}", output_suffix(v))
+        },
+        true,
+    );
     pair_by(&mut old_only, &mut new_only, &mut pairs, |p| drv_name(p.name()).0.to_owned(), true);
     let mut changed: Vec<ChangedPath> = pairs
         .into_iter()

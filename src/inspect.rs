@@ -239,9 +239,15 @@ fn annotated_paths(l: &SourceLayer) -> Result<Option<(Option<String>, Vec<StoreP
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum FileEntry {
-    File { size: u64, sha256: String, executable: bool },
+    File {
+        size: u64,
+        sha256: String,
+        executable: bool,
+    },
     Dir,
-    Symlink { target: String },
+    Symlink {
+        target: String,
+    },
     /// A device, fifo or anything else a store path should not hold.
     Other,
 }

@@ -142,7 +142,12 @@ fn make_store(dir: &Path, variant: u8) -> Store {
     fs::create_dir_all(&root).unwrap();
     let mut b = StoreBuilder { root: root.clone(), infos: Vec::new(), paths: BTreeMap::new() };
     let lib = b.add("lib", "lib-2.3", Node::Dir(vec![("lib", Node::Dir(vec![("libfoo.so", Node::File(noise(40 << 10, 7), true))]))]), &[]);
-    let stat = b.add("static", "static-0.5", Node::Dir(vec![("share", Node::Dir(vec![("static.txt", Node::File(b"static data\n".repeat(700), false))]))]), &[]);
+    let stat = b.add(
+        "static",
+        "static-0.5",
+        Node::Dir(vec![("share", Node::Dir(vec![("static.txt", Node::File(b"static data\n".repeat(700), false))]))]),
+        &[],
+    );
     let data = if variant == 1 {
         b.add(
             "data",
@@ -173,7 +178,12 @@ fn make_store(dir: &Path, variant: u8) -> Store {
         )
     };
     let script = format!("#!/bin/sh\ncat {data}/share/data.txt\n# links {lib}/lib/libfoo.so\n");
-    let tool = b.add("tool", "tool-1.0", Node::Dir(vec![("bin", Node::Dir(vec![("tool", Node::File(script.into_bytes(), true))]))]), &["data", "lib"]);
+    let tool = b.add(
+        "tool",
+        "tool-1.0",
+        Node::Dir(vec![("bin", Node::Dir(vec![("tool", Node::File(script.into_bytes(), true))]))]),
+        &["data", "lib"],
+    );
     let profile = format!("export PATH={tool}/bin\nexport STATIC={stat}/share\n");
     b.add(
         "env",
@@ -244,8 +254,7 @@ fn run_tool(cmd: &mut Command) -> Output {
 fn run_with_timeout(cmd: &mut Command, limit: Duration) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let (o, e) = (dir.path().join("out"), dir.path().join("err"));
-    let mut child =
-        cmd.stdin(Stdio::null()).stdout(fs::File::create(&o).unwrap()).stderr(fs::File::create(&e).unwrap()).spawn().unwrap();
+    let mut child = cmd.stdin(Stdio::null()).stdout(fs::File::create(&o).unwrap()).stderr(fs::File::create(&e).unwrap()).spawn().unwrap();
     let start = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -315,7 +324,9 @@ fn manifest_layers(dir: &Path, tag: &str) -> Vec<(String, u64, Vec<String>)> {
         .as_array()
         .unwrap()
         .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str().is_some_and(|r| r == tag || r.ends_with(&format!(":{tag}"))))
+        .find(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"].as_str().is_some_and(|r| r == tag || r.ends_with(&format!(":{tag}")))
+        })
         .unwrap();
     let manifest: Value = serde_json::from_slice(&blob(m["digest"].as_str().unwrap())).unwrap();
     manifest["layers"]
@@ -378,7 +389,8 @@ fn diff_names_exactly_the_changed_paths_and_the_bytes_to_download() {
     assert_eq!(shared_paths, [f.v2.paths["lib"].clone(), f.v2.paths["static"].clone()].into());
     assert_eq!(digests(&d["layers"]["added"]), new_layers.iter().filter(|l| holds_changed(l)).map(|l| l.0.clone()).collect());
     let changed_old: BTreeSet<&String> = ["data", "tool", "env"].iter().map(|k| &f.v1.paths[k]).collect();
-    let removed: BTreeSet<String> = old_layers.iter().filter(|l| l.2.iter().any(|p| changed_old.contains(p))).map(|l| l.0.clone()).collect();
+    let removed: BTreeSet<String> =
+        old_layers.iter().filter(|l| l.2.iter().any(|p| changed_old.contains(p))).map(|l| l.0.clone()).collect();
     assert_eq!(digests(&d["layers"]["removed"]), removed);
 
     // Download bytes: the summed sizes of the changed layers; and NEW's total.
@@ -461,7 +473,8 @@ fn an_image_against_itself_and_through_two_transports_is_identical() {
 #[test]
 fn layers_changed_only_by_grouping_are_called_regrouped() {
     let f = fixture();
-    let d = json(&["diff", &format!("oci:{}:v1", f.p("img")), &format!("oci:{}:v1-regrouped", f.p("img")), "--json"]);
+    let (old, new) = (format!("oci:{}:v1", f.p("img")), format!("oci:{}:v1-regrouped", f.p("img")));
+    let d = json(&["diff", &old, &new, "--json"]);
     assert!(d["paths"]["changed"].as_array().unwrap().is_empty());
     let regrouped = d["layers"]["regrouped"].as_array().unwrap();
     assert_eq!(regrouped.len(), 1, "{d:#}");
@@ -469,6 +482,11 @@ fn layers_changed_only_by_grouping_are_called_regrouped() {
     // With 3 store layers the planner keeps the two largest paths (lib, data) alone and merges the rest.
     assert_eq!(moved, ["static", "tool", "env"].iter().map(|k| f.v1.paths[k].clone()).collect());
     assert_eq!(regrouped[0]["moved_from"].as_array().unwrap().len(), 3);
+    assert_eq!(digests(&d["layers"]["removed"]), strings(&regrouped[0]["moved_from"]).into_iter().collect());
+    assert_eq!(d["layers"]["regrouped_removed"].as_array().unwrap().len(), 3);
+    let text = ok(&["diff", &old, &new]);
+    assert!(text.contains("changed only because the grouping moved store paths") && text.contains("removed (regrouped)"), "{text}");
+    eprintln!("{text}");
     assert_eq!(d["download_bytes"], d["layers"]["added"][0]["size"]);
 }
 
@@ -519,7 +537,14 @@ fn an_image_nixoci_did_not_build_works_from_tar_headers() {
             fs::write(p, content).unwrap();
         }
     };
-    mk("base", &[(&format!("nix/store/{common}/share/c.txt"), "common"), (&format!("nix/store/{gone}/g"), "gone"), ("etc/os-release", "ID=test\n")]);
+    mk(
+        "base",
+        &[
+            (&format!("nix/store/{common}/share/c.txt"), "common"),
+            (&format!("nix/store/{gone}/g"), "gone"),
+            ("etc/os-release", "ID=test\n"),
+        ],
+    );
     mk("old", &[(&format!("nix/store/{foo1}/bin/foo"), "foo one")]);
     mk("new", &[(&format!("nix/store/{foo2}/bin/foo"), "foo one point one"), (&format!("nix/store/{foo2}/share/doc"), "doc")]);
     let layout = d.join("layout");

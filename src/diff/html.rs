@@ -106,7 +106,9 @@ fn class(d: &Diff, side_is_new: bool, l: &LayerInfo) -> &'static str {
     let other = if side_is_new { &d.old_image } else { &d.new_image };
     if other.layers.iter().any(|o| o.digest == l.digest) {
         "shared"
-    } else if side_is_new && d.layers.regrouped.iter().any(|r| r.digest == l.digest) {
+    } else if (side_is_new && d.layers.regrouped.iter().any(|r| r.digest == l.digest))
+        || (!side_is_new && d.layers.regrouped_removed.contains(&l.digest))
+    {
         "regrouped"
     } else {
         "changed"
@@ -114,13 +116,7 @@ fn class(d: &Diff, side_is_new: bool, l: &LayerInfo) -> &'static str {
 }
 
 fn tooltip(l: &LayerInfo, index: usize) -> String {
-    let mut t = format!(
-        "layer {} · {}\ngroup: {}\n{}",
-        index + 1,
-        human_size(l.size),
-        l.group.as_deref().unwrap_or("-"),
-        l.digest
-    );
+    let mut t = format!("layer {} · {}\ngroup: {}\n{}", index + 1, human_size(l.size), l.group.as_deref().unwrap_or("-"), l.digest);
     const MAX: usize = 40;
     for p in l.paths.iter().take(MAX) {
         t.push('\n');
@@ -223,8 +219,15 @@ fn layers_table(h: &mut String, d: &Diff) {
         .shared
         .iter()
         .map(|l| ("shared", "shared", l))
-        .chain(d.layers.added.iter().map(|l| if regrouped(&l.digest) { ("regrouped", "added (regrouped)", l) } else { ("changed", "added", l) }))
-        .chain(d.layers.removed.iter().map(|l| ("changed", "removed", l)));
+        .chain(
+            d.layers
+                .added
+                .iter()
+                .map(|l| if regrouped(&l.digest) { ("regrouped", "added (regrouped)", l) } else { ("changed", "added", l) }),
+        )
+        .chain(d.layers.removed.iter().map(|l| {
+            if d.layers.regrouped_removed.contains(&l.digest) { ("regrouped", "removed (regrouped)", l) } else { ("changed", "removed", l) }
+        }));
     for (class, status, l) in rows {
         let paths: Vec<String> = l.paths.iter().map(|p| p.full()).collect();
         table_row(

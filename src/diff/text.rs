@@ -70,7 +70,7 @@ pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
         row(status, l);
     }
     for l in &d.layers.removed {
-        row("removed", l);
+        row(if d.layers.regrouped_removed.contains(&l.digest) { "removed (regrouped)" } else { "removed" }, l);
     }
     t.write(w, 2)?;
     if !d.layers.regrouped.is_empty() {
@@ -78,7 +78,14 @@ pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
         for r in &d.layers.regrouped {
             let names: Vec<&str> = r.paths.iter().map(|p| p.name()).collect();
             let from: Vec<&str> = r.moved_from.iter().map(|x| short_digest(x.as_str())).collect();
-            writeln!(w, "    {} ({}): {} (from {})", short_digest(r.digest.as_str()), r.group.as_deref().unwrap_or("-"), names.join(", "), from.join(", "))?;
+            writeln!(
+                w,
+                "    {} ({}): {} (from {})",
+                short_digest(r.digest.as_str()),
+                r.group.as_deref().unwrap_or("-"),
+                names.join(", "),
+                from.join(", ")
+            )?;
         }
     }
     writeln!(w)?;
