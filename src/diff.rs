@@ -516,7 +516,11 @@ pub fn write_html(d: &Diff, path: &std::path::Path) -> Result<()> {
     use std::io::Write;
     let page = html::render(d);
     let mut tmp = crate::transport::temp_sibling_file(path)?;
+    let mut perms = tmp.as_file().metadata()?.permissions();
     tmp.write_all(page.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    // A temporary file is 0600; a report is for sharing, like the archives we write.
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    tmp.as_file().set_permissions(perms).with_context(|| format!("writing {}", path.display()))?;
     tmp.persist(path).map_err(|e| anyhow::anyhow!("writing {}: {}", path.display(), e.error))?;
     Ok(())
 }

@@ -703,6 +703,7 @@ fn html_report_is_self_contained_escaped_and_renders_the_bars() {
     let (old, new) = (format!("oci:{}:v1", f.p("img")), format!("oci:{}:v2", f.p("img")));
     ok(&["diff", &old, &new, "--files", "--html", &report.display().to_string()]);
     let html = fs::read_to_string(&report).unwrap();
+    assert_eq!(fs::metadata(&report).unwrap().permissions().mode() & 0o777, 0o644);
     for external in ["src=", "<link", "url(", "http://", "https://", "<script"] {
         assert!(!html.contains(external), "the page must be self-contained: found {external:?}");
     }
