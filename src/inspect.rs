@@ -100,7 +100,10 @@ impl LayerInfo {
     /// `python3.14-torch-2.10.0`, `hello-1.0 +3`, or the group when the layer holds no store path.
     pub fn label(&self) -> String {
         match self.paths.as_slice() {
-            [] => self.group.clone().unwrap_or_else(|| "(no store paths)".to_owned()),
+            [] => self
+                .group
+                .clone()
+                .unwrap_or_else(|| "(no store paths)".to_owned()),
             [one] => one.name().to_owned(),
             [first, rest @ ..] => format!("{} +{}", first.name(), rest.len()),
         }
@@ -128,9 +131,18 @@ impl Inspection {
 
 /// Inspects an opened image. Layers are read only when they carry no nixoci annotations (or when
 /// `opts.read_layers` asks for it).
-pub fn inspect(img: &SourceImage, opts: &InspectOptions, reporter: &dyn Reporter) -> Result<Inspection> {
+pub fn inspect(
+    img: &SourceImage,
+    opts: &InspectOptions,
+    reporter: &dyn Reporter,
+) -> Result<Inspection> {
     let cfg = img.config.config().clone().unwrap_or_default();
-    let labels: BTreeMap<String, String> = cfg.labels().clone().unwrap_or_default().into_iter().collect();
+    let labels: BTreeMap<String, String> = cfg
+        .labels()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let mut exposed_ports = cfg.exposed_ports().clone().unwrap_or_default();
     exposed_ports.sort();
     let config = RunConfig {
@@ -145,7 +157,8 @@ pub fn inspect(img: &SourceImage, opts: &InspectOptions, reporter: &dyn Reporter
     let total = img.layers.len();
     let mut layers = Vec::with_capacity(total);
     for (i, l) in img.layers.iter().enumerate() {
-        let annotated = annotated_paths(l).with_context(|| format!("layer {} of {}", i + 1, img.reference))?;
+        let annotated =
+            annotated_paths(l).with_context(|| format!("layer {} of {}", i + 1, img.reference))?;
         let info = match annotated {
             Some((group, paths)) if !opts.read_layers => LayerInfo {
                 digest: l.digest.clone(),
@@ -161,7 +174,12 @@ pub fn inspect(img: &SourceImage, opts: &InspectOptions, reporter: &dyn Reporter
                 opaque_store: false,
             },
             annotated => {
-                reporter.note(&format!("reading layer {}/{total} of {} ({})", i + 1, img.reference, human_size(l.size)));
+                reporter.note(&format!(
+                    "reading layer {}/{total} of {} ({})",
+                    i + 1,
+                    img.reference,
+                    human_size(l.size)
+                ));
                 let scan = scan_layer(img, i, None)?;
                 let (group, paths_from, paths) = match annotated {
                     Some((group, paths)) => {
@@ -177,7 +195,11 @@ pub fn inspect(img: &SourceImage, opts: &InspectOptions, reporter: &dyn Reporter
                         }
                         (group, PathsFrom::Annotation, paths)
                     }
-                    None => (None, PathsFrom::TarHeaders, scan.paths.iter().cloned().collect()),
+                    None => (
+                        None,
+                        PathsFrom::TarHeaders,
+                        scan.paths.iter().cloned().collect(),
+                    ),
                 };
                 LayerInfo {
                     digest: l.digest.clone(),
@@ -197,7 +219,11 @@ pub fn inspect(img: &SourceImage, opts: &InspectOptions, reporter: &dyn Reporter
         layers.push(info);
     }
     let mut seen = BTreeSet::new();
-    let compressed_size = layers.iter().filter(|l| seen.insert(&l.digest)).map(|l| l.size).sum();
+    let compressed_size = layers
+        .iter()
+        .filter(|l| seen.insert(&l.digest))
+        .map(|l| l.size)
+        .sum();
     Ok(Inspection {
         reference: img.reference.clone(),
         manifest_digest: img.manifest_digest.clone(),
@@ -225,7 +251,10 @@ fn annotated_paths(l: &SourceLayer) -> Result<Option<(Option<String>, Vec<StoreP
         .map(|s| {
             s.lines()
                 .filter(|p| !p.is_empty())
-                .map(|p| StorePath::parse(p).map_err(|e| anyhow!("annotation {ANNOTATION_STORE_PATHS}: {e}")))
+                .map(|p| {
+                    StorePath::parse(p)
+                        .map_err(|e| anyhow!("annotation {ANNOTATION_STORE_PATHS}: {e}"))
+                })
                 .collect::<Result<Vec<_>>>()
         })
         .transpose()?
@@ -292,9 +321,23 @@ pub struct LayerScan {
 /// paths in `files_of` every entry, with file contents hashed. Verifies the blob's digest and size
 /// and the tar's diff_id; on a mismatch, that is the error reported (it explains any decoding
 /// error that came first).
-pub fn scan_layer(img: &SourceImage, i: usize, files_of: Option<&BTreeSet<StorePath>>) -> Result<LayerScan> {
-    let l = img.layers.get(i).ok_or_else(|| anyhow!("{}: no layer {}", img.reference, i + 1))?;
-    let what = || format!("reading layer {} ({}) of {}", i + 1, l.digest, img.reference);
+pub fn scan_layer(
+    img: &SourceImage,
+    i: usize,
+    files_of: Option<&BTreeSet<StorePath>>,
+) -> Result<LayerScan> {
+    let l = img
+        .layers
+        .get(i)
+        .ok_or_else(|| anyhow!("{}: no layer {}", img.reference, i + 1))?;
+    let what = || {
+        format!(
+            "reading layer {} ({}) of {}",
+            i + 1,
+            l.digest,
+            img.reference
+        )
+    };
     let mut raw = img.open_blob(&l.digest, l.size).with_context(what)?;
     let scanned = (|| -> Result<LayerScan> {
         let mut tar = HashingReader::new(decompress(&mut raw, &l.media_type)?);
@@ -303,7 +346,9 @@ pub fn scan_layer(img: &SourceImage, i: usize, files_of: Option<&BTreeSet<StoreP
         let (size, got) = tar.finish();
         scan.unpacked_size = size;
         if let Some(want) = l.diff_id.as_ref().filter(|w| **w != got) {
-            bail!("its uncompressed tar does not match the config's diff_id {want} (it hashes to {got})");
+            bail!(
+                "its uncompressed tar does not match the config's diff_id {want} (it hashes to {got})"
+            );
         }
         Ok(scan)
     })();
@@ -357,16 +402,27 @@ fn read_entries<R: Read>(r: R, files_of: Option<&BTreeSet<StorePath>>) -> Result
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let executable = header.mode().unwrap_or(0) & 0o111 != 0;
                     let mut h = HashingReader::new(&mut entry);
-                    io::copy(&mut h, &mut io::sink()).with_context(|| format!("reading {raw_path}"))?;
+                    io::copy(&mut h, &mut io::sink())
+                        .with_context(|| format!("reading {raw_path}"))?;
                     let (size, digest) = h.finish();
-                    FileEntry::File { size, sha256: digest.hex().to_owned(), executable }
+                    FileEntry::File {
+                        size,
+                        sha256: digest.hex().to_owned(),
+                        executable,
+                    }
                 }
                 tar::EntryType::Directory => FileEntry::Dir,
                 tar::EntryType::Symlink => FileEntry::Symlink {
-                    target: entry.link_name_bytes().map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default(),
+                    target: entry
+                        .link_name_bytes()
+                        .map(|t| String::from_utf8_lossy(&t).into_owned())
+                        .unwrap_or_default(),
                 },
                 tar::EntryType::Link => {
-                    let target = entry.link_name_bytes().map(|t| normalise(&String::from_utf8_lossy(&t)).to_owned()).unwrap_or_default();
+                    let target = entry
+                        .link_name_bytes()
+                        .map(|t| normalise(&String::from_utf8_lossy(&t)).to_owned())
+                        .unwrap_or_default();
                     by_path.get(&target).cloned().unwrap_or(FileEntry::Other)
                 }
                 _ => FileEntry::Other,
@@ -374,12 +430,19 @@ fn read_entries<R: Read>(r: R, files_of: Option<&BTreeSet<StorePath>>) -> Result
             if matches!(file, FileEntry::File { .. }) {
                 by_path.insert(path.to_owned(), file.clone());
             }
-            scan.files.entry(sp.clone()).or_default().insert(inner.trim_end_matches('/').to_owned(), file);
+            scan.files
+                .entry(sp.clone())
+                .or_default()
+                .insert(inner.trim_end_matches('/').to_owned(), file);
         }
         scan.paths.insert(sp);
     }
     if let Some(end) = ar.into_inner().ended_at.filter(|e| *e < data_end.0) {
-        bail!("the tar ends inside {}: {} byte(s) of its data are missing", data_end.1, data_end.0 - end);
+        bail!(
+            "the tar ends inside {}: {} byte(s) of its data are missing",
+            data_end.1,
+            data_end.0 - end
+        );
     }
     Ok(scan)
 }
@@ -413,7 +476,12 @@ struct LenientEnd<R> {
 
 impl<R: Read> LenientEnd<R> {
     fn new(inner: R) -> Self {
-        Self { inner, pos: 0, ended_at: None, zeros: None }
+        Self {
+            inner,
+            pos: 0,
+            ended_at: None,
+            zeros: None,
+        }
     }
 }
 
@@ -445,7 +513,11 @@ struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     fn new(inner: R) -> Self {
-        Self { inner, hasher: Sha256::new(), read: 0 }
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            read: 0,
+        }
     }
 
     fn finish(self) -> (u64, Digest) {
@@ -476,7 +548,14 @@ pub fn write_text<W: Write>(ins: &Inspection, w: &mut W) -> io::Result<()> {
     for (k, v) in config_lines(&ins.config) {
         kv(k, v);
     }
-    kv("SIZE", format!("{} in {} layer(s)", human_size(ins.compressed_size), ins.layers.len()));
+    kv(
+        "SIZE",
+        format!(
+            "{} in {} layer(s)",
+            human_size(ins.compressed_size),
+            ins.layers.len()
+        ),
+    );
     write_kv(&head, w)?;
     writeln!(w)?;
     let mut t = Table::new(&[
@@ -512,7 +591,10 @@ pub fn write_text<W: Write>(ins: &Inspection, w: &mut W) -> io::Result<()> {
     }
     t.write(w, 0)?;
     if ins.layers.iter().any(|l| l.unpacked_size.is_none()) {
-        writeln!(w, "\n(UNPACKED is known for layers that were read: use --read-layers to read them all.)")?;
+        writeln!(
+            w,
+            "\n(UNPACKED is known for layers that were read: use --read-layers to read them all.)"
+        )?;
     }
     Ok(())
 }
@@ -532,12 +614,36 @@ pub(crate) fn write_kv<W: Write>(t: &Table, w: &mut W) -> io::Result<()> {
 pub(crate) fn config_lines(c: &RunConfig) -> Vec<(&'static str, String)> {
     let json = |v: &[String]| serde_json::to_string(v).unwrap_or_default();
     let mut out = vec![("ENTRYPOINT", json(&c.entrypoint)), ("CMD", json(&c.cmd))];
-    out.push(("ENV", if c.env.is_empty() { "-".to_owned() } else { c.env.join("\n") }));
+    out.push((
+        "ENV",
+        if c.env.is_empty() {
+            "-".to_owned()
+        } else {
+            c.env.join("\n")
+        },
+    ));
     out.push(("USER", c.user.clone().unwrap_or_else(|| "-".to_owned())));
-    out.push(("WORKDIR", c.workdir.clone().unwrap_or_else(|| "-".to_owned())));
+    out.push((
+        "WORKDIR",
+        c.workdir.clone().unwrap_or_else(|| "-".to_owned()),
+    ));
     let labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    out.push(("LABELS", if labels.is_empty() { "-".to_owned() } else { labels.join("\n") }));
-    out.push(("PORTS", if c.exposed_ports.is_empty() { "-".to_owned() } else { c.exposed_ports.join(" ") }));
+    out.push((
+        "LABELS",
+        if labels.is_empty() {
+            "-".to_owned()
+        } else {
+            labels.join("\n")
+        },
+    ));
+    out.push((
+        "PORTS",
+        if c.exposed_ports.is_empty() {
+            "-".to_owned()
+        } else {
+            c.exposed_ports.join(" ")
+        },
+    ));
     out
 }
 
@@ -578,10 +684,20 @@ mod tests {
             ("nix/store/", Directory, b"", ""),
             (&format!("nix/store/{A}/"), Directory, b"", ""),
             (&format!("nix/store/{A}/bin/foo"), Regular, b"hello", ""),
-            (&format!("nix/store/{A}/bin/bar"), Link, b"", &format!("nix/store/{A}/bin/foo")),
+            (
+                &format!("nix/store/{A}/bin/bar"),
+                Link,
+                b"",
+                &format!("nix/store/{A}/bin/foo"),
+            ),
             (&format!("nix/store/{A}/lib"), Symlink, b"", "bin"),
             (&format!("nix/store/{B}"), Regular, b"x", ""),
-            ("nix/store/.wh.2c7mkyx2ra1ph9nd61mcvy0kh8lsaxhr-gone", Regular, b"", ""),
+            (
+                "nix/store/.wh.2c7mkyx2ra1ph9nd61mcvy0kh8lsaxhr-gone",
+                Regular,
+                b"",
+                "",
+            ),
             ("etc/passwd", Regular, b"root", ""),
             ("nix/store/not-a-store-path", Regular, b"", ""),
         ]);
@@ -590,29 +706,67 @@ mod tests {
         let names: Vec<&str> = scan.paths.iter().map(StorePath::name).collect();
         assert_eq!(names, ["foo-1.0", "bar"]);
         assert_eq!(scan.other_entries, 2);
-        assert_eq!(scan.whiteouts.iter().map(StorePath::name).collect::<Vec<_>>(), ["gone"]);
+        assert_eq!(
+            scan.whiteouts
+                .iter()
+                .map(StorePath::name)
+                .collect::<Vec<_>>(),
+            ["gone"]
+        );
         let files = &scan.files[&want.iter().next().unwrap().clone()];
-        assert_eq!(files.keys().collect::<Vec<_>>(), ["", "bin/bar", "bin/foo", "lib"]);
-        assert_eq!(files["bin/foo"], files["bin/bar"], "a hardlink has its target's content");
+        assert_eq!(
+            files.keys().collect::<Vec<_>>(),
+            ["", "bin/bar", "bin/foo", "lib"]
+        );
+        assert_eq!(
+            files["bin/foo"], files["bin/bar"],
+            "a hardlink has its target's content"
+        );
         assert_eq!(files["bin/foo"].size(), 5);
-        assert_eq!(files["lib"], FileEntry::Symlink { target: "bin".into() });
-        assert!(!scan.files.contains_key(&StorePath::from_base_name(B).unwrap()));
+        assert_eq!(
+            files["lib"],
+            FileEntry::Symlink {
+                target: "bin".into()
+            }
+        );
+        assert!(
+            !scan
+                .files
+                .contains_key(&StorePath::from_base_name(B).unwrap())
+        );
     }
 
     #[test]
     fn a_tar_without_its_end_blocks_reads() {
-        let bytes = tar_of(&[(&format!("nix/store/{A}/x"), tar::EntryType::Regular, b"1234567", "")]);
+        let bytes = tar_of(&[(
+            &format!("nix/store/{A}/x"),
+            tar::EntryType::Regular,
+            b"1234567",
+            "",
+        )]);
         let cut = &bytes[..512 + 7];
         let scan = read_entries(cut, None).unwrap();
         assert_eq!(scan.paths.len(), 1);
-        assert!(read_entries(&bytes[..512 + 3], None).is_err(), "cut inside an entry");
+        assert!(
+            read_entries(&bytes[..512 + 3], None).is_err(),
+            "cut inside an entry"
+        );
     }
 
     #[test]
     fn media_types_shorten() {
-        assert_eq!(short_media_type("application/vnd.oci.image.layer.v1.tar+gzip"), "tar+gzip");
-        assert_eq!(short_media_type("application/vnd.oci.image.layer.v1.tar"), "tar");
-        assert_eq!(short_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip"), "tar.gzip");
+        assert_eq!(
+            short_media_type("application/vnd.oci.image.layer.v1.tar+gzip"),
+            "tar+gzip"
+        );
+        assert_eq!(
+            short_media_type("application/vnd.oci.image.layer.v1.tar"),
+            "tar"
+        );
+        assert_eq!(
+            short_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+            "tar.gzip"
+        );
         assert_eq!(normalise("./nix/store/x/"), "nix/store/x");
         assert_eq!(normalise("/./a"), "a");
     }

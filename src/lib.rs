@@ -5,6 +5,7 @@
 
 pub mod blob;
 pub mod build;
+pub mod cache;
 pub mod closure;
 pub mod diff;
 pub mod image;

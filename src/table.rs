@@ -11,7 +11,11 @@ pub fn human_size(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// `sha256:0123456789ab`: enough of a digest to tell layers apart in a table.
@@ -86,10 +90,15 @@ impl Table {
         let headers: Vec<&str> = self.headers.iter().map(String::as_str).collect();
         line(w, &headers)?;
         for row in &self.rows {
-            let split: Vec<Vec<&str>> = (0..n).map(|i| row.get(i).map_or(vec![""], |c| c.lines().collect())).collect();
+            let split: Vec<Vec<&str>> = (0..n)
+                .map(|i| row.get(i).map_or(vec![""], |c| c.lines().collect()))
+                .collect();
             let height = split.iter().map(Vec::len).max().unwrap_or(1).max(1);
             for k in 0..height {
-                let cells: Vec<&str> = split.iter().map(|c| c.get(k).copied().unwrap_or("")).collect();
+                let cells: Vec<&str> = split
+                    .iter()
+                    .map(|c| c.get(k).copied().unwrap_or(""))
+                    .collect();
                 line(w, &cells)?;
             }
         }
@@ -111,7 +120,11 @@ mod tests {
 
     #[test]
     fn columns_align_and_multiline_cells_span_rows() {
-        let mut t = Table::new(&[("NAME", Align::Left), ("SIZE", Align::Right), ("PATHS", Align::Left)]);
+        let mut t = Table::new(&[
+            ("NAME", Align::Left),
+            ("SIZE", Align::Right),
+            ("PATHS", Align::Left),
+        ]);
         t.row(vec!["a".into(), "1 B".into(), "x\ny".into()]);
         t.row(vec!["longer".into(), "10.0 KiB".into(), String::new()]);
         let mut out = Vec::new();

@@ -39,7 +39,9 @@ impl Inputs {
             (Some(file), _) => closure::read::closure_file(file)?,
             (None, Some(dir)) => closure::read::closure_info(dir)?,
             (None, None) if !self.roots.is_empty() => closure::read::from_nix(&self.roots)?,
-            (None, None) => bail!("no closure: give store paths (ROOT…), --closure FILE or --closure-info DIR"),
+            (None, None) => {
+                bail!("no closure: give store paths (ROOT…), --closure FILE or --closure-info DIR")
+            }
         };
         if closure.is_empty() {
             bail!("the closure is empty");
@@ -50,7 +52,10 @@ impl Inputs {
     pub fn spec(&self) -> Result<ImageSpec> {
         match &self.image {
             Some(f) => ImageSpec::load(f),
-            None => Ok(ImageSpec { architecture: "amd64".into(), ..Default::default() }),
+            None => Ok(ImageSpec {
+                architecture: "amd64".into(),
+                ..Default::default()
+            }),
         }
     }
 
@@ -58,8 +63,15 @@ impl Inputs {
         let custom = usize::from(spec.has_layer());
         let max = self.max_layers as usize;
         if max <= custom {
-            bail!("--max-layers {max} leaves no layer for the store paths (the customisation layer takes one)");
+            bail!(
+                "--max-layers {max} leaves no layer for the store paths (the customisation layer takes one)"
+            );
         }
-        Ok(layering::plan(closure, Budget { store_layers: max - custom }))
+        Ok(layering::plan(
+            closure,
+            Budget {
+                store_layers: max - custom,
+            },
+        ))
     }
 }

@@ -33,13 +33,19 @@ pub struct Budget {
 
 /// Plans the layers of `closure` within `budget`.
 pub fn plan(closure: &Closure, budget: Budget) -> Plan {
-    let mut paths: Vec<(&StorePath, u64)> = closure.iter().map(|i| (&i.path, i.nar_size.unwrap_or(0))).collect();
+    let mut paths: Vec<(&StorePath, u64)> = closure
+        .iter()
+        .map(|i| (&i.path, i.nar_size.unwrap_or(0)))
+        .collect();
     paths.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
     let n = budget.store_layers.max(1);
     let mut layers: Vec<Layer> = Vec::new();
     for (i, (path, _)) in paths.into_iter().enumerate() {
         if i < n {
-            layers.push(Layer { group: AUTO_GROUP.to_owned(), paths: vec![path.clone()] });
+            layers.push(Layer {
+                group: AUTO_GROUP.to_owned(),
+                paths: vec![path.clone()],
+            });
         } else {
             layers[n - 1].paths.push(path.clone());
         }
@@ -83,10 +89,24 @@ mod tests {
     fn rest_is_merged_into_the_last_layer() {
         let c = closure(10);
         for budget in [1, 2, 5, 9, 10, 11] {
-            let p = plan(&c, Budget { store_layers: budget });
+            let p = plan(
+                &c,
+                Budget {
+                    store_layers: budget,
+                },
+            );
             check(&c, &p, budget);
             assert_eq!(p.layers.len(), budget.min(10));
-            assert_eq!(p, plan(&c, Budget { store_layers: budget }), "deterministic");
+            assert_eq!(
+                p,
+                plan(
+                    &c,
+                    Budget {
+                        store_layers: budget
+                    }
+                ),
+                "deterministic"
+            );
         }
     }
 }
