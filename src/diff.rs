@@ -33,7 +33,8 @@ use serde::Serialize;
 use crate::blob::Digest;
 use crate::closure::StorePath;
 use crate::inspect::{
-    FileEntry, FileTree, InspectOptions, Inspection, LayerInfo, RunConfig, inspect, scan_layer,
+    FileEntry, FileScan, FileTree, InspectOptions, Inspection, LayerInfo, RunConfig, inspect,
+    scan_layer,
 };
 use crate::progress::Reporter;
 use crate::transport::source::SourceImage;
@@ -143,6 +144,9 @@ pub struct ChangedPath {
     pub old_version: Option<String>,
     pub new_version: Option<String>,
     pub change: Change,
+    /// Why a same-version path got a new hash, when `--files` could tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
     /// With `--files`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<FileDiff>,
@@ -157,6 +161,17 @@ pub enum Change {
     SameVersionNewHash,
 }
 
+/// Why a store path of the same name and version has a new hash (known with `--files`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cause {
+    /// It refers to another changed store path (its files may differ beyond those references
+    /// too: a build ID, say).
+    Dependency,
+    /// It refers to no other changed store path: its own inputs changed.
+    Content,
+}
+
 impl ChangedPath {
     /// `0.31.0 → 0.32.0`, or `same version, new hash (a dependency changed)`.
     pub fn describe(&self) -> String {
@@ -164,6 +179,9 @@ impl ChangedPath {
             Change::Version => {
                 let v = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".to_owned());
                 format!("{} → {}", v(&self.old_version), v(&self.new_version))
+            }
+            Change::SameVersionNewHash if self.cause == Some(Cause::Content) => {
+                "same version, new hash (its own content changed)".to_owned()
             }
             Change::SameVersionNewHash => {
                 "same version, new hash (a dependency changed)".to_owned()
@@ -453,6 +471,7 @@ fn path_diff(
                 old: o,
                 new: n,
                 change,
+                cause: None,
                 files: None,
             }
         })
@@ -564,37 +583,64 @@ fn add_file_diffs(
     d: &mut Diff,
     reporter: &dyn Reporter,
 ) -> Result<()> {
+    let rewrite: BTreeMap<String, String> = d
+        .paths
+        .changed
+        .iter()
+        .map(|c| (c.old.base_name().to_owned(), c.new.base_name().to_owned()))
+        .collect();
+    let old_paths: BTreeSet<StorePath> = d.paths.changed.iter().map(|c| c.old.clone()).collect();
+    let new_paths: BTreeSet<StorePath> = d.paths.changed.iter().map(|c| c.new.clone()).collect();
+    let none = BTreeMap::new();
     let old_trees = trees(
         old,
         &d.old_image,
-        d.paths.changed.iter().map(|c| &c.old),
+        &FileScan {
+            paths: &old_paths,
+            rewrite: &rewrite,
+        },
         reporter,
     )?;
     let new_trees = trees(
         new,
         &d.new_image,
-        d.paths.changed.iter().map(|c| &c.new),
+        &FileScan {
+            paths: &new_paths,
+            rewrite: &none,
+        },
         reporter,
     )?;
     let empty = FileTree::new();
     for c in &mut d.paths.changed {
         let o = old_trees.get(&c.old).unwrap_or(&empty);
         let n = new_trees.get(&c.new).unwrap_or(&empty);
-        c.files = Some(compare_trees(o, n));
+        let files = compare_trees(o, n, &rewrite);
+        if c.change == Change::SameVersionNewHash {
+            // A dependency changed when the path refers to another changed path.
+            let refers = changed_refs(o, &rewrite)
+                .into_iter()
+                .any(|h| h != c.old.hash_part());
+            c.cause = Some(if refers {
+                Cause::Dependency
+            } else {
+                Cause::Content
+            });
+        }
+        c.files = Some(files);
     }
     Ok(())
 }
 
 /// The file trees of `wanted` store paths, reading each layer that holds one of them once.
-fn trees<'a>(
+fn trees(
     img: &SourceImage,
     ins: &Inspection,
-    wanted: impl Iterator<Item = &'a StorePath>,
+    scan: &FileScan<'_>,
     reporter: &dyn Reporter,
 ) -> Result<BTreeMap<StorePath, FileTree>> {
     let all = ins.store_paths();
     let mut by_layer: BTreeMap<usize, BTreeSet<StorePath>> = BTreeMap::new();
-    for p in wanted {
+    for p in scan.paths {
         for &i in all.get(p).into_iter().flatten() {
             by_layer.entry(i).or_default().insert(p.clone());
         }
@@ -607,16 +653,29 @@ fn trees<'a>(
             img.layers.len(),
             img.reference
         ));
-        let scan = scan_layer(img, *i, Some(want))?;
-        for (p, files) in scan.files {
+        let layer = scan_layer(
+            img,
+            *i,
+            Some(&FileScan {
+                paths: want,
+                rewrite: scan.rewrite,
+            }),
+        )?;
+        for (p, files) in layer.files {
             out.entry(p).or_default().extend(files);
         }
     }
     Ok(out)
 }
 
-/// Added, removed and modified entries between two trees of one store path.
-pub fn compare_trees(old: &FileTree, new: &FileTree) -> FileDiff {
+/// Added, removed and modified entries between two trees of one store path. `rewrite` (old store
+/// path base name → new) tells a change of references to rebuilt store paths (`what: "references"`) from
+/// other changes; file contents were hashed with it applied at scan time ([`FileScan`]).
+pub fn compare_trees(
+    old: &FileTree,
+    new: &FileTree,
+    rewrite: &BTreeMap<String, String>,
+) -> FileDiff {
     let mut d = FileDiff::default();
     let change = |path: &str,
                   kind: &str,
@@ -630,35 +689,54 @@ pub fn compare_trees(old: &FileTree, new: &FileTree) -> FileDiff {
         what: what.map(str::to_owned),
     };
     for (path, o) in old {
-        match new.get(path) {
-            None => d.removed.push(change(path, o.kind(), Some(o), None, None)),
-            Some(n) if n != o => {
-                let what = match (o, n) {
-                    (
-                        FileEntry::File {
-                            sha256: a,
-                            size: sa,
-                            ..
-                        },
-                        FileEntry::File {
-                            sha256: b,
-                            size: sb,
-                            ..
-                        },
-                    ) if a == b && sa == sb => "executable bit",
-                    (FileEntry::File { .. }, FileEntry::File { .. }) => "content",
-                    (FileEntry::Symlink { .. }, FileEntry::Symlink { .. }) => "symlink target",
-                    _ => "type",
-                };
-                let kind = if o.kind() == n.kind() {
-                    n.kind().to_owned()
+        let Some(n) = new.get(path) else {
+            d.removed.push(change(path, o.kind(), Some(o), None, None));
+            continue;
+        };
+        let what = match (o, n) {
+            (
+                FileEntry::File {
+                    size: sa,
+                    sha256: a,
+                    executable: xa,
+                    sha256_rewritten: ra,
+                    ..
+                },
+                FileEntry::File {
+                    size: sb,
+                    sha256: b,
+                    executable: xb,
+                    ..
+                },
+            ) => {
+                if sa == sb && a == b {
+                    (xa != xb).then_some("executable bit")
+                } else if xa == xb && ra.as_ref() == Some(b) {
+                    Some("references")
                 } else {
-                    format!("{}→{}", o.kind(), n.kind())
-                };
-                d.modified
-                    .push(change(path, &kind, Some(o), Some(n), Some(what)));
+                    Some("content")
+                }
             }
-            Some(_) => {}
+            (FileEntry::Symlink { target: a }, FileEntry::Symlink { target: b }) => {
+                if a == b {
+                    None
+                } else if rewrite_refs(a, rewrite) == *b {
+                    Some("references")
+                } else {
+                    Some("symlink target")
+                }
+            }
+            (o, n) if o.kind() == n.kind() => None,
+            _ => Some("type"),
+        };
+        if let Some(what) = what {
+            let kind = if o.kind() == n.kind() {
+                n.kind().to_owned()
+            } else {
+                format!("{}→{}", o.kind(), n.kind())
+            };
+            d.modified
+                .push(change(path, &kind, Some(o), Some(n), Some(what)));
         }
     }
     for (path, n) in new {
@@ -667,6 +745,38 @@ pub fn compare_trees(old: &FileTree, new: &FileTree) -> FileDiff {
         }
     }
     d
+}
+
+/// The hash parts of the changed store paths (`rewrite`'s keys) that `tree` refers to.
+fn changed_refs(tree: &FileTree, rewrite: &BTreeMap<String, String>) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for entry in tree.values() {
+        match entry {
+            FileEntry::File { rewritten_refs, .. } => found.extend(rewritten_refs.iter().cloned()),
+            FileEntry::Symlink { target } => {
+                for o in rewrite.keys().filter_map(|o| o.get(..32)) {
+                    if target.contains(&format!("/nix/store/{o}")) {
+                        found.insert(o.to_owned());
+                    }
+                }
+            }
+            FileEntry::Dir | FileEntry::Other => {}
+        }
+    }
+    found
+}
+
+/// `s` with every `/nix/store/<old hash>-<old name>` made `/nix/store/<new hash>-<new name>`, and
+/// any other `/nix/store/<old hash>` made `/nix/store/<new hash>`.
+fn rewrite_refs(s: &str, rewrite: &BTreeMap<String, String>) -> String {
+    let mut out = s.to_owned();
+    for (o, n) in rewrite {
+        out = out.replace(&format!("/nix/store/{o}"), &format!("/nix/store/{n}"));
+        if let (Some(oh), Some(nh)) = (o.get(..32), n.get(..32)) {
+            out = out.replace(&format!("/nix/store/{oh}"), &format!("/nix/store/{nh}"));
+        }
+    }
+    out
 }
 
 /// Writes the HTML report to `path` atomically (a temporary sibling renamed into place).
@@ -811,26 +921,39 @@ mod tests {
 
     #[test]
     fn file_trees_compare() {
-        let f = |size, h: &str, x| FileEntry::File {
+        let f = |size, h: &str, x, r: Option<&str>| FileEntry::File {
             size,
             sha256: h.into(),
             executable: x,
+            sha256_rewritten: r.map(str::to_owned),
+            rewritten_refs: BTreeSet::new(),
+        };
+        let (o, n) = ("a".repeat(32), "b".repeat(32));
+        let link = |h: &str| FileEntry::Symlink {
+            target: format!("/nix/store/{h}-dep/bin/x"),
         };
         let old: FileTree = [
-            ("bin/a".to_owned(), f(1, "aa", true)),
-            ("bin/b".to_owned(), f(2, "bb", false)),
+            ("bin/a".to_owned(), f(1, "aa", true, None)),
+            ("bin/b".to_owned(), f(2, "bb", false, None)),
+            ("bin/c".to_owned(), f(6, "c1", false, Some("c2"))),
+            ("bin/d".to_owned(), f(6, "d1", false, Some("d2"))),
             ("lib".to_owned(), FileEntry::Symlink { target: "x".into() }),
-            ("gone".to_owned(), f(3, "cc", false)),
+            ("dep".to_owned(), link(&o)),
+            ("gone".to_owned(), f(3, "cc", false, None)),
         ]
         .into();
         let new: FileTree = [
-            ("bin/a".to_owned(), f(1, "aa", false)),
-            ("bin/b".to_owned(), f(4, "dd", false)),
+            ("bin/a".to_owned(), f(1, "aa", false, None)),
+            ("bin/b".to_owned(), f(4, "dd", false, None)),
+            ("bin/c".to_owned(), f(6, "c2", false, None)),
+            ("bin/d".to_owned(), f(6, "d3", false, None)),
             ("lib".to_owned(), FileEntry::Dir),
-            ("new".to_owned(), f(5, "ee", false)),
+            ("dep".to_owned(), link(&n)),
+            ("new".to_owned(), f(5, "ee", false, None)),
         ]
         .into();
-        let d = compare_trees(&old, &new);
+        let rewrite = BTreeMap::from([(o.clone(), n.clone())]);
+        let d = compare_trees(&old, &new, &rewrite);
         let what: Vec<_> = d
             .modified
             .iter()
@@ -841,6 +964,9 @@ mod tests {
             [
                 ("bin/a", "executable bit"),
                 ("bin/b", "content"),
+                ("bin/c", "references"),
+                ("bin/d", "content"),
+                ("dep", "references"),
                 ("lib", "type")
             ]
         );
@@ -848,6 +974,12 @@ mod tests {
         assert_eq!(d.modified[1].new_size, Some(4));
         assert_eq!(d.removed[0].path, "gone");
         assert_eq!(d.added[0].path, "new");
-        assert!(compare_trees(&old, &old) == FileDiff::default());
+        assert_eq!(
+            compare_trees(&old, &new, &BTreeMap::new()).modified[4]
+                .what
+                .as_deref(),
+            Some("symlink target")
+        );
+        assert!(compare_trees(&old, &old, &rewrite) == FileDiff::default());
     }
 }

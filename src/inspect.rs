@@ -272,6 +272,13 @@ pub enum FileEntry {
         size: u64,
         sha256: String,
         executable: bool,
+        /// The SHA-256 of the content with store path hashes rewritten (see [`FileScan::rewrite`]),
+        /// when a rewrite was asked for and changed something.
+        #[serde(skip)]
+        sha256_rewritten: Option<String>,
+        /// The old store paths (hash parts) whose references were rewritten in it.
+        #[serde(skip)]
+        rewritten_refs: BTreeSet<String>,
     },
     Dir,
     Symlink {
@@ -317,15 +324,22 @@ pub struct LayerScan {
     pub files: BTreeMap<StorePath, FileTree>,
 }
 
+/// Which store paths' files [`scan_layer`] records, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct FileScan<'a> {
+    pub paths: &'a BTreeSet<StorePath>,
+    /// Store paths to replace (old base name `<hash>-<name>` → new) in a second hash of each
+    /// file's content, so that a file that differs only by its references to rebuilt store paths
+    /// can be told apart from one whose content changed. Only references written
+    /// `/nix/store/<hash>…` are found.
+    pub rewrite: &'a BTreeMap<String, String>,
+}
+
 /// Reads layer `i` of `img` as a stream: its store paths from the tar headers, and for the store
-/// paths in `files_of` every entry, with file contents hashed. Verifies the blob's digest and size
+/// paths in `files` every entry, with file contents hashed. Verifies the blob's digest and size
 /// and the tar's diff_id; on a mismatch, that is the error reported (it explains any decoding
 /// error that came first).
-pub fn scan_layer(
-    img: &SourceImage,
-    i: usize,
-    files_of: Option<&BTreeSet<StorePath>>,
-) -> Result<LayerScan> {
+pub fn scan_layer(img: &SourceImage, i: usize, files: Option<&FileScan<'_>>) -> Result<LayerScan> {
     let l = img
         .layers
         .get(i)
@@ -341,7 +355,7 @@ pub fn scan_layer(
     let mut raw = img.open_blob(&l.digest, l.size).with_context(what)?;
     let scanned = (|| -> Result<LayerScan> {
         let mut tar = HashingReader::new(decompress(&mut raw, &l.media_type)?);
-        let mut scan = read_entries(&mut tar, files_of)?;
+        let mut scan = read_entries(&mut tar, files)?;
         io::copy(&mut tar, &mut io::sink())?;
         let (size, got) = tar.finish();
         scan.unpacked_size = size;
@@ -362,7 +376,8 @@ pub fn scan_layer(
 }
 
 /// Walks the tar entries.
-fn read_entries<R: Read>(r: R, files_of: Option<&BTreeSet<StorePath>>) -> Result<LayerScan> {
+fn read_entries<R: Read>(r: R, files: Option<&FileScan<'_>>) -> Result<LayerScan> {
+    let rewrite = files.map(|f| rewrite_map(f.rewrite)).unwrap_or_default();
     let mut scan = LayerScan::default();
     // Every file entry seen in this layer (for hardlinks, which carry no data of their own).
     let mut by_path: BTreeMap<String, FileEntry> = BTreeMap::new();
@@ -395,20 +410,34 @@ fn read_entries<R: Read>(r: R, files_of: Option<&BTreeSet<StorePath>>) -> Result
             scan.other_entries += 1;
             continue;
         };
-        let wanted = files_of.is_some_and(|w| w.contains(&sp));
+        let wanted = files.is_some_and(|f| f.paths.contains(&sp));
         if wanted {
             let header = entry.header();
             let file = match header.entry_type() {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let executable = header.mode().unwrap_or(0) & 0o111 != 0;
                     let mut h = HashingReader::new(&mut entry);
-                    io::copy(&mut h, &mut io::sink())
-                        .with_context(|| format!("reading {raw_path}"))?;
+                    let mut rewritten = RefRewriter::new(&rewrite);
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = h
+                            .read(&mut buf)
+                            .with_context(|| format!("reading {raw_path}"))?;
+                        if n == 0 {
+                            break;
+                        }
+                        rewritten.update(&buf[..n]);
+                    }
                     let (size, digest) = h.finish();
+                    let sha256 = digest.hex().to_owned();
+                    let (sha256_rewritten, rewritten_refs) = rewritten.finish();
+                    let sha256_rewritten = sha256_rewritten.filter(|r| *r != sha256);
                     FileEntry::File {
                         size,
-                        sha256: digest.hex().to_owned(),
+                        sha256,
                         executable,
+                        sha256_rewritten,
+                        rewritten_refs,
                     }
                 }
                 tar::EntryType::Directory => FileEntry::Dir,
@@ -502,6 +531,137 @@ impl<R: Read> Read for LenientEnd<R> {
         *left -= n as u64;
         Ok(n)
     }
+}
+
+/// Old store path → its replacement, for [`RefRewriter`]: keyed by the old hash part; the old
+/// `-<name>` that normally follows it, and the new `<hash>-<name>`.
+type RewriteMap = BTreeMap<[u8; 32], (Vec<u8>, Vec<u8>)>;
+
+fn rewrite_map(rewrite: &BTreeMap<String, String>) -> RewriteMap {
+    rewrite
+        .iter()
+        .filter_map(|(o, n)| {
+            let (hash, name) = o.split_at_checked(32)?;
+            Some((
+                hash.as_bytes().try_into().ok()?,
+                (name.as_bytes().to_vec(), n.as_bytes().to_vec()),
+            ))
+        })
+        .collect()
+}
+
+/// Hashes a stream with references rewritten: `/nix/store/<old hash>-<old name>` becomes
+/// `/nix/store/<new hash>-<new name>` (just the hash when the old name does not follow), across
+/// chunk boundaries. Idle (and free) when there is nothing to rewrite.
+struct RefRewriter<'a> {
+    map: &'a RewriteMap,
+    hasher: Sha256,
+    /// Bytes not hashed yet: a possible match may straddle the next chunk.
+    pending: Vec<u8>,
+    /// Old hash parts found (and rewritten).
+    matched: BTreeSet<[u8; 32]>,
+}
+
+impl<'a> RefRewriter<'a> {
+    const PREFIX: &'static [u8] = b"/nix/store/";
+
+    fn new(map: &'a RewriteMap) -> Self {
+        Self {
+            map,
+            hasher: Sha256::new(),
+            pending: Vec::new(),
+            matched: BTreeSet::new(),
+        }
+    }
+
+    fn update(&mut self, chunk: &[u8]) {
+        if self.map.is_empty() {
+            return;
+        }
+        self.pending.extend_from_slice(chunk);
+        self.process(false);
+    }
+
+    /// Hashes what can be decided of `pending`; at the end of the stream (`last`), all of it.
+    fn process(&mut self, last: bool) {
+        let buf = &self.pending;
+        let p = Self::PREFIX.len();
+        // `scan`: where to look for the next prefix; `done`: bytes of `buf` already hashed.
+        let (mut scan, mut done) = (0, 0);
+        let mut hold = None;
+        while let Some(at) = find(&buf[scan..], Self::PREFIX) {
+            let m = scan + at;
+            let start = m + p;
+            if start + 32 > buf.len() {
+                hold = Some(m);
+                break;
+            }
+            let Some((key, (old_name, new))) = self.map.get_key_value(&buf[start..start + 32])
+            else {
+                scan = start;
+                continue;
+            };
+            let after = &buf[start + 32..];
+            if !last && after.len() < old_name.len() && old_name.starts_with(after) {
+                // Cannot tell yet whether the old name follows.
+                hold = Some(m);
+                break;
+            }
+            self.hasher.update(&buf[done..start]);
+            if after.starts_with(old_name) {
+                self.hasher.update(new);
+                done = start + 32 + old_name.len();
+            } else {
+                self.hasher.update(&new[..32]);
+                done = start + 32;
+            }
+            self.matched.insert(*key);
+            scan = done;
+        }
+        // Without a pending match, keep only the last bytes that could begin a prefix cut by the
+        // end of the chunk.
+        let upto = match (last, hold) {
+            (true, _) => buf.len(),
+            (false, Some(m)) => m,
+            (false, None) => scan.max(buf.len().saturating_sub(p - 1)),
+        }
+        .max(done);
+        self.hasher.update(&buf[done..upto]);
+        self.pending.drain(..upto);
+    }
+
+    /// The rewritten content's hash if anything was rewritten, and the old hash parts found.
+    fn finish(mut self) -> (Option<String>, BTreeSet<String>) {
+        if self.map.is_empty() {
+            return (None, BTreeSet::new());
+        }
+        self.process(true);
+        let found = self
+            .matched
+            .iter()
+            .map(|h| String::from_utf8_lossy(h).into_owned())
+            .collect();
+        (
+            (!self.matched.is_empty()).then(|| hex::encode(self.hasher.finalize())),
+            found,
+        )
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let first = needle[0];
+    let mut from = 0;
+    while let Some(pos) = hay[from..].iter().position(|&b| b == first) {
+        let at = from + pos;
+        if hay.len() - at < needle.len() {
+            return None;
+        }
+        if &hay[at..at + needle.len()] == needle {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 /// Counts and hashes what passes through.
@@ -702,7 +862,15 @@ mod tests {
             ("nix/store/not-a-store-path", Regular, b"", ""),
         ]);
         let want: BTreeSet<StorePath> = [StorePath::from_base_name(A).unwrap()].into();
-        let scan = read_entries(&bytes[..], Some(&want)).unwrap();
+        let none = BTreeMap::new();
+        let scan = read_entries(
+            &bytes[..],
+            Some(&FileScan {
+                paths: &want,
+                rewrite: &none,
+            }),
+        )
+        .unwrap();
         let names: Vec<&str> = scan.paths.iter().map(StorePath::name).collect();
         assert_eq!(names, ["foo-1.0", "bar"]);
         assert_eq!(scan.other_entries, 2);
@@ -734,6 +902,43 @@ mod tests {
                 .files
                 .contains_key(&StorePath::from_base_name(B).unwrap())
         );
+    }
+
+    /// Hashes `chunks` through a rewriter; the rewritten content's hash, if any.
+    fn rewritten(map: &RewriteMap, chunks: &[&[u8]]) -> Option<String> {
+        let mut r = RefRewriter::new(map);
+        for c in chunks {
+            r.update(c);
+        }
+        r.finish().0
+    }
+
+    #[test]
+    fn references_are_rewritten_across_chunk_boundaries() {
+        let (a, b, c) = ("a".repeat(32), "b".repeat(32), "c".repeat(32));
+        let map = rewrite_map(&BTreeMap::from([(
+            format!("{a}-dep-1.0"),
+            format!("{b}-dep-1.10"),
+        )]));
+        let old = format!("x /nix/store/{a}-dep-1.0/lib y /nix/store/{c}-z /nix/store/{a}");
+        let new = format!("x /nix/store/{b}-dep-1.10/lib y /nix/store/{c}-z /nix/store/{b}");
+        let want = hex::encode(Sha256::digest(new.as_bytes()));
+        let b = old.as_bytes();
+        for cut in 0..b.len() {
+            assert_eq!(
+                rewritten(&map, &[&b[..cut], &b[cut..]]).as_deref(),
+                Some(want.as_str()),
+                "cut at {cut}"
+            );
+        }
+        let bytes: Vec<&[u8]> = b.chunks(1).collect();
+        assert_eq!(
+            rewritten(&map, &bytes).as_deref(),
+            Some(want.as_str()),
+            "byte by byte"
+        );
+        assert_eq!(rewritten(&map, &[b"no store path here /nix/sto"]), None);
+        assert_eq!(rewritten(&BTreeMap::new(), &[b]), None);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!   data-1.0  → data-1.1 in variant 2 (13 KiB) content and version change
 //!   tool-1.0  embeds data's and lib's paths  → new hash, same version
 //!   env       links tool, mentions static    → new hash
-//! External tools (umoci, skopeo, chromium) are skipped when missing, except under CI (env CI),
+//! The real Nix test closure (`scripts/nix-test-closure`, variants 1 and 2) is diffed too.
+//! External tools (Nix, umoci, skopeo, chromium) are skipped when missing, except under CI (env CI),
 //! where a missing tool fails the test.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
+
+mod common;
 
 const NIX32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
@@ -669,23 +672,36 @@ fn files_diff_reads_only_the_changed_layers() {
         files(0, "removed"),
         [("share/old.txt".to_owned(), Some(12), None)]
     );
-    // env: the symlink target and the profile changed
-    let env: Vec<String> = files(1, "modified").into_iter().map(|x| x.0).collect();
-    assert_eq!(env, ["bin/tool", "etc/profile"]);
-    assert_eq!(
-        d["paths"]["changed"][1]["files"]["modified"][0]["what"],
-        "symlink target"
+    // env and tool: their files differ only by the references to the rebuilt data and tool.
+    let whats = |i: usize| -> Vec<(String, String)> {
+        d["paths"]["changed"][i]["files"]["modified"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["path"].as_str().unwrap().to_owned(),
+                    c["what"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let refs = |p: &str| (p.to_owned(), "references".to_owned());
+    assert_eq!(whats(1), [refs("bin/tool"), refs("etc/profile")]);
+    assert_eq!(whats(2), [refs("bin/tool")]);
+    assert_eq!(d["paths"]["changed"][1]["cause"], "dependency");
+    assert_eq!(d["paths"]["changed"][2]["cause"], "dependency");
+    assert!(
+        d["paths"]["changed"][0].get("cause").is_none(),
+        "a version change needs no cause"
     );
-    // tool
-    assert_eq!(files(2, "modified").len(), 1);
-    assert_eq!(
-        d["paths"]["changed"][2]["files"]["modified"][0]["what"],
-        "content"
-    );
+    assert_eq!(whats(0)[0].1, "content");
 
     let text = ok(&["diff", &old, &new, "--files"]);
     assert!(
-        text.contains("modified (content)") && text.contains("share/extra.txt"),
+        text.contains("modified (content)")
+            && text.contains("modified (references)")
+            && text.contains("share/extra.txt"),
         "{text}"
     );
 }
@@ -1299,4 +1315,126 @@ fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<[u8; 3]>) {
         prev = cur;
     }
     (w, h, pixels)
+}
+
+// ---- the real Nix test closure ------------------------------------------------------------------------
+
+/// `NIXOCI_TEST_VARIANT=2` changes one leaf (`nixoci-test-data`) and so its dependents' paths.
+#[test]
+fn nix_test_closure_variants_diff_names_the_changed_paths() {
+    let Some(c1) = common::nix_closure(test_name!(), 1) else {
+        return;
+    };
+    let Some(c2) = common::nix_closure(test_name!(), 2) else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let mut refs = Vec::new();
+    for (v, c) in [("1", c1), ("2", c2)] {
+        let dir = t.path().join(v);
+        fs::create_dir_all(&dir).unwrap();
+        let spec = common::nix_image_toml(c, &dir);
+        let r = format!("oci:{}:v", dir.join("oci").display());
+        let (closure, spec) = (
+            c.closure_json().display().to_string(),
+            spec.display().to_string(),
+        );
+        ok(&[
+            "build",
+            "-q",
+            "--closure",
+            &closure,
+            "--image",
+            &spec,
+            "--max-layers",
+            "100",
+            "-o",
+            &r,
+        ]);
+        refs.push((r, dir.join("oci")));
+    }
+    let d = json(&["diff", &refs[0].0, &refs[1].0, "--json", "--files"]);
+
+    let (a, b): (BTreeSet<&String>, BTreeSet<&String>) = (
+        c1.store_paths.iter().collect(),
+        c2.store_paths.iter().collect(),
+    );
+    let old_only: BTreeSet<String> = a.difference(&b).map(|p| p.to_string()).collect();
+    let new_only: BTreeSet<String> = b.difference(&a).map(|p| p.to_string()).collect();
+    assert!(!old_only.is_empty() && old_only.len() == new_only.len());
+    let changed = d["paths"]["changed"].as_array().unwrap();
+    let olds: BTreeSet<String> = changed
+        .iter()
+        .map(|c| c["old"].as_str().unwrap().to_owned())
+        .collect();
+    let news: BTreeSet<String> = changed
+        .iter()
+        .map(|c| c["new"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        (olds, news),
+        (old_only, new_only.clone()),
+        "exactly the paths the variant changed, paired"
+    );
+    assert!(
+        d["paths"]["added"].as_array().unwrap().is_empty()
+            && d["paths"]["removed"].as_array().unwrap().is_empty()
+    );
+    assert!(
+        changed
+            .iter()
+            .all(|c| c["old"].as_str().unwrap()[44..] == c["new"].as_str().unwrap()[44..]),
+        "names are kept"
+    );
+    assert_eq!(d["paths"]["unchanged"], a.intersection(&b).count());
+
+    // Store layers are shared exactly when they hold only unchanged paths; the customisation layer
+    // (its files name store paths of the variant) when its digest is the same. Download bytes: the
+    // sizes of the rest.
+    let new_layers = manifest_layers(&refs[1].1, "v");
+    let old_layers = manifest_layers(&refs[0].1, "v");
+    let custom =
+        |ls: &[(String, u64, Vec<String>)]| ls.iter().find(|l| l.2.is_empty()).unwrap().clone();
+    let (old_custom, new_custom) = (custom(&old_layers), custom(&new_layers));
+    let unchanged = |l: &(String, u64, Vec<String>)| {
+        if l.2.is_empty() {
+            old_custom.0 == new_custom.0
+        } else {
+            !l.2.iter().any(|p| new_only.contains(p))
+        }
+    };
+    let shared: BTreeSet<String> = new_layers
+        .iter()
+        .filter(|l| unchanged(l))
+        .map(|l| l.0.clone())
+        .collect();
+    assert_eq!(digests(&d["layers"]["shared"]), shared);
+    let want: u64 = new_layers
+        .iter()
+        .filter(|l| !unchanged(l))
+        .map(|l| l.1)
+        .sum();
+    assert_eq!(d["download_bytes"], want);
+    // The data leaf's own content changed; hello only embeds data's new path.
+    let by_name = |n: &str| changed.iter().find(|c| c["name"] == n).unwrap();
+    assert_eq!(by_name("nixoci-test-data")["cause"], "content");
+    let hello = changed
+        .iter()
+        .find(|c| c["new"] == c2.hello.as_str())
+        .unwrap();
+    assert_eq!(hello["cause"], "dependency", "{hello:#}");
+    assert_eq!(hello["files"]["modified"][0]["path"], "bin/hello");
+    // (Its bytes differ beyond the reference too: the linker's build ID hashes the content.)
+    let links = changed
+        .iter()
+        .find(|c| c["name"] == "nixoci-test-links")
+        .unwrap();
+    assert!(
+        links["files"]["modified"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["what"] == "references"),
+        "links only point at rebuilt paths: {links:#}"
+    );
 }
