@@ -17,7 +17,11 @@
 //!   ports, platform and creation date.
 //! - **Files** (`--files`): for each changed pair, the layers that hold the old and the new path are
 //!   streamed (only those) and their files compared by type, size, SHA-256, executable bit and
-//!   symlink target.
+//!   symlink target. Old files are also hashed with references to changed paths rewritten
+//!   (`/nix/store/<old>` → `/nix/store/<new>`), so a file that differs only in those references is
+//!   reported as such (`references`). A same-version path that refers to another changed path
+//!   "had a dependency change"; one that refers to none "had its own content change"; without
+//!   `--files` the former is assumed (the usual case in a Nix closure).
 //!
 //! Nothing here reads a layer unless it must: nixoci's annotations give store paths for free; other
 //! images' layers are read once for their tar headers (see [`crate::inspect`]).

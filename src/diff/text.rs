@@ -187,7 +187,7 @@ pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
             let Some(f) = &c.files else { continue };
             writeln!(
                 w,
-                "  {} ({}): {} modified, {} added, {} removed",
+                "  {} — {}: {} modified, {} added, {} removed",
                 c.new.name(),
                 c.describe(),
                 f.modified.len(),
