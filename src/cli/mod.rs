@@ -2,7 +2,9 @@
 
 mod build;
 mod check;
+mod diff;
 mod inputs;
+mod inspect;
 mod plan;
 mod reporter;
 mod smoke;
@@ -33,6 +35,10 @@ pub enum Command {
     Check(check::Args),
     /// Run smoke-test commands in containers of an image (podman or docker, GPU or CPU).
     Smoke(smoke::Args),
+    /// Show an image: manifest, platform, config, and each layer's sizes, group and store paths.
+    Inspect(inspect::Args),
+    /// Compare two images: layers, download bytes, store paths, config (and files with --files).
+    Diff(diff::Args),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -41,6 +47,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plan(a) => plan::run(a),
         Command::Check(a) => check::run(a),
         Command::Smoke(a) => smoke::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Diff(a) => diff::run(a),
     }
 }
 

@@ -65,7 +65,7 @@ enum TarLayout {
 impl SourceImage {
     pub fn open(r: &ImageRef) -> Result<Self> {
         let reference = r.to_string();
-        let img = match r {
+        let img = (|| match r {
             ImageRef::OciDir { dir, tag } => {
                 open_layout(Blobs::Dir(dir.clone()), tag.as_deref(), reference.clone())
             }
@@ -107,7 +107,7 @@ impl SourceImage {
             ImageRef::Stdout => bail!(
                 "`-` is a destination only; to read an image use oci:, oci-archive: or docker-archive:"
             ),
-        };
+        })();
         img.with_context(|| format!("reading image {reference}"))
     }
 
@@ -286,11 +286,24 @@ fn index_tar(file: &Path) -> Result<BTreeMap<String, (u64, u64)>> {
     let len = f.metadata()?.len();
     let mut ar = tar::Archive::new(BufReader::new(f));
     let mut members = BTreeMap::new();
-    for entry in ar
-        .entries()
-        .with_context(|| format!("reading {} as a tar", file.display()))?
-    {
-        let entry = entry.with_context(|| format!("reading {} as a tar", file.display()))?;
+    // The tar crate reports a short file as "unexpected EOF during skip" or "failed to read entire
+    // block" (ErrorKind::Other).
+    let what = |e: io::Error| {
+        let msg = e.to_string();
+        if e.kind() == io::ErrorKind::UnexpectedEof
+            || msg.contains("unexpected EOF")
+            || msg.contains("failed to read entire block")
+        {
+            anyhow!(
+                "{} is truncated: it ends inside a tar member ({msg})",
+                file.display()
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("reading {} as a tar", file.display()))
+        }
+    };
+    for entry in ar.entries().map_err(what)? {
+        let entry = entry.map_err(what)?;
         if entry.header().entry_type().is_file() {
             let name = entry
                 .path()?
