@@ -1,8 +1,10 @@
 //! The command line: one file per subcommand, each an `Args` struct plus `run`.
 
 mod build;
+mod copy;
 mod inputs;
 mod plan;
+mod registry;
 mod reporter;
 
 use std::process::ExitCode;
@@ -27,12 +29,16 @@ pub enum Command {
     Build(build::Args),
     /// Show how a closure would be split into layers, without reading any file.
     Plan(plan::Args),
+    /// Copy an image between transports (oci:, oci-archive:, docker-archive:, docker://),
+    /// keeping its digest.
+    Copy(copy::Args),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Build(a) => build::run(a),
         Command::Plan(a) => plan::run(a),
+        Command::Copy(a) => copy::run(a),
     }
 }
 
