@@ -166,6 +166,8 @@ impl Registry {
         run_ok(
             Command::new("skopeo")
                 .arg("copy")
+                // Keep uncompressed layers as they are (skopeo compresses them for oci: otherwise).
+                .arg("--dest-oci-accept-uncompressed-layers")
                 .args(self.skopeo_flags("src"))
                 .arg(format!("docker://{}/{repo_tag}", self.host()))
                 .arg(format!("oci:{}:t", into.display())),

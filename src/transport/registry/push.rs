@@ -120,7 +120,13 @@ impl Repository {
         let resp = self.client.send(&req)?;
         match resp.status().as_u16() {
             200 => {
-                let len = resp.content_length().unwrap_or(size);
+                // The header itself: for a HEAD, reqwest's content_length() is the (empty) body's.
+                let len = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(size);
                 if len != size {
                     tracing::warn!(
                         "{}: blob {digest} has {len} bytes there, {size} here; uploading it",
