@@ -28,11 +28,16 @@ const PASSWORD: &str = "Pa55-w0rd-never-printed-7f3a";
 
 // ---- the registry --------------------------------------------------------------------------------
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Setup {
     Plain,
     Basic,
     Tls,
+    /// Token auth: the registry trusts tokens signed by the key whose certificate is `bundle`.
+    Bearer {
+        realm: String,
+        bundle: PathBuf,
+    },
 }
 
 /// A running `docker-registry`; killed when dropped.
@@ -55,6 +60,12 @@ impl Registry {
             extra = format!(
                 "auth: {{htpasswd: {{realm: nixoci-test, path: {}}}}}\n",
                 d.join("htpasswd").display()
+            );
+        }
+        if let Setup::Bearer { realm, bundle } = &setup {
+            extra = format!(
+                "auth: {{token: {{realm: \"{realm}\", service: {SERVICE}, issuer: {ISSUER}, rootcertbundle: {}}}}}\n",
+                bundle.display()
             );
         }
         if setup == Setup::Tls {
@@ -139,7 +150,7 @@ impl Registry {
             Setup::Tls => vec![format!("--{p}cert-dir={}", self.ca_dir().display())],
             _ => vec![format!("--{p}tls-verify=false")],
         };
-        if self.setup == Setup::Basic {
+        if matches!(self.setup, Setup::Basic | Setup::Bearer { .. }) {
             v.push(format!("--{p}creds={USER}:{PASSWORD}"));
         }
         v
@@ -265,6 +276,214 @@ fn oci_manifest_digest(dir: &Path, tag: &str) -> String {
         .as_str()
         .unwrap()
         .to_owned()
+}
+
+// ---- a token server (bearer auth) -----------------------------------------------------------------
+
+const SERVICE: &str = "nixoci-test-registry";
+const ISSUER: &str = "nixoci-test-issuer";
+
+#[derive(Default)]
+struct TokenLog {
+    /// Scopes of each token request, in order (`-` for a refused one).
+    requests: Vec<String>,
+    /// Tokens handed out (grepped for in outputs: they are secrets too).
+    tokens: Vec<String>,
+}
+
+/// A token endpoint (RS256 JWTs signed with openssl) on 127.0.0.1: checks basic credentials,
+/// grants what is asked, except that the first token it issues grants nothing (so the client
+/// must refresh it after the registry's 401).
+struct TokenServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    log: Arc<Mutex<TokenLog>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TokenServer {
+    fn start() -> TokenServer {
+        let dir = tempdir();
+        run_ok(Command::new("openssl").current_dir(dir.path()).args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "token.key",
+            "-out",
+            "token.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=nixoci test token issuer",
+        ]));
+        let der = run_ok(Command::new("openssl").current_dir(dir.path()).args([
+            "x509",
+            "-in",
+            "token.crt",
+            "-outform",
+            "DER",
+        ]));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = Arc::new(Mutex::new(TokenLog::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, st, key) = (log.clone(), stop.clone(), dir.path().join("token.key"));
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while !st.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((c, _)) => {
+                        let _ = answer_token(c, &key, &der, &l);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        TokenServer {
+            port,
+            dir,
+            log,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn setup(&self) -> Setup {
+        Setup::Bearer {
+            realm: format!("http://127.0.0.1:{}/token", self.port),
+            bundle: self.dir.path().join("token.crt"),
+        }
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn answer_token(
+    c: TcpStream,
+    key: &Path,
+    cert_der: &[u8],
+    log: &Mutex<TokenLog>,
+) -> std::io::Result<()> {
+    use base64::Engine as _;
+    c.set_nonblocking(false)?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(c.try_clone()?);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" || head.len() > 65536 {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+    let query = target.split_once('?').map(|x| x.1).unwrap_or("");
+    let scopes: Vec<String> = query
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("scope="))
+        .map(percent_decode)
+        .collect();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let want = format!("Basic {}", b64.encode(format!("{USER}:{PASSWORD}")));
+    let authorized = head.lines().any(|l| {
+        l.split_once(':')
+            .is_some_and(|(k, v)| k.eq_ignore_ascii_case("authorization") && v.trim() == want)
+    });
+    let mut c = c;
+    if !authorized {
+        log.lock().unwrap().requests.push("-".into());
+        let body = r#"{"details":"wrong credentials"}"#;
+        write!(
+            c,
+            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        return Ok(());
+    }
+    let first = log.lock().unwrap().tokens.is_empty();
+    let access: Vec<Value> = if first {
+        Vec::new()
+    } else {
+        scopes
+            .iter()
+            .filter_map(|s| {
+                let mut p = s.split(':');
+                let (t, name, actions) = (p.next()?, p.next()?, p.next()?);
+                Some(serde_json::json!({"type": t, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+            })
+            .collect()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [b64.encode(cert_der)]});
+    let claims = serde_json::json!({
+        "iss": ISSUER, "sub": USER, "aud": SERVICE, "exp": now + 300, "nbf": now - 10,
+        "iat": now, "jti": format!("{now}-{}", scopes.len()), "access": access,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        url.encode(header.to_string()),
+        url.encode(claims.to_string())
+    );
+    let input_file = key.with_file_name(format!("input-{}", std::process::id()));
+    fs::write(&input_file, &signing_input)?;
+    let sig = run_ok(
+        Command::new("openssl")
+            .args(["dgst", "-sha256", "-binary", "-sign"])
+            .arg(key)
+            .arg(&input_file),
+    );
+    let token = format!("{signing_input}.{}", url.encode(sig));
+    {
+        let mut l = log.lock().unwrap();
+        l.requests.push(scopes.join(" "));
+        l.tokens.push(token.clone());
+    }
+    let body = serde_json::json!({"token": token, "expires_in": 300}).to_string();
+    write!(
+        c,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    Ok(())
 }
 
 // ---- a proxy that counts and breaks --------------------------------------------------------------
@@ -724,6 +943,7 @@ fn plain_push_repush_tags_and_copy() {
     let m = nixoci(&s(&["copy", "--mount-from", "hello", &oci, &mounted]), &[]).ok();
     assert_eq!(stat(&m, "blobs_mounted"), layers + 1, "{m:#}");
     assert_eq!(stat(&m, "bytes_uploaded"), 0);
+    assert_eq!(stat(&m, "bytes_read"), 0, "a mounted blob was read");
     assert_eq!(
         reg.digest_of("hello-copy:1.0").as_deref(),
         Some(digest.as_str())
@@ -830,7 +1050,12 @@ fn chunked_push_survives_faults() {
         "-o",
         &format!("docker://{}/big:1", proxy.host()),
     ]));
-    let first = nixoci(&args, &[]).ok();
+    let run = nixoci(&args, &[]);
+    let log = run.stderr();
+    let first = run.ok();
+    // The debug log tells the story: a lost session started again, then a resume at 16 MiB.
+    assert!(log.contains("starting it again"), "{log}");
+    assert!(log.contains(&format!("at byte {} of", 16 << 20)), "{log}");
     let fired = proxy.log.fired.lock().unwrap().clone();
     assert!(
         proxy.faults.lock().unwrap().is_empty(),
@@ -1015,6 +1240,96 @@ fn basic_auth_credentials() {
     nixoci(&s(&["copy", "--creds", &creds, &oci, &back]), &[]).ok();
     assert_eq!(
         reg.digest_of("auth-copy:1").as_deref(),
+        Some(digest.as_str())
+    );
+}
+
+/// Token (bearer) auth, as GHCR, Docker Hub and Harbor do it: the `WWW-Authenticate`
+/// challenge leads to the token endpoint with basic credentials and the push scope (plus
+/// `repository:FROM:pull` for a mount); a token that the registry refuses is refreshed; a wrong
+/// password fails clearly; neither the password nor any token is ever printed.
+#[test]
+fn bearer_token_auth() {
+    require_tools!("docker-registry", "skopeo", "openssl");
+    let tokens = TokenServer::start();
+    let reg = Registry::start(tokens.setup());
+    let t = tempdir();
+    let cache = t.path().join("cache");
+    let creds = format!("{USER}:{PASSWORD}");
+    let dest = format!("docker://{}/team/app:1", reg.host());
+    let mut a = build_args(&[dest.clone()], &cache, None);
+    a.extend(s(&["--creds", &creds]));
+    let run = nixoci(&a, &[]);
+    let out = run.out.clone();
+    let first = run.ok();
+    let ours: Vec<String> = tokens.log.lock().unwrap().requests.clone();
+    assert!(
+        ours.len() >= 2 && ours.iter().all(|r| r == "repository:team/app:pull,push"),
+        "token requests: {ours:?}"
+    );
+    let digest = first["manifest_digest"].as_str().unwrap().to_owned();
+    assert_eq!(
+        reg.digest_of("team/app:1").as_deref(),
+        Some(digest.as_str())
+    );
+    assert_eq!(reg.copy_back("team/app:1", &t.path().join("back")), digest);
+    {
+        let l = tokens.log.lock().unwrap();
+        // The first token granted nothing: the registry said 401 and the client refreshed it.
+        for tok in &l.tokens {
+            for stream in [&out.stdout, &out.stderr] {
+                assert!(
+                    !String::from_utf8_lossy(stream).contains(tok.as_str()),
+                    "a token was printed"
+                );
+            }
+        }
+    }
+    // A mount from another repository asks for both scopes in one token.
+    let copy_dest = format!("docker://{}/team/app-copy:1", reg.host());
+    let m = nixoci(
+        &s(&[
+            "copy",
+            "--creds",
+            &creds,
+            "--mount-from",
+            "team/app",
+            &dest,
+            &copy_dest,
+        ]),
+        &[],
+    )
+    .ok();
+    assert_eq!(
+        stat(&m, "blobs_mounted"),
+        first["layers"].as_array().unwrap().len() as u64 + 1
+    );
+    assert!(
+        tokens
+            .log
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .any(|r| r == "repository:team/app-copy:pull,push repository:team/app:pull"),
+        "{:?}",
+        tokens.log.lock().unwrap().requests
+    );
+    assert_eq!(
+        reg.digest_of("team/app-copy:1").as_deref(),
+        Some(digest.as_str())
+    );
+    // Wrong password: the token endpoint refuses; the error names the registry.
+    let other = other_spec(t.path(), "other");
+    let mut a = build_args(&[dest.clone()], &cache, Some(&other));
+    a.extend(s(&["--creds", &format!("{USER}:wrong-{PASSWORD}")]));
+    let e = nixoci(&a, &[]).fails();
+    assert!(
+        e.contains(&reg.host()) && e.contains("refused the credentials"),
+        "{e}"
+    );
+    assert_eq!(
+        reg.digest_of("team/app:1").as_deref(),
         Some(digest.as_str())
     );
 }

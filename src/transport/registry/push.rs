@@ -283,10 +283,6 @@ impl Repository {
         if self.has_blob(&item.digest, item.size)? {
             return Ok(Outcome::Skipped);
         }
-        let source = match &item.bytes {
-            Some(b) => Source::Bytes(b.clone()),
-            None => Source::File(blobs.blob_path(&item.digest)?),
-        };
         let from = self
             .reference
             .options
@@ -299,6 +295,11 @@ impl Repository {
                 return Ok(Outcome::Mounted);
             }
             Started::Session(s) => s,
+        };
+        // Only now is the blob read (a copy stages it from its source here).
+        let source = match &item.bytes {
+            Some(b) => Source::Bytes(b.clone()),
+            None => Source::File(blobs.blob_path(&item.digest)?),
         };
         start();
         let body = |offset: u64, len: u64| match &source {
