@@ -73,11 +73,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         epoch: source_date_epoch()?,
-        outputs: args
-            .outputs
-            .into_iter()
-            .map(|o| args.registry.apply(o))
-            .collect(),
+        outputs: args.registry.apply(args.outputs)?,
         cache_dir: if args.no_cache {
             None
         } else {

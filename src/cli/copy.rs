@@ -43,8 +43,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let src = args.registry.apply(args.src);
-    let dest = args.registry.apply(args.dest);
+    let mut refs = args.registry.apply(vec![args.src, args.dest])?.into_iter();
+    let (Some(src), Some(dest)) = (refs.next(), refs.next()) else {
+        unreachable!("two references in, two out")
+    };
     let reporter = CliReporter::new(args.quiet);
     let opts = CopyOptions {
         jobs: args.jobs.max(1),

@@ -3,17 +3,18 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use anyhow::Result;
 use clap::ArgAction;
 
 use nixoci::transport::ImageRef;
-use nixoci::transport::registry::{Credentials, RegistryOptions, RetryPolicy};
+use nixoci::transport::registry::{Credentials, RegistryOptions, RetryPolicy, Secret};
 
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Registry options (docker://)")]
 pub struct RegistryArgs {
     /// USER:PASSWORD, instead of the credentials in an auth file.
-    #[arg(long, value_name = "USER:PASS", value_parser = parse_creds)]
-    pub creds: Option<Credentials>,
+    #[arg(long, value_name = "USER:PASS", value_parser = secret)]
+    pub creds: Option<Secret<String>>,
     /// Read credentials from this file only [default: $REGISTRY_AUTH_FILE,
     /// $XDG_RUNTIME_DIR/containers/auth.json, ~/.config/containers/auth.json,
     /// ~/.docker/config.json, with their credential helpers].
@@ -38,15 +39,24 @@ pub struct RegistryArgs {
     pub retry_times: u32,
 }
 
-fn parse_creds(s: &str) -> Result<Credentials, String> {
-    // The message must not echo the value: it may hold a password.
-    s.parse().map_err(|_| "expected USER:PASSWORD".to_owned())
+/// Kept secret from the start: clap echoes a value its parser refuses, so `--creds` is parsed
+/// later, by [`RegistryArgs::options`], with an error that does not repeat it.
+fn secret(s: &str) -> Result<Secret<String>, String> {
+    Ok(Secret::new(s.to_owned()))
 }
 
 impl RegistryArgs {
-    pub fn options(&self) -> Arc<RegistryOptions> {
-        Arc::new(RegistryOptions {
-            creds: self.creds.clone(),
+    pub fn options(&self) -> Result<Arc<RegistryOptions>> {
+        let creds = match &self.creds {
+            Some(s) => Some(
+                s.expose()
+                    .parse::<Credentials>()
+                    .map_err(|_| anyhow::anyhow!("--creds: expected USER:PASSWORD"))?,
+            ),
+            None => None,
+        };
+        Ok(Arc::new(RegistryOptions {
+            creds,
             authfile: self.authfile.clone(),
             cert_dir: self.cert_dir.clone(),
             insecure: !self.tls_verify,
@@ -55,11 +65,15 @@ impl RegistryArgs {
                 retries: self.retry_times,
                 ..RetryPolicy::default()
             },
-        })
+        }))
     }
 
-    /// `r` with these options if it is a registry reference.
-    pub fn apply(&self, r: ImageRef) -> ImageRef {
-        r.with_registry_options(&self.options())
+    /// `refs` with these options where they are registry references.
+    pub fn apply(&self, refs: Vec<ImageRef>) -> Result<Vec<ImageRef>> {
+        let options = self.options()?;
+        Ok(refs
+            .into_iter()
+            .map(|r| r.with_registry_options(&options))
+            .collect())
     }
 }
