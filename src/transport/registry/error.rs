@@ -54,7 +54,7 @@ pub enum RegistryError {
     GaveUp {
         attempts: u32,
         secs: f64,
-        #[source]
+        /// Shown in the message, so not a `source` (it would print twice).
         last: Box<RegistryError>,
     },
 }

@@ -15,8 +15,9 @@
 //!
 //! **Retries**: connection errors, 5xx, 408 and 429 are retried with exponential backoff and
 //! jitter (0.5 s doubling to 30 s), `Retry-After` honoured, at most `--retry-times` (default 5)
-//! retries and 5 minutes per operation. A chunk that lands resets the retry count (not the
-//! time bound). The final error names the host, the repository, the blob and the server's body.
+//! retries and 5 minutes per operation. A chunk that lands resets both bounds (an upload goes on
+//! as long as it advances). The final error names the host, the repository, the blob and the
+//! server's body.
 //!
 //! **Auth**: the `/v2/` ping's `WWW-Authenticate` challenge decides: none (anonymous), `Basic`
 //! (credentials on every request), or `Bearer` (a token per scope set from the realm, with

@@ -30,10 +30,11 @@ impl Backoff {
         self.attempts += 1;
     }
 
-    /// Progress was made (a chunk landed): the next failure starts the count afresh. The total
-    /// time bound still holds.
+    /// Progress was made (a chunk landed): the bounds count from here, so a long upload through
+    /// a flaky link goes on as long as it advances.
     pub fn progressed(&mut self) {
         self.failures = 0;
+        self.started = Instant::now();
     }
 
     /// After a failed attempt: sleeps and returns `Ok` if another attempt may start, else the
