@@ -1406,3 +1406,66 @@ fn registry_down_fails_clearly() {
     assert!(e.contains("gave up after 2 attempts"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+/// The Nix test closure (real /nix/store paths, every file type): pushed and verified; then
+/// variant 2 (one leaf changed) uploads only the layers that changed; a no-change re-push
+/// uploads nothing.
+#[test]
+fn nix_test_closure_push_and_update() {
+    require_tools!("docker-registry", "skopeo");
+    let Some(v1) = common::nix_closure(test_name!(), 1) else {
+        return;
+    };
+    let Some(v2) = common::nix_closure(test_name!(), 2) else {
+        return;
+    };
+    let reg = Registry::start(Setup::Plain);
+    let t = tempdir();
+    let cache = t.path().join("cache");
+    let args = |c: &common::NixClosure, tag: &str| {
+        let mut a = s(&["build", "--closure"]);
+        a.push(c.closure_json().display().to_string());
+        a.extend(s(&["--image"]));
+        a.push(common::nix_image_toml(c, &t.path().join(tag)).display().to_string());
+        a.extend(s(&["--cache-dir", &cache.display().to_string(), "-o"]));
+        a.push(format!("docker://{}/nix:{tag}", reg.host()));
+        a
+    };
+    fs::create_dir_all(t.path().join("v1")).unwrap();
+    fs::create_dir_all(t.path().join("v2")).unwrap();
+    let started = Instant::now();
+    let first = nixoci(&args(v1, "v1"), &[]).ok();
+    let first_secs = started.elapsed().as_secs_f64();
+    let digest = first["manifest_digest"].as_str().unwrap().to_owned();
+    assert_eq!(reg.digest_of("nix:v1").as_deref(), Some(digest.as_str()));
+    assert_eq!(reg.copy_back("nix:v1", &t.path().join("back")), digest);
+
+    let started = Instant::now();
+    let again = nixoci(&args(v1, "v1"), &[]).ok();
+    let again_secs = started.elapsed().as_secs_f64();
+    assert_eq!(stat(&again, "bytes_uploaded"), 0);
+    assert_eq!(stat(&again, "bytes_read"), 0);
+    eprintln!(
+        "Nix test closure: first push {first_secs:.2}s ({} bytes), no-change re-push {again_secs:.2}s",
+        stat(&first, "bytes_uploaded")
+    );
+
+    // Variant 2: only the layers whose paths changed (and the config) go up.
+    let second = nixoci(&args(v2, "v2"), &[]).ok();
+    let old: std::collections::BTreeSet<&str> = first["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    let changed = second["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| !old.contains(l["digest"].as_str().unwrap()))
+        .count() as u64;
+    assert!(changed >= 1);
+    assert_eq!(stat(&second, "blobs_uploaded"), changed + 1, "{second:#}");
+    let d2 = second["manifest_digest"].as_str().unwrap();
+    assert_eq!(reg.digest_of("nix:v2").as_deref(), Some(d2));
+}
