@@ -281,12 +281,11 @@ pub fn build(
 fn connect_registries(outputs: &[ImageRef]) -> Result<Vec<Repository>> {
     let mut repos: Vec<Repository> = Vec::new();
     for out in outputs {
-        if let ImageRef::Registry(r) = out {
-            if repo_for(&repos, r).is_none() {
-                repos.push(
-                    Repository::open_for_push(r).with_context(|| format!("cannot push to {r}"))?,
-                );
-            }
+        if let ImageRef::Registry(r) = out
+            && repo_for(&repos, r).is_none()
+        {
+            repos
+                .push(Repository::open_for_push(r).with_context(|| format!("cannot push to {r}"))?);
         }
     }
     Ok(repos)

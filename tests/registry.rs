@@ -879,7 +879,7 @@ fn plain_push_repush_tags_and_copy() {
     let dest = format!("docker://{}/hello:1.0", proxy.host());
 
     let started = Instant::now();
-    let first = nixoci(&build_args(&[dest.clone()], &cache, None), &[]).ok();
+    let first = nixoci(&build_args(std::slice::from_ref(&dest), &cache, None), &[]).ok();
     let first_secs = started.elapsed().as_secs_f64();
     let digest = first["manifest_digest"].as_str().unwrap().to_owned();
     let layers = first["layers"].as_array().unwrap().len() as u64;
@@ -893,7 +893,7 @@ fn plain_push_repush_tags_and_copy() {
     let before = proxy.upload_bytes();
     let n0 = proxy.requests().len();
     let started = Instant::now();
-    let second = nixoci(&build_args(&[dest.clone()], &cache, None), &[]).ok();
+    let second = nixoci(&build_args(std::slice::from_ref(&dest), &cache, None), &[]).ok();
     let second_secs = started.elapsed().as_secs_f64();
     assert_eq!(second["manifest_digest"], first["manifest_digest"]);
     assert_eq!(
@@ -1158,7 +1158,7 @@ fn basic_auth_credentials() {
     let dest = format!("docker://{}/auth:1", reg.host());
     let creds = format!("{USER}:{PASSWORD}");
 
-    let mut a = build_args(&[dest.clone()], &cache, None);
+    let mut a = build_args(std::slice::from_ref(&dest), &cache, None);
     a.extend(s(&["--creds", &creds]));
     let first = nixoci(&a, &[]).ok();
     let digest = first["manifest_digest"].as_str().unwrap().to_owned();
@@ -1167,7 +1167,7 @@ fn basic_auth_credentials() {
 
     // Another image to the same tag with a wrong password: refused, tag unchanged.
     let other = other_spec(t.path(), "other");
-    let mut a = build_args(&[dest.clone()], &cache, Some(&other));
+    let mut a = build_args(std::slice::from_ref(&dest), &cache, Some(&other));
     a.extend(s(&["--creds", &format!("{USER}:wrong-{PASSWORD}")]));
     let e = nixoci(&a, &[]).fails();
     assert!(
@@ -1176,7 +1176,11 @@ fn basic_auth_credentials() {
     );
     assert_eq!(reg.digest_of("auth:1").as_deref(), Some(digest.as_str()));
     // No credentials at all: the error says where to put them.
-    let e = nixoci(&build_args(&[dest.clone()], &cache, Some(&other)), &[]).fails();
+    let e = nixoci(
+        &build_args(std::slice::from_ref(&dest), &cache, Some(&other)),
+        &[],
+    )
+    .fails();
     assert!(e.contains(&reg.host()) && e.contains("--creds"), "{e}");
     assert_eq!(reg.digest_of("auth:1").as_deref(), Some(digest.as_str()));
 
@@ -1189,7 +1193,7 @@ fn basic_auth_credentials() {
         format!(r#"{{"auths":{{"{}":{{"auth":"{b64}"}}}}}}"#, reg.host()),
     )
     .unwrap();
-    let mut a = build_args(&[dest.clone()], &cache, None);
+    let mut a = build_args(std::slice::from_ref(&dest), &cache, None);
     a.extend(s(&["--authfile", &authfile.display().to_string()]));
     let r = nixoci(&a, &[]).ok();
     assert_eq!(stat(&r, "bytes_uploaded"), 0);
@@ -1257,7 +1261,7 @@ fn bearer_token_auth() {
     let cache = t.path().join("cache");
     let creds = format!("{USER}:{PASSWORD}");
     let dest = format!("docker://{}/team/app:1", reg.host());
-    let mut a = build_args(&[dest.clone()], &cache, None);
+    let mut a = build_args(std::slice::from_ref(&dest), &cache, None);
     a.extend(s(&["--creds", &creds]));
     let run = nixoci(&a, &[]);
     let out = run.out.clone();
@@ -1321,7 +1325,7 @@ fn bearer_token_auth() {
     );
     // Wrong password: the token endpoint refuses; the error names the registry.
     let other = other_spec(t.path(), "other");
-    let mut a = build_args(&[dest.clone()], &cache, Some(&other));
+    let mut a = build_args(std::slice::from_ref(&dest), &cache, Some(&other));
     a.extend(s(&["--creds", &format!("{USER}:wrong-{PASSWORD}")]));
     let e = nixoci(&a, &[]).fails();
     assert!(
@@ -1426,7 +1430,11 @@ fn nix_test_closure_push_and_update() {
         let mut a = s(&["build", "--closure"]);
         a.push(c.closure_json().display().to_string());
         a.extend(s(&["--image"]));
-        a.push(common::nix_image_toml(c, &t.path().join(tag)).display().to_string());
+        a.push(
+            common::nix_image_toml(c, &t.path().join(tag))
+                .display()
+                .to_string(),
+        );
         a.extend(s(&["--cache-dir", &cache.display().to_string(), "-o"]));
         a.push(format!("docker://{}/nix:{tag}", reg.host()));
         a

@@ -302,19 +302,19 @@ impl Blobs {
     /// Reads a small JSON blob whole and checks its digest.
     fn read_json(&self, d: &Descriptor) -> Result<(Vec<u8>, Digest)> {
         let digest: Digest = d.digest().to_string().parse()?;
-        if let Blobs::Registry(repo) = self {
-            if is_manifest_type(&d.media_type().to_string()) {
-                let (bytes, _) = repo.get_manifest(digest.as_str())?;
-                let got = Digest::of(&bytes);
-                if got != digest || bytes.len() as u64 != d.size() {
-                    bail!(
-                        "manifest {digest} from {} does not match its descriptor (got {got}, {} bytes)",
-                        repo.name(),
-                        bytes.len()
-                    );
-                }
-                return Ok((bytes, digest));
+        if let Blobs::Registry(repo) = self
+            && is_manifest_type(d.media_type().as_ref())
+        {
+            let (bytes, _) = repo.get_manifest(digest.as_str())?;
+            let got = Digest::of(&bytes);
+            if got != digest || bytes.len() as u64 != d.size() {
+                bail!(
+                    "manifest {digest} from {} does not match its descriptor (got {got}, {} bytes)",
+                    repo.name(),
+                    bytes.len()
+                );
             }
+            return Ok((bytes, digest));
         }
         let mut bytes = Vec::new();
         Verified::new(self.open(&digest)?, digest.clone(), d.size()).read_to_end(&mut bytes)?;
@@ -428,10 +428,10 @@ fn open_registry(r: &registry::RegistryRef, reference: String) -> Result<SourceI
     let at = r.manifest_reference().unwrap_or_else(|| "latest".into());
     let (bytes, content_type) = repo.get_manifest(&at)?;
     let digest = Digest::of(&bytes);
-    if let Some(want) = &r.digest {
-        if *want != digest {
-            bail!("the registry sent a manifest whose digest is {digest}, not {want}");
-        }
+    if let Some(want) = &r.digest
+        && *want != digest
+    {
+        bail!("the registry sent a manifest whose digest is {digest}, not {want}");
     }
     #[derive(serde::Deserialize)]
     struct Typed {

@@ -162,10 +162,10 @@ impl AuthFile {
                 (host_ok && path_ok).then_some((kpath.len(), key, entry))
             })
             .max_by_key(|(len, ..)| *len);
-        if let Some((_, key, entry)) = best {
-            if let Some(c) = entry.credentials(key)? {
-                return Ok(Some((c, format!("auths[{key:?}]"))));
-            }
+        if let Some((_, key, entry)) = best
+            && let Some(c) = entry.credentials(key)?
+        {
+            return Ok(Some((c, format!("auths[{key:?}]"))));
         }
         if let Some(store) = &self.creds_store {
             return Ok(helper_get(store, host)?.map(|c| (c, format!("docker-credential-{store}"))));

@@ -86,14 +86,18 @@ impl Client {
         loop {
             backoff.attempt();
             let err = match self.execute(&request::ping(&https, &self.host), None) {
-                Ok(resp) => return Ok(self.adopt_ping(https, resp)),
+                Ok(resp) => {
+                    self.adopt_ping(https, resp);
+                    return Ok(());
+                }
                 Err(e) => e,
             };
             if allow_http {
                 match self.execute(&request::ping(&http, &self.host), None) {
                     Ok(resp) if looks_like_registry(&resp) => {
                         tracing::info!("{}: no TLS ({err}); using plain HTTP", self.host);
-                        return Ok(self.adopt_ping(http, resp));
+                        self.adopt_ping(http, resp);
+                        return Ok(());
                     }
                     Ok(_) | Err(_) => {}
                 }
@@ -205,12 +209,11 @@ impl Client {
             }),
             "bearer" => {
                 let key = scope_key(scopes);
-                if !refresh {
-                    if let Some((t, until)) = self.lock_auth().tokens.get(&key) {
-                        if Instant::now() + Duration::from_secs(15) < *until {
-                            return Ok(Some(bearer(t)));
-                        }
-                    }
+                if !refresh
+                    && let Some((t, until)) = self.lock_auth().tokens.get(&key)
+                    && Instant::now() + Duration::from_secs(15) < *until
+                {
+                    return Ok(Some(bearer(t)));
                 }
                 let (token, ttl) = self.fetch_token(&ch, scopes)?;
                 let value = bearer(&token);

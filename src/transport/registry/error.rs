@@ -115,31 +115,31 @@ pub fn error_body(bytes: &[u8]) -> String {
         #[serde(default)]
         detail: Option<serde_json::Value>,
     }
-    if let Ok(doc) = serde_json::from_slice::<Doc>(bytes) {
-        if !doc.errors.is_empty() {
-            return doc
-                .errors
-                .iter()
-                .map(|e| {
-                    let mut s = format!("{}: {}", e.code, e.message);
-                    match &e.detail {
-                        Some(serde_json::Value::String(d)) if !d.is_empty() => {
-                            s.push_str(&format!(" ({d})"))
-                        }
-                        Some(v @ serde_json::Value::Object(_))
-                        | Some(v @ serde_json::Value::Array(_)) => {
-                            let d = v.to_string();
-                            if d.len() < 300 {
-                                s.push_str(&format!(" ({d})"));
-                            }
-                        }
-                        _ => {}
+    if let Ok(doc) = serde_json::from_slice::<Doc>(bytes)
+        && !doc.errors.is_empty()
+    {
+        return doc
+            .errors
+            .iter()
+            .map(|e| {
+                let mut s = format!("{}: {}", e.code, e.message);
+                match &e.detail {
+                    Some(serde_json::Value::String(d)) if !d.is_empty() => {
+                        s.push_str(&format!(" ({d})"))
                     }
-                    s
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
-        }
+                    Some(v @ serde_json::Value::Object(_))
+                    | Some(v @ serde_json::Value::Array(_)) => {
+                        let d = v.to_string();
+                        if d.len() < 300 {
+                            s.push_str(&format!(" ({d})"));
+                        }
+                    }
+                    _ => {}
+                }
+                s
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
     }
     let text = String::from_utf8_lossy(bytes);
     let text = text.trim();

@@ -152,14 +152,14 @@ impl Repository {
         jobs: usize,
         reporter: &dyn Reporter,
     ) -> Result<PushStats> {
-        if let Some(d) = &self.reference.digest {
-            if *d != image.manifest.digest {
-                bail!(
-                    "cannot push to {}: the image's manifest digest is {}, not {d}",
-                    self.reference,
-                    image.manifest.digest
-                );
-            }
+        if let Some(d) = &self.reference.digest
+            && *d != image.manifest.digest
+        {
+            bail!(
+                "cannot push to {}: the image's manifest digest is {}, not {d}",
+                self.reference,
+                image.manifest.digest
+            );
         }
         let mut items: Vec<Item> = Vec::new();
         for (i, l) in image.layers.iter().enumerate() {

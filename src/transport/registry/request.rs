@@ -59,7 +59,7 @@ impl std::fmt::Debug for Body {
 }
 
 impl Body {
-    pub fn len(&self) -> u64 {
+    pub fn size(&self) -> u64 {
         match self {
             Body::Empty => 0,
             Body::Bytes(b) => b.len() as u64,
@@ -158,7 +158,7 @@ pub fn put_blob(location: &Url, repo: &str, name: &str, digest: &Digest, body: B
         format!("pushing blob {digest} to {name}"),
     );
     r.headers.push((CONTENT_TYPE, OCTET_STREAM.into()));
-    r.timeout = Some(upload_timeout(body.len()));
+    r.timeout = Some(upload_timeout(body.size()));
     r.body = match body {
         Body::Empty => Body::Bytes(Arc::from(&[][..])),
         b => b,
@@ -170,7 +170,7 @@ pub fn put_blob(location: &Url, repo: &str, name: &str, digest: &Digest, body: B
 pub fn patch_chunk(location: &Url, repo: &str, name: &str, digest: &Digest, body: Body) -> Req {
     let (offset, len) = match &body {
         Body::File { offset, len, .. } => (*offset, *len),
-        other => (0, other.len()),
+        other => (0, other.size()),
     };
     let mut r = req(
         Method::PATCH,
