@@ -197,16 +197,19 @@ impl Repository {
         let active: Vec<AtomicBool> = items.iter().map(|_| AtomicBool::new(false)).collect();
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
-        let done = AtomicBool::new(false);
         let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
         let outcomes: Vec<Mutex<Option<Outcome>>> =
             items.iter().map(|_| Mutex::new(None)).collect();
         let workers = jobs.max(1).min(items.len().max(1));
+        // Dropped when the workers are done: stops the ticker at once.
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         std::thread::scope(|s| {
             // Progress: a ticker publishes each active upload's position.
-            s.spawn(|| {
-                while !done.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(200));
+            let (progress, active) = (&progress, &active);
+            s.spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(Duration::from_millis(200))
+                {
                     for (i, p) in progress.iter().enumerate() {
                         if active[i].load(Ordering::Relaxed) {
                             reporter.upload_progress(i, p.position.load(Ordering::Relaxed));
@@ -249,7 +252,7 @@ impl Repository {
             for h in handles {
                 let _ = h.join();
             }
-            done.store(true, Ordering::Relaxed);
+            drop(stop);
         });
         if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
             return Err(e);
