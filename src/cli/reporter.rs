@@ -124,10 +124,7 @@ impl Reporter for CliReporter {
     fn upload_started(&self, id: usize, label: &str, bytes: u64) {
         let bar = match &self.mode {
             Mode::Quiet => return,
-            Mode::Lines(_) => {
-                eprintln!("uploading {label} ({})", human(bytes));
-                None
-            }
+            Mode::Lines(_) => None,
             Mode::Bars { multi, .. } => {
                 let bar = multi.add(ProgressBar::new(bytes));
                 bar.set_style(
@@ -179,7 +176,10 @@ impl Reporter for CliReporter {
             bar.finish_and_clear();
         }
         if matches!(self.mode, Mode::Lines(_)) {
-            eprintln!("{label}: {outcome}");
+            match u {
+                Some(u) => eprintln!("{label}: {outcome} ({})", human(u.total)),
+                None => eprintln!("{label}: {outcome}"),
+            }
         }
     }
 

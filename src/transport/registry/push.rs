@@ -156,8 +156,7 @@ impl Repository {
             && *d != image.manifest.digest
         {
             bail!(
-                "cannot push to {}: the image's manifest digest is {}, not {d}",
-                self.reference,
+                "the image's manifest digest is {}, not {d}",
                 image.manifest.digest
             );
         }
