@@ -17,6 +17,7 @@ use crate::progress::Reporter;
 use crate::tarball::{self, Entry};
 use crate::transport::archive::{self, StreamLayer};
 use crate::transport::oci_dir::{self, BlobSource};
+use crate::transport::registry::{PushStats, RegistryRef, Repository};
 use crate::transport::{self, ImageRef};
 
 /// Everything a build needs besides the closure and the plan.
@@ -59,6 +60,10 @@ pub struct Stats {
     pub cache_hits: usize,
     /// Seconds per stage (`list`, `layers`, `write`; the CLI adds `closure` and `plan`).
     pub seconds: std::collections::BTreeMap<String, f64>,
+    /// Registry destinations: `bytes_uploaded`, `blobs_uploaded`, `blobs_skipped`,
+    /// `blobs_mounted`.
+    #[serde(flatten)]
+    pub upload: PushStats,
 }
 
 /// A layer ready to be written: its plan entry and its listing.
@@ -106,6 +111,9 @@ pub fn build(
     for out in &opts.outputs {
         preflight(out)?;
     }
+    // Registries are reached first: a wrong password, an untrusted certificate or a registry
+    // that is down fails the build before any work.
+    let repos = connect_registries(&opts.outputs)?;
     let mut stats = Stats::default();
     let mut clock = Instant::now();
     let mut lap = |stats: &mut Stats, stage: &str| {
@@ -117,15 +125,30 @@ pub fn build(
     let oci_outputs: Vec<&ImageRef> = opts
         .outputs
         .iter()
-        .filter(|o| matches!(o, ImageRef::OciDir { .. } | ImageRef::OciArchive { .. }))
+        .filter(|o| {
+            matches!(
+                o,
+                ImageRef::OciDir { .. } | ImageRef::OciArchive { .. } | ImageRef::Registry(_)
+            )
+        })
         .collect();
     let mut primary: Option<Image> = None;
     let mut written = Vec::new();
     if !oci_outputs.is_empty() {
         let store = BlobStore::new(opts.cache_dir.as_deref(), &opts.outputs)?;
+        // A registry answers with a HEAD: a warm rebuild pushing there reads no store file.
         let dests_have = |d: &Digest, size: u64| {
             oci_outputs.iter().all(|o| match o {
                 ImageRef::OciDir { dir, .. } => oci_dir::has_blob(dir, d, size),
+                ImageRef::Registry(r) => {
+                    repo_for(&repos, r).is_some_and(|repo| match repo.has_blob(d, size) {
+                        Ok(there) => there,
+                        Err(e) => {
+                            tracing::warn!("{e}");
+                            false
+                        }
+                    })
+                }
                 _ => false,
             })
         };
@@ -150,6 +173,23 @@ pub fn build(
                 ImageRef::OciArchive { file, reference } => {
                     let r = reference.clone().or_else(|| opts.spec.name.clone());
                     archive::write_oci_archive(file, r.as_deref(), &image, &store, opts.epoch)?
+                }
+                ImageRef::Registry(r) => {
+                    let repo = repo_for(&repos, r)
+                        .ok_or_else(|| anyhow!("internal error: {r} was not connected"))?;
+                    let at = r
+                        .manifest_reference()
+                        .unwrap_or_else(|| default_tag(&opts.spec));
+                    let pushed = repo
+                        .push(&image, &at, &store, opts.jobs, reporter)
+                        .with_context(|| format!("pushing to {r}"))?;
+                    stats.upload.add(&pushed);
+                    reporter.note(&format!(
+                        "pushed {out}: {} uploaded, {} already there, {} mounted",
+                        pushed.blobs_uploaded, pushed.blobs_skipped, pushed.blobs_mounted
+                    ));
+                    written.push(out.to_string());
+                    continue;
                 }
                 _ => unreachable!(),
             }
@@ -261,9 +301,30 @@ fn gate(opts: &BuildOptions, layers: &[Listed], sizes: impl Iterator<Item = u64>
     Ok(())
 }
 
+/// One connection per registry repository (and set of options), checked for push access.
+fn connect_registries(outputs: &[ImageRef]) -> Result<Vec<Repository>> {
+    let mut repos: Vec<Repository> = Vec::new();
+    for out in outputs {
+        if let ImageRef::Registry(r) = out
+            && repo_for(&repos, r).is_none()
+        {
+            repos
+                .push(Repository::open_for_push(r).with_context(|| format!("cannot push to {r}"))?);
+        }
+    }
+    Ok(repos)
+}
+
+fn repo_for<'a>(repos: &'a [Repository], r: &RegistryRef) -> Option<&'a Repository> {
+    repos.iter().find(|x| {
+        x.reference.host == r.host && x.reference.repo == r.repo && x.reference.options == r.options
+    })
+}
+
 /// Fails early, before any work, when a destination cannot be written.
 fn preflight(out: &ImageRef) -> Result<()> {
     match out {
+        ImageRef::Registry(_) => {}
         ImageRef::Stdout => {
             use std::io::IsTerminal;
             if std::io::stdout().is_terminal() {
@@ -454,14 +515,17 @@ fn default_tag(spec: &ImageSpec) -> String {
     last.split_once(':').map_or("latest", |(_, t)| t).to_owned()
 }
 
-/// A directory beside the first file destination (so blobs can be hard-linked into an oci dir).
+/// A directory beside the first file destination (so blobs can be hard-linked into an oci dir);
+/// the temporary directory when every destination is a registry.
 fn staging_parent(outputs: &[ImageRef]) -> PathBuf {
-    outputs
-        .iter()
-        .find_map(|o| o.local_path())
-        .and_then(|p| p.parent().map(Path::to_owned))
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| PathBuf::from("."))
+    match outputs.iter().find_map(|o| o.local_path()) {
+        Some(p) => p
+            .parent()
+            .map(Path::to_owned)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from(".")),
+        None => std::env::temp_dir(),
+    }
 }
 
 /// Where this build's blobs are made and read from: the cache's blob directory, or (with

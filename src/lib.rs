@@ -1,13 +1,14 @@
 //! nixoci: turn a Nix closure into a reproducible, cache-friendly OCI image.
 //!
 //! The module tree is the pipeline (see ARCHITECTURE.md): [`closure`] → [`layering`] →
-//! [`tarball`] → [`blob`] → [`image`] → [`transport`], driven by [`build`]; [`policy`] and [`smoke`]
-//! gate the result.
+//! [`tarball`] → [`blob`] → [`image`] → [`transport`], driven by [`build`]; [`copy`] moves
+//! an image between transports; [`policy`] and [`smoke`] gate the result.
 
 pub mod blob;
 pub mod build;
 pub mod cache;
 pub mod closure;
+pub mod copy;
 pub mod diff;
 pub mod image;
 pub mod inspect;

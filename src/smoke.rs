@@ -436,6 +436,12 @@ fn ensure_loaded(rt: Runtime, image: &ImageRef, src: &SourceImage, reporter: &dy
             _packed = Some(tmp);
             out
         }
+        // The runtime pulls with its own credentials and TLS settings (podman: auth.json, certs.d).
+        (Runtime::Podman, ImageRef::Registry(r)) => load(&["pull", "-q", &r.to_string()])?,
+        (Runtime::Docker, ImageRef::Registry(r)) => {
+            let name = r.to_string();
+            load(&["pull", "-q", name.trim_start_matches("docker://")])?
+        }
         (_, ImageRef::Stdout) => bail!("`-` is a destination only: name the image to test with oci:, oci-archive: or docker-archive:"),
     };
     if has_image(rt, &id) {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use super::inputs::Inputs;
+use super::registry::RegistryArgs;
 use super::reporter::CliReporter;
 use nixoci::blob::Compression;
 use nixoci::build::{self, BuildOptions};
@@ -16,6 +17,11 @@ use nixoci::transport::ImageRef;
   oci-archive:FILE[:REF]         an OCI layout in a tar (podman load -i FILE)
   docker-archive:FILE[:REF]      docker save format, uncompressed layers
   -                              docker-archive on stdout: nixoci build … -o - | podman load
+  docker://HOST[:PORT]/REPO[:TAG|@DIGEST]
+                                 push to a registry; only blobs it lacks are uploaded. Give -o
+                                 once per tag (docker://h/app:1.4 -o docker://h/app:latest): the
+                                 second push sends the manifest only. Without :TAG, the image
+                                 spec's name's tag, else latest.
 
 EXAMPLE:
   nixoci build --closure examples/hello/closure.json --store-root examples/hello/store \\
@@ -23,6 +29,8 @@ EXAMPLE:
 pub struct Args {
     #[command(flatten)]
     pub inputs: Inputs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Where to write the image (repeatable).
     #[arg(short = 'o', long = "output", value_name = "DEST", required = true, value_parser = ImageRef::parse)]
     pub outputs: Vec<ImageRef>,
@@ -69,7 +77,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         epoch: source_date_epoch()?,
-        outputs: args.outputs,
+        outputs: args.registry.apply(args.outputs)?,
         cache_dir: if args.no_cache {
             None
         } else {
@@ -98,12 +106,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
             report.manifest_digest,
             started.elapsed().as_secs_f64()
         );
+        if s.upload != Default::default() {
+            eprintln!(
+                "registry: {} blobs uploaded ({}), {} already there, {} mounted",
+                s.upload.blobs_uploaded,
+                super::reporter::human(s.upload.bytes_uploaded),
+                s.upload.blobs_skipped,
+                s.upload.blobs_mounted
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `SOURCE_DATE_EPOCH`, or 1 (not 0: some tools treat a zero mtime as "unset").
-fn source_date_epoch() -> Result<u64> {
+pub(super) fn source_date_epoch() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => v
             .trim()

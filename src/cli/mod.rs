@@ -3,9 +3,11 @@
 mod build;
 mod check;
 mod diff;
+mod copy;
 mod inputs;
 mod inspect;
 mod plan;
+mod registry;
 mod reporter;
 mod smoke;
 
@@ -39,6 +41,9 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Compare two images: layers, download bytes, store paths, config (and files with --files).
     Diff(diff::Args),
+    /// Copy an image between transports (oci:, oci-archive:, docker-archive:, docker://),
+    /// keeping its digest.
+    Copy(copy::Args),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -49,6 +54,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Smoke(a) => smoke::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Diff(a) => diff::run(a),
+        Command::Copy(a) => copy::run(a),
     }
 }
 

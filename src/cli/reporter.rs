@@ -1,7 +1,9 @@
 //! Progress on stderr: a bar per layer on a terminal, plain lines otherwise, nothing with -q.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -10,7 +12,20 @@ use nixoci::progress::Reporter;
 
 pub struct CliReporter {
     mode: Mode,
+    /// Blob uploads in progress, by id.
+    uploads: Mutex<BTreeMap<usize, Upload>>,
 }
+
+struct Upload {
+    label: String,
+    total: u64,
+    /// When a plain progress line was last printed.
+    last_line: Instant,
+    bar: Option<ProgressBar>,
+}
+
+/// Seconds between plain progress lines of one upload.
+const LINE_EVERY: Duration = Duration::from_secs(5);
 
 enum Mode {
     Quiet,
@@ -33,7 +48,10 @@ impl CliReporter {
         } else {
             Mode::Lines(Mutex::new(Vec::new()))
         };
-        Self { mode }
+        Self {
+            mode,
+            uploads: Mutex::new(BTreeMap::new()),
+        }
     }
 
     pub fn finish(&self) {
@@ -99,6 +117,68 @@ impl Reporter for CliReporter {
                 if let Some(Some(bar)) = bars.lock().unwrap().get(index) {
                     bar.finish_and_clear();
                 }
+            }
+        }
+    }
+
+    fn upload_started(&self, id: usize, label: &str, bytes: u64) {
+        let bar = match &self.mode {
+            Mode::Quiet => return,
+            Mode::Lines(_) => None,
+            Mode::Bars { multi, .. } => {
+                let bar = multi.add(ProgressBar::new(bytes));
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix:>7} {wide_msg} {bytes:>10}/{total_bytes:<10} {bar:30} {bytes_per_sec:>12}",
+                    )
+                    .unwrap()
+                    .progress_chars("=> "),
+                );
+                bar.set_prefix("push");
+                bar.set_message(label.to_owned());
+                Some(bar)
+            }
+        };
+        self.uploads.lock().unwrap().insert(
+            id,
+            Upload {
+                label: label.to_owned(),
+                total: bytes,
+                last_line: Instant::now(),
+                bar,
+            },
+        );
+    }
+
+    fn upload_progress(&self, id: usize, position: u64) {
+        let mut uploads = self.uploads.lock().unwrap();
+        let Some(u) = uploads.get_mut(&id) else {
+            return;
+        };
+        match &u.bar {
+            Some(bar) => bar.set_position(position),
+            None if u.last_line.elapsed() >= LINE_EVERY => {
+                u.last_line = Instant::now();
+                eprintln!(
+                    "uploading {}: {} of {}",
+                    u.label,
+                    human(position),
+                    human(u.total)
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn upload_finished(&self, id: usize, label: &str, outcome: &str) {
+        let u = self.uploads.lock().unwrap().remove(&id);
+        if let Some(bar) = u.as_ref().and_then(|u| u.bar.as_ref()) {
+            bar.finish_and_clear();
+        }
+        if matches!(self.mode, Mode::Lines(_)) {
+            match u {
+                Some(u) => eprintln!("{label}: {outcome} ({})", human(u.total)),
+                None => eprintln!("{label}: {outcome}"),
             }
         }
     }

@@ -59,6 +59,22 @@ pub struct Image {
     pub architecture: String,
 }
 
+impl Image {
+    /// The manifest's `mediaType` (an OCI image manifest unless the bytes say otherwise, e.g. a
+    /// Docker v2 schema 2 manifest copied from a registry).
+    pub fn manifest_media_type(&self) -> String {
+        #[derive(serde::Deserialize)]
+        struct Typed {
+            #[serde(rename = "mediaType")]
+            media_type: Option<String>,
+        }
+        serde_json::from_slice::<Typed>(&self.manifest.bytes)
+            .ok()
+            .and_then(|t| t.media_type)
+            .unwrap_or_else(|| MediaType::ImageManifest.to_string())
+    }
+}
+
 /// `1970-01-01T00:00:01Z` for epoch 1.
 pub fn rfc3339(epoch: u64) -> String {
     let (days, secs) = ((epoch / 86_400) as i64, epoch % 86_400);
@@ -222,7 +238,7 @@ pub fn manifest_descriptor(image: &Image, ref_name: Option<&str>) -> Result<Desc
     let ann = ref_name
         .map(|r| HashMap::from([("org.opencontainers.image.ref.name".to_owned(), r.to_owned())]));
     let mut d = descriptor(
-        MediaType::ImageManifest,
+        MediaType::from(image.manifest_media_type().as_str()),
         &image.manifest.digest,
         image.manifest.bytes.len() as u64,
         ann,

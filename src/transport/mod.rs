@@ -1,15 +1,18 @@
 //! Image references in skopeo's spelling, and the writers for each destination.
 //!
-//! `oci:DIR[:TAG]`, `oci-archive:FILE[:REF]`, `docker-archive:FILE[:REF]`, and `-` (a
+//! `oci:DIR[:TAG]`, `oci-archive:FILE[:REF]`, `docker-archive:FILE[:REF]`,
+//! `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]` (a registry, [`registry`]), and `-` (a
 //! docker-archive on stdout). Every file destination is written to a temporary sibling and renamed
 //! into place, so a failed or killed build leaves it as it was.
 
 pub mod archive;
 pub mod oci_dir;
+pub mod registry;
 pub mod source;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Result, bail};
 
@@ -30,6 +33,8 @@ pub enum ImageRef {
     },
     /// A docker-archive on stdout, for `| podman load`.
     Stdout,
+    /// `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`.
+    Registry(registry::RegistryRef),
 }
 
 impl ImageRef {
@@ -39,7 +44,7 @@ impl ImageRef {
         }
         let Some((transport, rest)) = s.split_once(':') else {
             bail!(
-                "{s:?} is not an image reference: use oci:DIR[:TAG], oci-archive:FILE[:REF], docker-archive:FILE[:REF] or - (stdout)"
+                "{s:?} is not an image reference: use oci:DIR[:TAG], oci-archive:FILE[:REF], docker-archive:FILE[:REF], docker://HOST/REPO[:TAG] or - (stdout)"
             );
         };
         if rest.is_empty() {
@@ -61,9 +66,9 @@ impl ImageRef {
                 let (file, reference) = split_ref(rest, false);
                 ImageRef::DockerArchive { file, reference }
             }
-            "docker" => bail!("{s:?}: registry destinations (docker://) are not supported yet"),
+            "docker" => ImageRef::Registry(registry::RegistryRef::parse(rest)?),
             other => bail!(
-                "{s:?}: unknown transport {other:?} (use oci:, oci-archive:, docker-archive: or -)"
+                "{s:?}: unknown transport {other:?} (use oci:, oci-archive:, docker-archive:, docker:// or -)"
             ),
         })
     }
@@ -73,7 +78,16 @@ impl ImageRef {
         match self {
             ImageRef::OciDir { dir, .. } => Some(dir),
             ImageRef::OciArchive { file, .. } | ImageRef::DockerArchive { file, .. } => Some(file),
-            ImageRef::Stdout => None,
+            ImageRef::Stdout | ImageRef::Registry(_) => None,
+        }
+    }
+
+    /// Gives a registry reference the options (credentials, TLS, retries) to reach it with;
+    /// other references are returned as they are.
+    pub fn with_registry_options(self, options: &Arc<registry::RegistryOptions>) -> Self {
+        match self {
+            ImageRef::Registry(r) => ImageRef::Registry(r.with_options(options.clone())),
+            other => other,
         }
     }
 }
@@ -122,6 +136,7 @@ impl fmt::Display for ImageRef {
                 with(f, "docker-archive", file, reference)
             }
             ImageRef::Stdout => f.write_str("-"),
+            ImageRef::Registry(r) => r.fmt(f),
         }
     }
 }
@@ -199,6 +214,10 @@ mod tests {
         assert!(ImageRef::parse("out").is_err());
         assert!(ImageRef::parse("oci:out:bad tag").is_err());
         assert!(ImageRef::parse("ftp:x").is_err());
+        let r = ImageRef::parse("docker://127.0.0.1:5000/app:1.4").unwrap();
+        assert!(matches!(&r, ImageRef::Registry(x) if x.repo == "app"));
+        assert_eq!(r.to_string(), "docker://127.0.0.1:5000/app:1.4");
+        assert!(ImageRef::parse("docker:app").is_err());
         assert_eq!(
             ImageRef::parse("oci:out:1.4").unwrap().to_string(),
             "oci:out:1.4"

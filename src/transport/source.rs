@@ -1,5 +1,5 @@
-//! Reading images: `oci:`, `oci-archive:` and `docker-archive:` as sources for inspect, diff,
-//! check, smoke and `--previous`.
+//! Reading images: `oci:`, `oci-archive:`, `docker-archive:` and `docker://` as sources for
+//! inspect, diff, check, smoke, copy and `--previous`.
 //!
 //! Nothing is extracted to disk. Archives are indexed by reading tar headers only (member name →
 //! offset and size), and blobs are then read in place. Every manifest and config read is checked
@@ -17,6 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::ImageRef;
 use super::oci_dir::REF_NAME;
+use super::registry::{self, Repository};
 use crate::blob::Digest;
 
 /// One layer as the manifest describes it, with its diff_id from the config.
@@ -53,6 +54,8 @@ enum Blobs {
         members: BTreeMap<String, (u64, u64)>,
         layout: TarLayout,
     },
+    /// A registry repository: blobs stream from `GET /v2/REPO/blobs/DIGEST`.
+    Registry(Box<Repository>),
 }
 
 enum TarLayout {
@@ -60,6 +63,17 @@ enum TarLayout {
     Oci,
     /// docker save: layer digests map to member names.
     Docker(BTreeMap<Digest, String>),
+}
+
+/// Manifest-like media types (fetched from `/manifests/`, not `/blobs/`).
+fn is_manifest_type(mt: &str) -> bool {
+    [
+        registry::request::MT_OCI_MANIFEST,
+        registry::request::MT_OCI_INDEX,
+        registry::request::MT_DOCKER_MANIFEST,
+        registry::request::MT_DOCKER_LIST,
+    ]
+    .contains(&mt)
 }
 
 impl SourceImage {
@@ -104,8 +118,9 @@ impl SourceImage {
                     open_docker_archive(file, members, want.as_deref(), reference.clone())
                 }
             }
+            ImageRef::Registry(r) => open_registry(r, reference.clone()),
             ImageRef::Stdout => bail!(
-                "`-` is a destination only; to read an image use oci:, oci-archive: or docker-archive:"
+                "`-` is a destination only; to read an image use oci:, oci-archive:, docker-archive: or docker://"
             ),
         })();
         img.with_context(|| format!("reading image {reference}"))
@@ -115,6 +130,14 @@ impl SourceImage {
     pub fn open_blob(&self, digest: &Digest, size: u64) -> Result<Verified<Box<dyn Read + '_>>> {
         let raw = self.blobs.open(digest)?;
         Ok(Verified::new(raw, digest.clone(), size))
+    }
+
+    /// The file holding a blob, when the image is an `oci:` layout (so it can be used in place).
+    pub fn blob_file(&self, digest: &Digest) -> Option<PathBuf> {
+        match &self.blobs {
+            Blobs::Dir(dir) => Some(dir.join("blobs/sha256").join(digest.hex())),
+            _ => None,
+        }
     }
 
     /// Layer `i` as an uncompressed tar stream (verified against its blob digest).
@@ -244,6 +267,10 @@ impl Blobs {
                 f.seek(SeekFrom::Start(offset))?;
                 Ok(Box::new(BufReader::with_capacity(1 << 20, f.take(size))))
             }
+            Blobs::Registry(repo) => Ok(Box::new(BufReader::with_capacity(
+                1 << 20,
+                repo.open_blob(digest)?,
+            ))),
         }
     }
 
@@ -267,6 +294,7 @@ impl Blobs {
                     bail!("{} is truncated inside {name}", file.display());
                 }
             }
+            Blobs::Registry(repo) => bail!("internal error: {name} read from {}", repo.name()),
         }
         Ok(buf)
     }
@@ -274,6 +302,20 @@ impl Blobs {
     /// Reads a small JSON blob whole and checks its digest.
     fn read_json(&self, d: &Descriptor) -> Result<(Vec<u8>, Digest)> {
         let digest: Digest = d.digest().to_string().parse()?;
+        if let Blobs::Registry(repo) = self
+            && is_manifest_type(d.media_type().as_ref())
+        {
+            let (bytes, _) = repo.get_manifest(digest.as_str())?;
+            let got = Digest::of(&bytes);
+            if got != digest || bytes.len() as u64 != d.size() {
+                bail!(
+                    "manifest {digest} from {} does not match its descriptor (got {got}, {} bytes)",
+                    repo.name(),
+                    bytes.len()
+                );
+            }
+            return Ok((bytes, digest));
+        }
         let mut bytes = Vec::new();
         Verified::new(self.open(&digest)?, digest.clone(), d.size()).read_to_end(&mut bytes)?;
         Ok((bytes, digest))
@@ -392,9 +434,55 @@ fn resolve_platform(blobs: &Blobs, mut desc: Descriptor) -> Result<Descriptor> {
     bail!("image indexes nest too deep")
 }
 
+/// `docker://…`: the manifest at the tag (default `latest`) or digest, following an index to
+/// its linux/amd64 manifest.
+fn open_registry(r: &registry::RegistryRef, reference: String) -> Result<SourceImage> {
+    let repo = Repository::open(r)?;
+    let at = r.manifest_reference().unwrap_or_else(|| "latest".into());
+    let (bytes, content_type) = repo.get_manifest(&at)?;
+    let digest = Digest::of(&bytes);
+    if let Some(want) = &r.digest
+        && *want != digest
+    {
+        bail!("the registry sent a manifest whose digest is {digest}, not {want}");
+    }
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    let media_type = serde_json::from_slice::<Typed>(&bytes)
+        .ok()
+        .and_then(|t| t.media_type)
+        .unwrap_or(content_type);
+    let blobs = Blobs::Registry(Box::new(repo));
+    if media_type == registry::request::MT_OCI_INDEX
+        || media_type == registry::request::MT_DOCKER_LIST
+    {
+        let desc = crate::image::descriptor(
+            MediaType::from(media_type.as_str()),
+            &digest,
+            bytes.len() as u64,
+            None,
+        )?;
+        let desc = resolve_platform(&blobs, desc)?;
+        return load(blobs, &desc, reference);
+    }
+    load_manifest(blobs, bytes, digest, reference)
+}
+
 fn load(blobs: Blobs, desc: &Descriptor, reference: String) -> Result<SourceImage> {
     let (manifest_bytes, manifest_digest) =
         blobs.read_json(desc).context("reading the manifest")?;
+    load_manifest(blobs, manifest_bytes, manifest_digest, reference)
+}
+
+fn load_manifest(
+    blobs: Blobs,
+    manifest_bytes: Vec<u8>,
+    manifest_digest: Digest,
+    reference: String,
+) -> Result<SourceImage> {
     let manifest: ImageManifest =
         serde_json::from_slice(&manifest_bytes).context("parsing the manifest")?;
     let (config_bytes, config_digest) = blobs
@@ -599,7 +687,9 @@ impl Blobs {
                 f.seek(SeekFrom::Start(offset))?;
                 Ok(Box::new(BufReader::new(f.take(size.min(len)))))
             }
-            Blobs::Dir(_) => bail!("internal error: open_prefix on a directory"),
+            Blobs::Dir(_) | Blobs::Registry(_) => {
+                bail!("internal error: open_prefix outside a tar")
+            }
         }
     }
 }

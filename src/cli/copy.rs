@@ -1,0 +1,72 @@
+//! `nixoci copy`.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::registry::RegistryArgs;
+use super::reporter::CliReporter;
+use nixoci::copy::{self, CopyOptions};
+use nixoci::transport::ImageRef;
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "SOURCES: oci:DIR[:TAG], oci-archive:FILE[:REF], docker-archive:FILE[:REF], \
+docker://HOST[:PORT]/REPO[:TAG|@DIGEST]
+DESTINATIONS: oci:DIR[:TAG], oci-archive:FILE[:REF], docker://HOST[:PORT]/REPO[:TAG|@DIGEST]
+The manifest is copied byte for byte: the image keeps its digest. Registry options apply to
+both sides.
+
+EXAMPLES:
+  nixoci copy oci:out:1.4 docker://registry.example.com/acme/app:1.4
+  nixoci copy docker://registry.example.com/acme/app:1.4 oci:app:1.4
+  nixoci copy --mount-from acme/app docker://r.example.com/acme/app:1.4 docker://r.example.com/acme/app-staging:1.4"
+)]
+pub struct Args {
+    /// The image to copy.
+    #[arg(value_name = "SRC", value_parser = ImageRef::parse)]
+    pub src: ImageRef,
+    /// Where to copy it.
+    #[arg(value_name = "DEST", value_parser = ImageRef::parse)]
+    pub dest: ImageRef,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Blobs uploaded at once (default: 4).
+    #[arg(short, long, value_name = "N", default_value_t = 4)]
+    pub jobs: usize,
+    /// Print one JSON document (digests, bytes uploaded, blobs skipped/mounted) on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let mut refs = args.registry.apply(vec![args.src, args.dest])?.into_iter();
+    let (Some(src), Some(dest)) = (refs.next(), refs.next()) else {
+        unreachable!("two references in, two out")
+    };
+    let reporter = CliReporter::new(args.quiet);
+    let opts = CopyOptions {
+        jobs: args.jobs.max(1),
+        epoch: super::build::source_date_epoch()?,
+    };
+    let report = copy::copy(&src, &dest, &opts, &reporter)?;
+    reporter.finish();
+    if args.json {
+        super::print_json(&report)?;
+    } else if !args.quiet {
+        eprintln!(
+            "copied {} layers, manifest {} ({} uploaded, {} skipped, {} mounted, {}) in {:.2}s",
+            report.layers,
+            report.manifest_digest,
+            report.upload.blobs_uploaded,
+            report.upload.blobs_skipped,
+            report.upload.blobs_mounted,
+            super::reporter::human(report.upload.bytes_uploaded),
+            report.seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

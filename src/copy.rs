@@ -1,0 +1,217 @@
+//! `nixoci copy SRC DEST`: an image from any transport to `oci:`, `oci-archive:` or `docker://`,
+//! its manifest and config bytes (so its digest) unchanged.
+//!
+//! Blobs the destination already has are neither read nor sent. The others come from the source:
+//! an `oci:` layout's blob files are verified in place and used as they are; blobs of archives
+//! and registries are streamed, verified, into a staging directory first (registry → registry
+//! copies go through local disk, never memory).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Serialize;
+
+use crate::blob::{BlobInfo, Digest};
+use crate::image::{ANNOTATION_GROUP, Image, JsonBlob, LayerDesc};
+use crate::progress::Reporter;
+use crate::transport::oci_dir::{self, BlobSource};
+use crate::transport::registry::{PushStats, Repository};
+use crate::transport::source::SourceImage;
+use crate::transport::{ImageRef, archive};
+
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// Blobs uploaded at once to a registry.
+    pub jobs: usize,
+    /// mtime of the members of an `oci-archive:` destination.
+    pub epoch: u64,
+}
+
+/// What a copy did.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyReport {
+    pub source: String,
+    pub destination: String,
+    pub manifest_digest: Digest,
+    pub config_digest: Digest,
+    pub layers: usize,
+    /// Blob bytes read from the source (blobs the destination had are not read).
+    pub bytes_read: u64,
+    #[serde(flatten)]
+    pub upload: PushStats,
+    pub seconds: f64,
+}
+
+pub fn copy(
+    src: &ImageRef,
+    dest: &ImageRef,
+    opts: &CopyOptions,
+    reporter: &dyn Reporter,
+) -> Result<CopyReport> {
+    let started = Instant::now();
+    match dest {
+        ImageRef::DockerArchive { .. } | ImageRef::Stdout => bail!(
+            "cannot copy to {dest}: docker-archive destinations are not supported by copy yet (they need uncompressed layers); copy to oci-archive:FILE, which `podman load -i` reads too"
+        ),
+        ImageRef::OciDir { .. } | ImageRef::OciArchive { .. } => {
+            super::transport::parent_dir(dest.local_path().unwrap_or(std::path::Path::new(".")))?;
+        }
+        ImageRef::Registry(_) => {}
+    }
+    let dest_repo = match dest {
+        ImageRef::Registry(r) => {
+            Some(Repository::open_for_push(r).with_context(|| format!("cannot push to {r}"))?)
+        }
+        _ => None,
+    };
+    let source = SourceImage::open(src)?;
+    let image = image_of(&source)?;
+    let staging = tempfile::Builder::new()
+        .prefix(".nixoci-copy-")
+        .tempdir_in(staging_parent(dest))
+        .context("creating a staging directory")?;
+    let blobs = Staged {
+        source: &source,
+        dir: staging.path().to_owned(),
+        read: Mutex::new(0),
+        sizes: image
+            .layers
+            .iter()
+            .map(|l| (l.blob.digest.clone(), l.blob.size))
+            .collect(),
+    };
+    let mut upload = PushStats::default();
+    match dest {
+        ImageRef::OciDir { dir, tag } => {
+            let tag = tag.clone().unwrap_or_else(|| source_tag(src));
+            oci_dir::write(dir, Some(&tag), &image, &blobs)?;
+        }
+        ImageRef::OciArchive { file, reference } => {
+            archive::write_oci_archive(file, reference.as_deref(), &image, &blobs, opts.epoch)?;
+        }
+        ImageRef::Registry(r) => {
+            let repo = dest_repo
+                .as_ref()
+                .ok_or_else(|| anyhow!("internal error: {r} was not connected"))?;
+            let at = r.manifest_reference().unwrap_or_else(|| source_tag(src));
+            upload = repo
+                .push(&image, &at, &blobs, opts.jobs, reporter)
+                .with_context(|| format!("pushing to {r}"))?;
+        }
+        ImageRef::DockerArchive { .. } | ImageRef::Stdout => unreachable!("refused above"),
+    }
+    reporter.note(&format!("copied {src} to {dest}"));
+    let bytes_read = *blobs.read.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(CopyReport {
+        source: src.to_string(),
+        destination: dest.to_string(),
+        manifest_digest: image.manifest.digest.clone(),
+        config_digest: image.config.digest.clone(),
+        layers: image.layers.len(),
+        bytes_read,
+        upload,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The source's bytes as an [`Image`] (nothing re-serialised).
+fn image_of(source: &SourceImage) -> Result<Image> {
+    let layers = source
+        .layers
+        .iter()
+        .map(|l| LayerDesc {
+            blob: BlobInfo {
+                digest: l.digest.clone(),
+                size: l.size,
+                diff_id: l.diff_id.clone().unwrap_or_else(|| l.digest.clone()),
+                uncompressed_size: 0,
+                media_type: l.media_type.clone(),
+            },
+            group: l
+                .annotations
+                .get(ANNOTATION_GROUP)
+                .cloned()
+                .unwrap_or_default(),
+            paths: Vec::new(),
+        })
+        .collect();
+    Ok(Image {
+        config: JsonBlob {
+            bytes: source.config_bytes.clone(),
+            digest: source.config_digest.clone(),
+        },
+        manifest: JsonBlob {
+            bytes: source.manifest_bytes.clone(),
+            digest: source.manifest_digest.clone(),
+        },
+        layers,
+        architecture: source.config.architecture().to_string(),
+    })
+}
+
+/// The tag a copy gives when the destination names none: the source's, else `latest`.
+fn source_tag(src: &ImageRef) -> String {
+    match src {
+        ImageRef::OciDir { tag: Some(t), .. } => t.clone(),
+        ImageRef::Registry(r) if r.tag.is_some() => r.tag.clone().unwrap_or_default(),
+        _ => "latest".into(),
+    }
+}
+
+fn staging_parent(dest: &ImageRef) -> PathBuf {
+    dest.local_path()
+        .and_then(|p| p.parent())
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(std::env::temp_dir, |p| p.to_owned())
+}
+
+/// Blobs fetched from the source when a destination asks for them.
+struct Staged<'a> {
+    source: &'a SourceImage,
+    dir: PathBuf,
+    read: Mutex<u64>,
+    sizes: BTreeMap<Digest, u64>,
+}
+
+impl BlobSource for Staged<'_> {
+    fn blob_path(&self, digest: &Digest) -> Result<PathBuf> {
+        let size = *self
+            .sizes
+            .get(digest)
+            .ok_or_else(|| anyhow!("internal error: {digest} is not a layer of the image"))?;
+        let staged = self.dir.join(digest.hex());
+        if staged.is_file() {
+            return Ok(staged);
+        }
+        if let Some(p) = self.source.blob_file(digest) {
+            // An oci: layout: verify the file in place and hand it over.
+            let got = crate::cache::hash_file(&p)
+                .with_context(|| format!("reading blob {}", p.display()))?;
+            let len = fs::metadata(&p)?.len();
+            if got != *digest || len != size {
+                bail!(
+                    "blob {} does not match its descriptor ({got}, {len} bytes; expected {digest}, {size} bytes)",
+                    p.display()
+                );
+            }
+            *self.read.lock().unwrap_or_else(|e| e.into_inner()) += len;
+            return Ok(p);
+        }
+        let tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+        let n = std::io::copy(&mut self.source.open_blob(digest, size)?, &mut w)
+            .with_context(|| format!("reading blob {digest} from {}", self.source.reference))?;
+        w.into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("staging blob {digest}"))?;
+        tmp.persist(&staged)
+            .map_err(|e| e.error)
+            .with_context(|| format!("staging blob {digest}"))?;
+        *self.read.lock().unwrap_or_else(|e| e.into_inner()) += n;
+        Ok(staged)
+    }
+}

@@ -1,0 +1,1479 @@
+//! Registry tests: a real CNCF distribution registry (`docker-registry`) on 127.0.0.1, one per
+//! test on a free port, in three setups (plain HTTP, htpasswd bcrypt basic auth, TLS with a CA
+//! made by openssl), with skopeo as the independent check. Proxies written here (loopback only,
+//! bounded) count upload bytes and inject faults: dropped connections mid-blob, 500, 429.
+//!
+//! Tools: docker-registry, skopeo, openssl, htpasswd (Debian: docker-registry skopeo openssl
+//! apache2-utils). Under CI a missing tool fails the test.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use common::{describe, example_args, output, run_ok, tempdir};
+
+const USER: &str = "ci-user";
+/// Grepped for in every output: it must never appear.
+const PASSWORD: &str = "Pa55-w0rd-never-printed-7f3a";
+
+// ---- the registry --------------------------------------------------------------------------------
+
+#[derive(Clone, PartialEq, Eq)]
+enum Setup {
+    Plain,
+    Basic,
+    Tls,
+    /// Token auth: the registry trusts tokens signed by the key whose certificate is `bundle`.
+    Bearer {
+        realm: String,
+        bundle: PathBuf,
+    },
+}
+
+/// A running `docker-registry`; killed when dropped.
+struct Registry {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+    setup: Setup,
+}
+
+impl Registry {
+    fn start(setup: Setup) -> Registry {
+        let dir = tempdir();
+        let d = dir.path();
+        let mut extra = String::new();
+        let mut tls = String::new();
+        if setup == Setup::Basic {
+            let out = run_ok(Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]));
+            fs::write(d.join("htpasswd"), out).unwrap();
+            extra = format!(
+                "auth: {{htpasswd: {{realm: nixoci-test, path: {}}}}}\n",
+                d.join("htpasswd").display()
+            );
+        }
+        if let Setup::Bearer { realm, bundle } = &setup {
+            extra = format!(
+                "auth: {{token: {{realm: \"{realm}\", service: {SERVICE}, issuer: {ISSUER}, rootcertbundle: {}}}}}\n",
+                bundle.display()
+            );
+        }
+        if setup == Setup::Tls {
+            make_certs(d);
+            tls = format!(
+                ", tls: {{certificate: {}, key: {}}}",
+                d.join("server.crt").display(),
+                d.join("server.key").display()
+            );
+        }
+        for _attempt in 0..5 {
+            let port = free_port();
+            let config = format!(
+                "version: 0.1\nlog: {{level: info, accesslog: {{disabled: true}}}}\n\
+                 storage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n  \
+                 maintenance: {{uploadpurging: {{enabled: false}}}}\n\
+                 http: {{addr: 127.0.0.1:{port}, secret: test-only-secret{tls}}}\n{extra}",
+                d.join("data").display()
+            );
+            fs::write(d.join("config.yml"), config).unwrap();
+            let log = fs::File::create(d.join("registry.log")).unwrap();
+            let mut child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(d.join("config.yml"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("starting docker-registry");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let up = loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break false; // port taken or bad config: try another port
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break true;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "docker-registry did not listen in 10 s:\n{}",
+                        fs::read_to_string(d.join("registry.log")).unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            if up {
+                return Registry {
+                    child,
+                    port,
+                    dir,
+                    setup,
+                };
+            }
+            let _ = child.wait();
+            eprintln!(
+                "docker-registry exited:\n{}",
+                fs::read_to_string(d.join("registry.log")).unwrap_or_default()
+            );
+        }
+        panic!("could not start docker-registry");
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A directory in skopeo's `--cert-dir` layout with our CA.
+    fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    /// skopeo's flags to reach this registry (`src`/`dest`/none prefix).
+    fn skopeo_flags(&self, prefix: &str) -> Vec<String> {
+        let p = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}-")
+        };
+        let mut v = match self.setup {
+            Setup::Tls => vec![format!("--{p}cert-dir={}", self.ca_dir().display())],
+            _ => vec![format!("--{p}tls-verify=false")],
+        };
+        if matches!(self.setup, Setup::Basic | Setup::Bearer { .. }) {
+            v.push(format!("--{p}creds={USER}:{PASSWORD}"));
+        }
+        v
+    }
+
+    /// `skopeo inspect` of `repo:tag`: the manifest digest, or `None` when it is absent.
+    fn digest_of(&self, repo_tag: &str) -> Option<String> {
+        let out = output(
+            Command::new("skopeo")
+                .arg("inspect")
+                .args(self.skopeo_flags(""))
+                .arg(format!("docker://{}/{repo_tag}", self.host())),
+        );
+        if !out.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).expect("skopeo inspect JSON");
+        Some(v["Digest"].as_str().expect("Digest").to_owned())
+    }
+
+    /// `skopeo copy` back into an OCI layout (skopeo verifies every blob's digest); the
+    /// manifest digest it wrote.
+    fn copy_back(&self, repo_tag: &str, into: &Path) -> String {
+        run_ok(
+            Command::new("skopeo")
+                .arg("copy")
+                // Keep uncompressed layers as they are (skopeo compresses them for oci: otherwise).
+                .arg("--dest-oci-accept-uncompressed-layers")
+                .args(self.skopeo_flags("src"))
+                .arg(format!("docker://{}/{repo_tag}", self.host()))
+                .arg(format!("oci:{}:t", into.display())),
+        );
+        oci_manifest_digest(into, "t")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A CA and a server certificate it signed for IP 127.0.0.1 (ECDSA P-256: quick to make).
+fn make_certs(d: &Path) {
+    let ssl = |args: &[&str]| {
+        run_ok(Command::new("openssl").args(args).current_dir(d));
+    };
+    ssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=nixoci test CA",
+    ]);
+    ssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    ssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    fs::create_dir_all(d.join("ca")).unwrap();
+    fs::copy(d.join("ca.crt"), d.join("ca/ca.crt")).unwrap();
+}
+
+fn oci_manifest_digest(dir: &Path, tag: &str) -> String {
+    let index: Value = serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("no {tag} in {index}"))["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+// ---- a token server (bearer auth) -----------------------------------------------------------------
+
+const SERVICE: &str = "nixoci-test-registry";
+const ISSUER: &str = "nixoci-test-issuer";
+
+#[derive(Default)]
+struct TokenLog {
+    /// Scopes of each token request, in order (`-` for a refused one).
+    requests: Vec<String>,
+    /// Tokens handed out (grepped for in outputs: they are secrets too).
+    tokens: Vec<String>,
+}
+
+/// A token endpoint (RS256 JWTs signed with openssl) on 127.0.0.1: checks basic credentials,
+/// grants what is asked, except that the first token it issues grants nothing (so the client
+/// must refresh it after the registry's 401).
+struct TokenServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    log: Arc<Mutex<TokenLog>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TokenServer {
+    fn start() -> TokenServer {
+        let dir = tempdir();
+        run_ok(Command::new("openssl").current_dir(dir.path()).args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "token.key",
+            "-out",
+            "token.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=nixoci test token issuer",
+        ]));
+        let der = run_ok(Command::new("openssl").current_dir(dir.path()).args([
+            "x509",
+            "-in",
+            "token.crt",
+            "-outform",
+            "DER",
+        ]));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = Arc::new(Mutex::new(TokenLog::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, st, key) = (log.clone(), stop.clone(), dir.path().join("token.key"));
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while !st.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((c, _)) => {
+                        let _ = answer_token(c, &key, &der, &l);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        TokenServer {
+            port,
+            dir,
+            log,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn setup(&self) -> Setup {
+        Setup::Bearer {
+            realm: format!("http://127.0.0.1:{}/token", self.port),
+            bundle: self.dir.path().join("token.crt"),
+        }
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn answer_token(
+    c: TcpStream,
+    key: &Path,
+    cert_der: &[u8],
+    log: &Mutex<TokenLog>,
+) -> std::io::Result<()> {
+    use base64::Engine as _;
+    c.set_nonblocking(false)?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(c.try_clone()?);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" || head.len() > 65536 {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+    let query = target.split_once('?').map(|x| x.1).unwrap_or("");
+    let scopes: Vec<String> = query
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("scope="))
+        .map(percent_decode)
+        .collect();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let want = format!("Basic {}", b64.encode(format!("{USER}:{PASSWORD}")));
+    let authorized = head.lines().any(|l| {
+        l.split_once(':')
+            .is_some_and(|(k, v)| k.eq_ignore_ascii_case("authorization") && v.trim() == want)
+    });
+    let mut c = c;
+    if !authorized {
+        log.lock().unwrap().requests.push("-".into());
+        let body = r#"{"details":"wrong credentials"}"#;
+        write!(
+            c,
+            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        return Ok(());
+    }
+    let first = log.lock().unwrap().tokens.is_empty();
+    let access: Vec<Value> = if first {
+        Vec::new()
+    } else {
+        scopes
+            .iter()
+            .filter_map(|s| {
+                let mut p = s.split(':');
+                let (t, name, actions) = (p.next()?, p.next()?, p.next()?);
+                Some(serde_json::json!({"type": t, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+            })
+            .collect()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [b64.encode(cert_der)]});
+    let claims = serde_json::json!({
+        "iss": ISSUER, "sub": USER, "aud": SERVICE, "exp": now + 300, "nbf": now - 10,
+        "iat": now, "jti": format!("{now}-{}", scopes.len()), "access": access,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        url.encode(header.to_string()),
+        url.encode(claims.to_string())
+    );
+    let input_file = key.with_file_name(format!("input-{}", std::process::id()));
+    fs::write(&input_file, &signing_input)?;
+    let sig = run_ok(
+        Command::new("openssl")
+            .args(["dgst", "-sha256", "-binary", "-sign"])
+            .arg(key)
+            .arg(&input_file),
+    );
+    let token = format!("{signing_input}.{}", url.encode(sig));
+    {
+        let mut l = log.lock().unwrap();
+        l.requests.push(scopes.join(" "));
+        l.tokens.push(token.clone());
+    }
+    let body = serde_json::json!({"token": token, "expires_in": 300}).to_string();
+    write!(
+        c,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    Ok(())
+}
+
+// ---- a proxy that counts and breaks --------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    /// Forward the head and this many body bytes, then close both connections.
+    Drop(u64),
+    /// Answer this status (with `Retry-After: 1` for 429) without forwarding.
+    Status(u16),
+}
+
+/// Fires on the `skip+1`-th request matching `method` and `path` (a substring).
+#[derive(Debug, Clone)]
+struct Fault {
+    method: &'static str,
+    path: &'static str,
+    skip: usize,
+    action: Action,
+}
+
+#[derive(Default)]
+struct ProxyLog {
+    /// Body bytes of blob uploads (PATCH, and PUT to `/blobs/uploads/`).
+    upload_bytes: AtomicU64,
+    /// `METHOD /path` of every request, in order.
+    requests: Mutex<Vec<String>>,
+    fired: Mutex<Vec<String>>,
+}
+
+/// An HTTP/1.1 proxy on 127.0.0.1 in front of `upstream` that stops when dropped.
+struct Proxy {
+    port: u16,
+    log: Arc<ProxyLog>,
+    faults: Arc<Mutex<Vec<Fault>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn start(upstream: u16, faults: Vec<Fault>) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = Arc::new(ProxyLog::default());
+        let faults = Arc::new(Mutex::new(faults));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, f, s) = (log.clone(), faults.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            // Bounded: stops when dropped, and in any case after 3 minutes.
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let (l, f) = (l.clone(), f.clone());
+                        std::thread::spawn(move || {
+                            let _ = serve(client, upstream, &l, &f);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Proxy {
+            port,
+            log,
+            faults,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn upload_bytes(&self) -> u64 {
+        self.log.upload_bytes.load(Ordering::Relaxed)
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.log.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One client connection: parse each request head, apply a fault or forward it.
+fn serve(
+    client: TcpStream,
+    upstream: u16,
+    log: &ProxyLog,
+    faults: &Mutex<Vec<Fault>>,
+) -> std::io::Result<()> {
+    client.set_nonblocking(false)?;
+    client.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let up = TcpStream::connect(("127.0.0.1", upstream))?;
+    up.set_read_timeout(Some(Duration::from_secs(60)))?;
+    {
+        let (mut from, mut to) = (up.try_clone()?, client.try_clone()?);
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(Shutdown::Both);
+        });
+    }
+    let mut up_w = up.try_clone()?;
+    let mut reader = BufReader::new(client.try_clone()?);
+    let close = || {
+        let _ = up.shutdown(Shutdown::Both);
+        let _ = client.shutdown(Shutdown::Both);
+    };
+    loop {
+        // Not HTTP (a TLS hello): hang up, as a plain HTTP server would.
+        match reader.fill_buf()?.first() {
+            None => return Ok(()),
+            Some(b) if !b.is_ascii_uppercase() => {
+                close();
+                return Ok(());
+            }
+            _ => {}
+        }
+        let mut head = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            if reader.read_until(b'\n', &mut line)? == 0 || head.len() > 65536 {
+                close();
+                return Ok(());
+            }
+            head.extend_from_slice(&line);
+            if line == b"\r\n" {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&head).into_owned();
+        let mut words = text.split_whitespace();
+        let method = words.next().unwrap_or("").to_owned();
+        let path = words
+            .next()
+            .unwrap_or("")
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        let len: u64 = text
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        log.requests
+            .lock()
+            .unwrap()
+            .push(format!("{method} {path}"));
+        let fault = {
+            let mut fs = faults.lock().unwrap();
+            match fs
+                .iter()
+                .position(|f| f.method == method && path.contains(f.path))
+            {
+                Some(i) if fs[i].skip > 0 => {
+                    fs[i].skip -= 1;
+                    None
+                }
+                Some(i) => Some(fs.remove(i)),
+                None => None,
+            }
+        };
+        let is_upload = method == "PATCH" || (method == "PUT" && path.contains("/blobs/uploads/"));
+        match fault.map(|f| f.action) {
+            Some(Action::Status(status)) => {
+                std::io::copy(&mut (&mut reader).take(len), &mut std::io::sink())?;
+                let body = format!(
+                    r#"{{"errors":[{{"code":"INJECTED","message":"fault injected by the test proxy ({status})"}}]}}"#
+                );
+                let retry = if status == 429 {
+                    "Retry-After: 1\r\n"
+                } else {
+                    ""
+                };
+                let mut c = &client;
+                write!(
+                    c,
+                    "HTTP/1.1 {status} Injected\r\nContent-Type: application/json\r\n{retry}\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )?;
+                c.flush()?;
+                log.fired
+                    .lock()
+                    .unwrap()
+                    .push(format!("{status} {method} {path}"));
+                std::thread::sleep(Duration::from_millis(50));
+                close();
+                return Ok(());
+            }
+            Some(Action::Drop(after)) => {
+                up_w.write_all(&head)?;
+                let n = std::io::copy(&mut (&mut reader).take(after.min(len)), &mut up_w)?;
+                if is_upload {
+                    log.upload_bytes.fetch_add(n, Ordering::Relaxed);
+                }
+                log.fired
+                    .lock()
+                    .unwrap()
+                    .push(format!("drop after {n} bytes: {method} {path}"));
+                close();
+                return Ok(());
+            }
+            None => {
+                up_w.write_all(&head)?;
+                let n = std::io::copy(&mut (&mut reader).take(len), &mut up_w)?;
+                if is_upload {
+                    log.upload_bytes.fetch_add(n, Ordering::Relaxed);
+                }
+                if n < len {
+                    close();
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+// ---- running nixoci -------------------------------------------------------------------------------
+
+struct Run {
+    out: Output,
+    cmd: String,
+}
+
+impl Run {
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+
+    fn ok(self) -> Value {
+        assert!(
+            self.out.status.success(),
+            "`{}` failed ({}):\n{}",
+            self.cmd,
+            self.out.status,
+            self.stderr()
+        );
+        self.no_secret();
+        serde_json::from_slice(&self.out.stdout)
+            .unwrap_or_else(|e| panic!("`{}`: no JSON on stdout ({e})", self.cmd))
+    }
+
+    /// Fails; returns stderr.
+    fn fails(self) -> String {
+        assert!(
+            !self.out.status.success(),
+            "`{}` should have failed:\n{}",
+            self.cmd,
+            self.stderr()
+        );
+        self.no_secret();
+        self.stderr()
+    }
+
+    fn no_secret(&self) {
+        for (name, s) in [("stdout", &self.out.stdout), ("stderr", &self.out.stderr)] {
+            let text = String::from_utf8_lossy(s);
+            assert!(
+                !text.contains(PASSWORD),
+                "`{}` printed the password on {name}:\n{text}",
+                self.cmd
+            );
+        }
+    }
+}
+
+fn nixoci(args: &[String], env: &[(&str, &str)]) -> Run {
+    let mut c = common::nixoci();
+    c.args(args).arg("--json");
+    // Debug logs on: secrets must not show up there either.
+    c.env("NIXOCI_LOG", "debug");
+    // No credentials from the machine's own auth files.
+    c.env_remove("REGISTRY_AUTH_FILE")
+        .env("XDG_RUNTIME_DIR", "/nonexistent")
+        .env("HOME", "/nonexistent")
+        .env_remove("DOCKER_CONFIG")
+        .env_remove("XDG_CONFIG_HOME");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let cmd = describe(&c);
+    Run {
+        out: output(&mut c),
+        cmd,
+    }
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+/// `build` of examples/hello (optionally with another image spec) pushed to `dest`.
+fn build_args(dest: &[String], cache: &Path, image_toml: Option<&Path>) -> Vec<String> {
+    let mut a = s(&["build"]);
+    let mut ex = example_args();
+    if let Some(t) = image_toml {
+        let i = ex.iter().position(|x| x == "--image").unwrap();
+        ex[i + 1] = t.display().to_string();
+    }
+    a.extend(ex);
+    a.extend(s(&[
+        "--cache-dir",
+        &cache.display().to_string(),
+        "--jobs",
+        "2",
+    ]));
+    for d in dest {
+        a.push("-o".into());
+        a.push(d.clone());
+    }
+    a
+}
+
+/// examples/hello's image spec with another environment: same store layers, other config.
+fn other_spec(dir: &Path, marker: &str) -> PathBuf {
+    let mut t = fs::read_to_string(common::example_dir().join("image.toml")).unwrap();
+    t = t.replace(
+        "LANG=C.UTF-8",
+        &format!("LANG=C.UTF-8\", \"MARKER={marker}"),
+    );
+    let p = dir.join(format!("image-{marker}.toml"));
+    fs::write(&p, t).unwrap();
+    p
+}
+
+/// A store with one 20 MiB path of incompressible bytes (so its layer takes the chunked path)
+/// and one small path; returns the build inputs.
+fn big_store(dir: &Path) -> Vec<String> {
+    let store = dir.join("store");
+    let big = "0a1b2c3d4f5g6h7i8j9k0l1m2n3p4q5r-big-blob-1.0";
+    let small = "9z8y7x6w5v4s3r2q1p0n9m8l7k6j5i4h-small-1.0";
+    fs::create_dir_all(store.join(big).join("share")).unwrap();
+    fs::create_dir_all(store.join(small).join("bin")).unwrap();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut data = vec![0u8; 20 << 20];
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    fs::write(store.join(big).join("share/weights.bin"), &data).unwrap();
+    fs::write(store.join(small).join("bin/tool"), b"#!/bin/sh\necho hi\n").unwrap();
+    let sri = "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let sri2 = "sha256-BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB=";
+    let closure = format!(
+        r#"[{{"path":"/nix/store/{big}","narHash":"{sri}","narSize":{},"references":[]}},
+            {{"path":"/nix/store/{small}","narHash":"{sri2}","narSize":200,"references":["/nix/store/{big}"]}}]"#,
+        20 << 20
+    );
+    fs::write(dir.join("closure.json"), closure).unwrap();
+    vec![
+        "--closure".into(),
+        dir.join("closure.json").display().to_string(),
+        "--store-root".into(),
+        store.display().to_string(),
+    ]
+}
+
+fn stat(v: &Value, k: &str) -> u64 {
+    v["stats"][k]
+        .as_u64()
+        .or_else(|| v[k].as_u64())
+        .unwrap_or_else(|| panic!("no {k} in {v:#}"))
+}
+
+// ---- tests ----------------------------------------------------------------------------------------
+
+/// Plain HTTP: push, verify with skopeo, re-push uploads nothing (counted by a proxy) and reads
+/// no store file, several tags, copy registry → oci: / oci-archive: and back with a mount.
+#[test]
+fn plain_push_repush_tags_and_copy() {
+    require_tools!("docker-registry", "skopeo");
+    let reg = Registry::start(Setup::Plain);
+    let proxy = Proxy::start(reg.port, Vec::new());
+    let t = tempdir();
+    let cache = t.path().join("cache");
+    let dest = format!("docker://{}/hello:1.0", proxy.host());
+
+    let started = Instant::now();
+    let first = nixoci(&build_args(std::slice::from_ref(&dest), &cache, None), &[]).ok();
+    let first_secs = started.elapsed().as_secs_f64();
+    let digest = first["manifest_digest"].as_str().unwrap().to_owned();
+    let layers = first["layers"].as_array().unwrap().len() as u64;
+    assert_eq!(stat(&first, "blobs_uploaded"), layers + 1, "{first:#}");
+    assert!(proxy.upload_bytes() > 0);
+    assert_eq!(stat(&first, "bytes_uploaded"), proxy.upload_bytes());
+    assert_eq!(reg.digest_of("hello:1.0").as_deref(), Some(digest.as_str()));
+    assert_eq!(reg.copy_back("hello:1.0", &t.path().join("back")), digest);
+
+    // No change: HEADs only — no upload byte, no store file read.
+    let before = proxy.upload_bytes();
+    let n0 = proxy.requests().len();
+    let started = Instant::now();
+    let second = nixoci(&build_args(std::slice::from_ref(&dest), &cache, None), &[]).ok();
+    let second_secs = started.elapsed().as_secs_f64();
+    assert_eq!(second["manifest_digest"], first["manifest_digest"]);
+    assert_eq!(
+        proxy.upload_bytes(),
+        before,
+        "a no-change push uploaded bytes"
+    );
+    assert_eq!(stat(&second, "bytes_uploaded"), 0);
+    assert_eq!(stat(&second, "blobs_skipped"), layers + 1);
+    assert_eq!(
+        stat(&second, "bytes_read"),
+        0,
+        "a warm re-push read store files"
+    );
+    let again = proxy.requests()[n0..].to_vec();
+    assert!(
+        again.iter().all(|r| r.starts_with("HEAD ")
+            || r.starts_with("GET /v2/")
+            || r.starts_with("PUT ") && r.contains("/manifests/")),
+        "a no-change push sent more than HEADs and the manifest: {again:?}"
+    );
+    eprintln!("examples/hello: first push {first_secs:.2}s, no-change re-push {second_secs:.2}s");
+
+    // Several tags: -o twice.
+    let tags = [
+        format!("docker://{}/hello:1.1", reg.host()),
+        format!("docker://{}/hello:latest", reg.host()),
+    ];
+    nixoci(&build_args(&tags, &cache, None), &[]).ok();
+    for tag in ["hello:1.1", "hello:latest"] {
+        assert_eq!(
+            reg.digest_of(tag).as_deref(),
+            Some(digest.as_str()),
+            "{tag}"
+        );
+    }
+
+    // copy: registry → oci: and oci-archive:, then back to another repository with a mount.
+    let oci = format!("oci:{}:x", t.path().join("copied").display());
+    let src = format!("docker://{}/hello:1.0", reg.host());
+    let c = nixoci(&s(&["copy", &src, &oci]), &[]).ok();
+    assert_eq!(c["manifest_digest"].as_str(), Some(digest.as_str()));
+    assert_eq!(oci_manifest_digest(&t.path().join("copied"), "x"), digest);
+    let archive = format!("oci-archive:{}", t.path().join("copied.tar").display());
+    nixoci(&s(&["copy", &src, &archive]), &[]).ok();
+    let mounted = format!("docker://{}/hello-copy:1.0", reg.host());
+    let m = nixoci(&s(&["copy", "--mount-from", "hello", &oci, &mounted]), &[]).ok();
+    assert_eq!(stat(&m, "blobs_mounted"), layers + 1, "{m:#}");
+    assert_eq!(stat(&m, "bytes_uploaded"), 0);
+    assert_eq!(stat(&m, "bytes_read"), 0, "a mounted blob was read");
+    assert_eq!(
+        reg.digest_of("hello-copy:1.0").as_deref(),
+        Some(digest.as_str())
+    );
+    // oci-archive → registry (no mount: uploads).
+    let again = format!("docker://{}/hello-archive:1.0", reg.host());
+    let a = nixoci(&s(&["copy", &archive, &again]), &[]).ok();
+    assert_eq!(stat(&a, "blobs_uploaded"), layers + 1);
+    assert_eq!(
+        reg.digest_of("hello-archive:1.0").as_deref(),
+        Some(digest.as_str())
+    );
+    // docker-archive → registry: its synthesised manifest goes up as it is.
+    let da = t.path().join("hello-docker.tar");
+    nixoci(
+        &build_args(&[format!("docker-archive:{}", da.display())], &cache, None),
+        &[],
+    )
+    .ok();
+    let d = nixoci(
+        &s(&[
+            "copy",
+            &format!("docker-archive:{}", da.display()),
+            &format!("docker://{}/hello-docker:1", reg.host()),
+        ]),
+        &[],
+    )
+    .ok();
+    let dd = d["manifest_digest"].as_str().unwrap().to_owned();
+    assert_eq!(
+        reg.digest_of("hello-docker:1").as_deref(),
+        Some(dd.as_str())
+    );
+    assert_eq!(
+        reg.copy_back("hello-docker:1", &t.path().join("back-docker")),
+        dd
+    );
+    // docker-archive as a copy destination is refused clearly.
+    let e = nixoci(
+        &s(&[
+            "copy",
+            &src,
+            &format!("docker-archive:{}", t.path().join("x.tar").display()),
+        ]),
+        &[],
+    )
+    .fails();
+    assert!(e.contains("not supported"), "{e}");
+}
+
+/// A 20 MiB layer (chunked PATCH) through a proxy that drops the connection mid-blob and answers
+/// 500, 503 and 429: the push completes, resumes from the server's Range, and verifies. A
+/// re-push then uploads nothing.
+#[test]
+fn chunked_push_survives_faults() {
+    require_tools!("docker-registry", "skopeo");
+    let reg = Registry::start(Setup::Plain);
+    let faults = vec![
+        Fault {
+            method: "POST",
+            path: "/blobs/uploads/",
+            skip: 0,
+            action: Action::Status(429),
+        },
+        Fault {
+            method: "HEAD",
+            path: "/blobs/",
+            skip: 0,
+            action: Action::Status(500),
+        },
+        // The first chunk dies after 1 MiB: the server's session is unusable, so it restarts.
+        Fault {
+            method: "PATCH",
+            path: "/blobs/uploads/",
+            skip: 0,
+            action: Action::Drop(1 << 20),
+        },
+        // Then the second chunk fails: resume from the server's Range (no resend of chunk 1).
+        Fault {
+            method: "PATCH",
+            path: "/blobs/uploads/",
+            skip: 1,
+            action: Action::Status(500),
+        },
+        Fault {
+            method: "PUT",
+            path: "/manifests/",
+            skip: 0,
+            action: Action::Status(503),
+        },
+    ];
+    let proxy = Proxy::start(reg.port, faults);
+    let t = tempdir();
+    let cache = t.path().join("cache");
+    let mut args = s(&["build"]);
+    args.extend(big_store(t.path()));
+    args.extend(s(&[
+        "--cache-dir",
+        &cache.display().to_string(),
+        "--jobs",
+        "2",
+        "--compression",
+        "gzip:1",
+        "-o",
+        &format!("docker://{}/big:1", proxy.host()),
+    ]));
+    let run = nixoci(&args, &[]);
+    let log = run.stderr();
+    let first = run.ok();
+    // The debug log tells the story: a lost session started again, then a resume at 16 MiB.
+    assert!(log.contains("starting it again"), "{log}");
+    assert!(log.contains(&format!("at byte {} of", 16 << 20)), "{log}");
+    let fired = proxy.log.fired.lock().unwrap().clone();
+    assert!(
+        proxy.faults.lock().unwrap().is_empty(),
+        "faults left: {fired:?}"
+    );
+    let digest = first["manifest_digest"].as_str().unwrap().to_owned();
+    let big = first["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        big > 16 << 20,
+        "the big layer must take the chunked path ({big} bytes)"
+    );
+    let reqs = proxy.requests();
+    assert!(
+        reqs.iter()
+            .any(|r| r.starts_with("GET ") && r.contains("/blobs/uploads/")),
+        "no upload status request after the failed chunk: {reqs:?}"
+    );
+    // Resumed, not restarted, after the 500: at most the big blob twice plus 1 MiB was sent.
+    let sent = stat(&first, "bytes_uploaded");
+    assert!(sent > big, "{sent} <= {big}");
+    // Restarting instead of resuming would resend the whole blob: > big + 16 MiB in all.
+    assert!(
+        sent < big + (16 << 20),
+        "sent {sent} bytes for a {big}-byte blob: the resume resent too much"
+    );
+    assert_eq!(reg.digest_of("big:1").as_deref(), Some(digest.as_str()));
+    assert_eq!(reg.copy_back("big:1", &t.path().join("back")), digest);
+
+    let before = proxy.upload_bytes();
+    let started = Instant::now();
+    let second = nixoci(&args, &[]).ok();
+    eprintln!(
+        "20 MiB image: no-change re-push {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(proxy.upload_bytes(), before);
+    assert_eq!(stat(&second, "bytes_read"), 0);
+
+    // Throughput straight to the registry (no proxy), cold cache: build + push.
+    let mut direct = args.clone();
+    let n = direct.len();
+    direct[n - 1] = format!("docker://{}/big-direct:1", reg.host());
+    let started = Instant::now();
+    let d = nixoci(&direct, &[]).ok();
+    let secs = started.elapsed().as_secs_f64();
+    let bytes = stat(&d, "bytes_uploaded");
+    eprintln!(
+        "20 MiB image pushed in {secs:.2}s (warm layer cache): {:.0} MB/s",
+        bytes as f64 / secs / 1e6
+    );
+}
+
+/// Two processes push images that share layers to one registry at once: both succeed, both
+/// verify.
+#[test]
+fn concurrent_pushes_share_layers() {
+    require_tools!("docker-registry", "skopeo");
+    let reg = Registry::start(Setup::Plain);
+    let t = tempdir();
+    let specs = [other_spec(t.path(), "a"), other_spec(t.path(), "b")];
+    let children: Vec<_> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let args = build_args(
+                &[format!("docker://{}/shared:{i}", reg.host())],
+                &t.path().join(format!("cache{i}")),
+                Some(spec),
+            );
+            std::thread::spawn(move || nixoci(&args, &[]).ok())
+        })
+        .collect();
+    let results: Vec<Value> = children.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_ne!(results[0]["manifest_digest"], results[1]["manifest_digest"]);
+    for (i, r) in results.iter().enumerate() {
+        let d = r["manifest_digest"].as_str().unwrap();
+        assert_eq!(reg.digest_of(&format!("shared:{i}")).as_deref(), Some(d));
+        assert_eq!(
+            reg.copy_back(&format!("shared:{i}"), &t.path().join(format!("back{i}"))),
+            d
+        );
+    }
+}
+
+/// htpasswd (bcrypt) basic auth: --creds, --authfile, $REGISTRY_AUTH_FILE, a credential helper;
+/// wrong or missing credentials fail clearly and leave the tag as it was; the password never
+/// shows up in any output (debug logs included).
+#[test]
+fn basic_auth_credentials() {
+    require_tools!("docker-registry", "skopeo", "htpasswd");
+    let reg = Registry::start(Setup::Basic);
+    let t = tempdir();
+    let cache = t.path().join("cache");
+    let dest = format!("docker://{}/auth:1", reg.host());
+    let creds = format!("{USER}:{PASSWORD}");
+
+    let mut a = build_args(std::slice::from_ref(&dest), &cache, None);
+    a.extend(s(&["--creds", &creds]));
+    let first = nixoci(&a, &[]).ok();
+    let digest = first["manifest_digest"].as_str().unwrap().to_owned();
+    assert_eq!(reg.digest_of("auth:1").as_deref(), Some(digest.as_str()));
+    assert_eq!(reg.copy_back("auth:1", &t.path().join("back")), digest);
+
+    // Another image to the same tag with a wrong password: refused, tag unchanged.
+    let other = other_spec(t.path(), "other");
+    let mut a = build_args(std::slice::from_ref(&dest), &cache, Some(&other));
+    a.extend(s(&["--creds", &format!("{USER}:wrong-{PASSWORD}")]));
+    let e = nixoci(&a, &[]).fails();
+    assert!(
+        e.contains(&reg.host()) && e.contains("refused the credentials"),
+        "{e}"
+    );
+    assert_eq!(reg.digest_of("auth:1").as_deref(), Some(digest.as_str()));
+    // No credentials at all: the error says where to put them.
+    let e = nixoci(
+        &build_args(std::slice::from_ref(&dest), &cache, Some(&other)),
+        &[],
+    )
+    .fails();
+    assert!(e.contains(&reg.host()) && e.contains("--creds"), "{e}");
+    assert_eq!(reg.digest_of("auth:1").as_deref(), Some(digest.as_str()));
+
+    // Auth files: --authfile, $REGISTRY_AUTH_FILE, then a credential helper.
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&creds);
+    let authfile = t.path().join("auth.json");
+    fs::write(
+        &authfile,
+        format!(r#"{{"auths":{{"{}":{{"auth":"{b64}"}}}}}}"#, reg.host()),
+    )
+    .unwrap();
+    let mut a = build_args(std::slice::from_ref(&dest), &cache, None);
+    a.extend(s(&["--authfile", &authfile.display().to_string()]));
+    let r = nixoci(&a, &[]).ok();
+    assert_eq!(stat(&r, "bytes_uploaded"), 0);
+    let a = build_args(&[format!("docker://{}/auth:2", reg.host())], &cache, None);
+    nixoci(
+        &a,
+        &[("REGISTRY_AUTH_FILE", &authfile.display().to_string())],
+    )
+    .ok();
+    assert_eq!(reg.digest_of("auth:2").as_deref(), Some(digest.as_str()));
+
+    let bin = t.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-nixoci-test");
+    fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\n\
+             [ \"$server\" = \"{}\" ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}' \"$server\"\n",
+            reg.host()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+    let helper_auth = t.path().join("helper.json");
+    fs::write(
+        &helper_auth,
+        format!(r#"{{"credHelpers":{{"{}":"nixoci-test"}}}}"#, reg.host()),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut a = build_args(&[format!("docker://{}/auth:3", reg.host())], &cache, None);
+    a.extend(s(&["--authfile", &helper_auth.display().to_string()]));
+    nixoci(&a, &[("PATH", &path)]).ok();
+    assert_eq!(reg.digest_of("auth:3").as_deref(), Some(digest.as_str()));
+
+    // copy with credentials, both ways.
+    let oci = format!("oci:{}:c", t.path().join("copied").display());
+    nixoci(&s(&["copy", "--creds", &creds, &dest, &oci]), &[]).ok();
+    assert_eq!(oci_manifest_digest(&t.path().join("copied"), "c"), digest);
+    let back = format!("docker://{}/auth-copy:1", reg.host());
+    nixoci(&s(&["copy", "--creds", &creds, &oci, &back]), &[]).ok();
+    assert_eq!(
+        reg.digest_of("auth-copy:1").as_deref(),
+        Some(digest.as_str())
+    );
+}
+
+/// Token (bearer) auth, as GHCR, Docker Hub and Harbor do it: the `WWW-Authenticate`
+/// challenge leads to the token endpoint with basic credentials and the push scope (plus
+/// `repository:FROM:pull` for a mount); a token that the registry refuses is refreshed; a wrong
+/// password fails clearly; neither the password nor any token is ever printed.
+#[test]
+fn bearer_token_auth() {
+    require_tools!("docker-registry", "skopeo", "openssl");
+    let tokens = TokenServer::start();
+    let reg = Registry::start(tokens.setup());
+    let t = tempdir();
+    let cache = t.path().join("cache");
+    let creds = format!("{USER}:{PASSWORD}");
+    let dest = format!("docker://{}/team/app:1", reg.host());
+    let mut a = build_args(std::slice::from_ref(&dest), &cache, None);
+    a.extend(s(&["--creds", &creds]));
+    let run = nixoci(&a, &[]);
+    let out = run.out.clone();
+    let first = run.ok();
+    let ours: Vec<String> = tokens.log.lock().unwrap().requests.clone();
+    assert!(
+        ours.len() >= 2 && ours.iter().all(|r| r == "repository:team/app:pull,push"),
+        "token requests: {ours:?}"
+    );
+    let digest = first["manifest_digest"].as_str().unwrap().to_owned();
+    assert_eq!(
+        reg.digest_of("team/app:1").as_deref(),
+        Some(digest.as_str())
+    );
+    assert_eq!(reg.copy_back("team/app:1", &t.path().join("back")), digest);
+    {
+        let l = tokens.log.lock().unwrap();
+        // The first token granted nothing: the registry said 401 and the client refreshed it.
+        for tok in &l.tokens {
+            for stream in [&out.stdout, &out.stderr] {
+                assert!(
+                    !String::from_utf8_lossy(stream).contains(tok.as_str()),
+                    "a token was printed"
+                );
+            }
+        }
+    }
+    // A mount from another repository asks for both scopes in one token.
+    let copy_dest = format!("docker://{}/team/app-copy:1", reg.host());
+    let m = nixoci(
+        &s(&[
+            "copy",
+            "--creds",
+            &creds,
+            "--mount-from",
+            "team/app",
+            &dest,
+            &copy_dest,
+        ]),
+        &[],
+    )
+    .ok();
+    assert_eq!(
+        stat(&m, "blobs_mounted"),
+        first["layers"].as_array().unwrap().len() as u64 + 1
+    );
+    assert!(
+        tokens
+            .log
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .any(|r| r == "repository:team/app-copy:pull,push repository:team/app:pull"),
+        "{:?}",
+        tokens.log.lock().unwrap().requests
+    );
+    assert_eq!(
+        reg.digest_of("team/app-copy:1").as_deref(),
+        Some(digest.as_str())
+    );
+    // Wrong password: the token endpoint refuses; the error names the registry.
+    let other = other_spec(t.path(), "other");
+    let mut a = build_args(std::slice::from_ref(&dest), &cache, Some(&other));
+    a.extend(s(&["--creds", &format!("{USER}:wrong-{PASSWORD}")]));
+    let e = nixoci(&a, &[]).fails();
+    assert!(
+        e.contains(&reg.host()) && e.contains("refused the credentials"),
+        "{e}"
+    );
+    assert_eq!(
+        reg.digest_of("team/app:1").as_deref(),
+        Some(digest.as_str())
+    );
+}
+
+/// TLS with a private CA: --cert-dir works; without it the certificate is refused clearly and
+/// nothing is pushed; --tls-verify=false works.
+#[test]
+fn tls_with_private_ca() {
+    require_tools!("docker-registry", "skopeo", "openssl");
+    let reg = Registry::start(Setup::Tls);
+    let t = tempdir();
+    let cache = t.path().join("cache");
+    let mut a = build_args(&[format!("docker://{}/tls:1", reg.host())], &cache, None);
+    a.extend(s(&["--cert-dir", &reg.ca_dir().display().to_string()]));
+    let first = nixoci(&a, &[]).ok();
+    let digest = first["manifest_digest"].as_str().unwrap().to_owned();
+    assert_eq!(reg.digest_of("tls:1").as_deref(), Some(digest.as_str()));
+    assert_eq!(reg.copy_back("tls:1", &t.path().join("back")), digest);
+
+    let e = nixoci(
+        &build_args(
+            &[format!("docker://{}/tls:untrusted", reg.host())],
+            &cache,
+            None,
+        ),
+        &[],
+    )
+    .fails();
+    assert!(e.contains(&reg.host()) && e.contains("certificate"), "{e}");
+    assert_eq!(reg.digest_of("tls:untrusted"), None);
+
+    let mut a = build_args(
+        &[format!("docker://{}/tls:insecure", reg.host())],
+        &cache,
+        None,
+    );
+    a.push("--tls-verify=false".into());
+    nixoci(&a, &[]).ok();
+    assert_eq!(
+        reg.digest_of("tls:insecure").as_deref(),
+        Some(digest.as_str())
+    );
+
+    // Reading over TLS: copy back into an OCI layout.
+    let oci = format!("oci:{}:c", t.path().join("copied").display());
+    nixoci(
+        &s(&[
+            "copy",
+            "--cert-dir",
+            &reg.ca_dir().display().to_string(),
+            &format!("docker://{}/tls:1", reg.host()),
+            &oci,
+        ]),
+        &[],
+    )
+    .ok();
+    assert_eq!(oci_manifest_digest(&t.path().join("copied"), "c"), digest);
+}
+
+/// Nothing listens: a clear error naming the host, quickly (retries bounded).
+#[test]
+fn registry_down_fails_clearly() {
+    let port = free_port();
+    let t = tempdir();
+    let mut a = build_args(
+        &[format!("docker://127.0.0.1:{port}/down:1")],
+        &t.path().join("cache"),
+        None,
+    );
+    a.extend(s(&["--retry-times", "1"]));
+    let started = Instant::now();
+    let e = nixoci(&a, &[]).fails();
+    assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");
+    assert!(e.contains("gave up after 2 attempts"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+/// The Nix test closure (real /nix/store paths, every file type): pushed and verified; then
+/// variant 2 (one leaf changed) uploads only the layers that changed; a no-change re-push
+/// uploads nothing.
+#[test]
+fn nix_test_closure_push_and_update() {
+    require_tools!("docker-registry", "skopeo");
+    let Some(v1) = common::nix_closure(test_name!(), 1) else {
+        return;
+    };
+    let Some(v2) = common::nix_closure(test_name!(), 2) else {
+        return;
+    };
+    let reg = Registry::start(Setup::Plain);
+    let t = tempdir();
+    let cache = t.path().join("cache");
+    let args = |c: &common::NixClosure, tag: &str| {
+        let mut a = s(&["build", "--closure"]);
+        a.push(c.closure_json().display().to_string());
+        a.extend(s(&["--image"]));
+        a.push(
+            common::nix_image_toml(c, &t.path().join(tag))
+                .display()
+                .to_string(),
+        );
+        a.extend(s(&["--cache-dir", &cache.display().to_string(), "-o"]));
+        a.push(format!("docker://{}/nix:{tag}", reg.host()));
+        a
+    };
+    fs::create_dir_all(t.path().join("v1")).unwrap();
+    fs::create_dir_all(t.path().join("v2")).unwrap();
+    let started = Instant::now();
+    let first = nixoci(&args(v1, "v1"), &[]).ok();
+    let first_secs = started.elapsed().as_secs_f64();
+    let digest = first["manifest_digest"].as_str().unwrap().to_owned();
+    assert_eq!(reg.digest_of("nix:v1").as_deref(), Some(digest.as_str()));
+    assert_eq!(reg.copy_back("nix:v1", &t.path().join("back")), digest);
+
+    let started = Instant::now();
+    let again = nixoci(&args(v1, "v1"), &[]).ok();
+    let again_secs = started.elapsed().as_secs_f64();
+    assert_eq!(stat(&again, "bytes_uploaded"), 0);
+    assert_eq!(stat(&again, "bytes_read"), 0);
+    eprintln!(
+        "Nix test closure: first push {first_secs:.2}s ({} bytes), no-change re-push {again_secs:.2}s",
+        stat(&first, "bytes_uploaded")
+    );
+
+    // Variant 2: only the layers whose paths changed (and the config) go up.
+    let second = nixoci(&args(v2, "v2"), &[]).ok();
+    let old: std::collections::BTreeSet<&str> = first["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    let changed = second["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| !old.contains(l["digest"].as_str().unwrap()))
+        .count() as u64;
+    assert!(changed >= 1);
+    assert_eq!(stat(&second, "blobs_uploaded"), changed + 1, "{second:#}");
+    let d2 = second["manifest_digest"].as_str().unwrap();
+    assert_eq!(reg.digest_of("nix:v2").as_deref(), Some(d2));
+}
