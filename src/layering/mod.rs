@@ -88,6 +88,10 @@ pub use previous::{Previous, PreviousLayer};
 /// How many future releases a layout is expected to serve: weighs the expected pull ratio
 /// against the bytes pulled now (see the module docs).
 pub const HORIZON: f64 = 8.0;
+/// How likely a path is bumped on its own, relative to a path a `per-path` group names.
+const QUIET_WEIGHT: f64 = 0.1;
+/// Passes of the local search after the merges.
+const REFINE_PASSES: usize = 0;
 /// A fresh plan keeps one layer free for new paths from this budget on.
 const RESERVE_FROM: usize = 10;
 
@@ -187,8 +191,10 @@ pub fn plan(
     budget: Budget,
     previous: Option<&Previous>,
 ) -> Plan {
-    let model = Model::new(closure);
     let assigned = groups.assign(closure);
+    let model = Model::new(closure, |p| {
+        bump_weight(groups, assigned.get(p).copied(), p)
+    });
     let part: Vec<usize> = model
         .paths
         .iter()
@@ -238,6 +244,19 @@ pub fn plan(
         fresh: f,
     };
     emit(&model, groups, chosen, cap, Some(report), &prev_sets)
+}
+
+/// How likely `p` (in partition `part`) is bumped or removed on its own. Without groups every
+/// path is alike. With groups, `split = "per-path"` says its paths change one at a time: the
+/// paths its globs name weigh 1. What a group only pulls in through closures, and the paths of
+/// groups without `split` (which change together, or with a nixpkgs update that changes nearly
+/// everything), weigh [`QUIET_WEIGHT`]. Unclaimed paths weigh 1: nothing is known of them.
+fn bump_weight(groups: &Groups, part: Option<usize>, p: &StorePath) -> f64 {
+    match part.and_then(|i| groups.iter().nth(i)) {
+        None => 1.0,
+        Some(g) if g.split == SplitMode::PerPath && g.matches(p.name()) => 1.0,
+        Some(_) => QUIET_WEIGHT,
+    }
 }
 
 /// A packed layout: live components in layer order.
@@ -374,23 +393,18 @@ fn layout(
             ));
         }
     }
+    pk.refine(REFINE_PASSES);
     let expected = pk.expected_ratio();
     let mut comps: Vec<Comp> = pk.comps.into_iter().filter(|c| c.alive).collect();
     let key = |c: &Comp| {
         (
             c.part,
             c.slot.unwrap_or(usize::MAX),
-            model.change_probability(&c.cl),
+            model.change_rank(&c.cl),
             c.members[0],
         )
     };
-    comps.sort_by(|a, b| {
-        let (ka, kb) = (key(a), key(b));
-        ka.0.cmp(&kb.0)
-            .then(ka.1.cmp(&kb.1))
-            .then(ka.2.total_cmp(&kb.2))
-            .then(ka.3.cmp(&kb.3))
-    });
+    comps.sort_by_key(key);
     Layout {
         comps,
         expected,

@@ -103,7 +103,7 @@ impl<'m, 'a> Packer<'m, 'a> {
             Some(cap) if size > cap => (size.div_ceil(cap.max(1)) as usize, false),
             _ => (1, true),
         };
-        let cl = self.model.closure_of(&members);
+        let cl = self.model.events_of(&members);
         self.comps.push(Comp {
             members,
             size,
@@ -321,8 +321,84 @@ impl<'m, 'a> Packer<'m, 'a> {
 
     /// The expected pull ratio of the current layout.
     pub fn expected_ratio(&self) -> f64 {
-        self.live()
-            .map(|c| self.model.layer_cost(c.size, &c.cl))
-            .sum()
+        self.model.expected_ratio(
+            self.live()
+                .map(|c| self.model.layer_cost(c.size, &c.cl))
+                .sum(),
+        )
+    }
+}
+
+impl Packer<'_, '_> {
+    /// Local search after the merges: moves single paths between layers of the same partition
+    /// while that lowers the expected pull ratio (the greedy merges decide early and never undo;
+    /// this fixes what they decided too early). Kept layers and split paths do not move; no
+    /// layer is emptied, so the layer count stays.
+    pub fn refine(&mut self, passes: usize) {
+        let ids: Vec<usize> = (0..self.comps.len())
+            .filter(|&i| self.comps[i].alive && self.comps[i].mergeable && !self.comps[i].frozen)
+            .collect();
+        let mut cost: Vec<f64> = vec![0.0; self.comps.len()];
+        for &i in &ids {
+            cost[i] = self.model.layer_cost(self.comps[i].size, &self.comps[i].cl);
+        }
+        for _ in 0..passes {
+            let mut moved = false;
+            for &a in &ids {
+                let mut k = 0;
+                while k < self.comps[a].members.len() {
+                    if self.comps[a].members.len() < 2 {
+                        break;
+                    }
+                    let p = self.comps[a].members[k];
+                    let ps = self.model.size[p];
+                    let rest: Vec<usize> = self.comps[a]
+                        .members
+                        .iter()
+                        .copied()
+                        .filter(|&m| m != p)
+                        .collect();
+                    let rest_cl = self.model.events_of(&rest);
+                    let rest_cost = self.model.layer_cost(self.comps[a].size - ps, &rest_cl);
+                    let pcl = &self.model.events[p];
+                    let mut best: Option<(f64, usize)> = None;
+                    for &b in &ids {
+                        let cb = &self.comps[b];
+                        if b == a
+                            || cb.part != self.comps[a].part
+                            || self.cap.is_some_and(|cap| cb.size + ps > cap)
+                        {
+                            continue;
+                        }
+                        let union_w = cb.cl.weight(&self.model.omega)
+                            + pcl.weight_minus(&cb.cl, &self.model.omega);
+                        let new_b = (cb.size + ps) as f64 * union_w;
+                        let delta = rest_cost + new_b - cost[a] - cost[b];
+                        if delta < -1e-12 && best.is_none_or(|(d, _)| delta < d) {
+                            best = Some((delta, b));
+                        }
+                    }
+                    match best {
+                        Some((_, b)) => {
+                            self.comps[a].members.remove(k);
+                            self.comps[a].size -= ps;
+                            self.comps[a].cl = rest_cl;
+                            cost[a] = rest_cost;
+                            let cb = &mut self.comps[b];
+                            cb.members.push(p);
+                            cb.members.sort_unstable();
+                            cb.size += ps;
+                            cb.cl.union_with(pcl);
+                            cost[b] = self.model.layer_cost(cb.size, &cb.cl);
+                            moved = true;
+                        }
+                        None => k += 1,
+                    }
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
     }
 }
