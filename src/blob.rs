@@ -1,8 +1,11 @@
 //! Layer blobs: tar → SHA-256 (diff_id) → compressor → SHA-256 (digest) → sink, in one pass.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Write};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
 
 use anyhow::{Result, bail};
 use oci_spec::image::MediaType;
@@ -37,7 +40,11 @@ impl FromStr for Digest {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         match s.strip_prefix("sha256:") {
-            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
+            Some(h)
+                if h.len() == 64
+                    && h.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+            {
                 Ok(Self(s.to_owned()))
             }
             _ => bail!("invalid digest {s:?} (expected sha256:<64 lowercase hex>)"),
@@ -65,7 +72,9 @@ impl serde::Serialize for Digest {
 
 impl<'de> serde::Deserialize<'de> for Digest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -149,11 +158,19 @@ pub struct HashWriter<W> {
 
 impl<W: Write> HashWriter<W> {
     pub fn new(inner: W) -> Self {
-        Self { inner, hasher: Sha256::new(), count: 0 }
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
 
     pub fn finish(self) -> (W, Digest, u64) {
-        (self.inner, Digest::from_sha256(&self.hasher.finalize()), self.count)
+        (
+            self.inner,
+            Digest::from_sha256(&self.hasher.finalize()),
+            self.count,
+        )
     }
 }
 
@@ -170,47 +187,229 @@ impl<W: Write> Write for HashWriter<W> {
     }
 }
 
-/// Writes the layer made of `entries` into `sink`, compressed, and returns its descriptor data.
+/// Compressed layers are cut into fixed chunks of this many tar bytes, each compressed on its
+/// own (a gzip member or a zstd frame) and concatenated: a valid gzip / zstd stream that any
+/// number of workers produce identically, so one huge layer no longer serialises the build. The
+/// size is part of the format: changing it changes every compressed digest.
+pub const CHUNK: usize = 4 << 20;
+
+/// Compression workers shared by every layer of a build.
+pub struct Pool {
+    tx: Option<mpsc::Sender<Job>>,
+    workers: Vec<thread::JoinHandle<()>>,
+}
+
+struct Job {
+    data: Vec<u8>,
+    compression: Compression,
+    reply: mpsc::SyncSender<io::Result<Vec<u8>>>,
+}
+
+impl Pool {
+    /// A pool of `n` worker threads (at least one).
+    pub fn new(n: usize) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let workers = (0..n.max(1))
+            .map(|_| {
+                let rx = Arc::clone(&rx);
+                thread::spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        let _ = job.reply.send(compress_chunk(&job.data, job.compression));
+                    }
+                })
+            })
+            .collect();
+        Self {
+            tx: Some(tx),
+            workers,
+        }
+    }
+
+    fn submit(
+        &self,
+        data: Vec<u8>,
+        compression: Compression,
+    ) -> mpsc::Receiver<io::Result<Vec<u8>>> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        let job = Job {
+            data,
+            compression,
+            reply,
+        };
+        if let Some(tx) = &self.tx {
+            if let Err(mpsc::SendError(job)) = tx.send(job) {
+                let _ = job.reply.send(compress_chunk(&job.data, job.compression));
+            }
+        }
+        rx
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.tx.take();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// One chunk as a complete gzip member or zstd frame.
+fn compress_chunk(data: &[u8], compression: Compression) -> io::Result<Vec<u8>> {
+    match compression {
+        Compression::None => Ok(data.to_vec()),
+        Compression::Gzip(level) => {
+            let mut enc = flate2::GzBuilder::new().operating_system(255).write(
+                Vec::with_capacity(data.len() / 2),
+                flate2::Compression::new(level),
+            );
+            enc.write_all(data)?;
+            enc.finish()
+        }
+        Compression::Zstd(level) => ZSTD.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+                let mut c = zstd::bulk::Compressor::new(level)?;
+                c.include_checksum(false)?;
+                c.include_contentsize(true)?;
+                *slot = Some((level, c));
+            }
+            let (_, c) = slot.as_mut().expect("set above");
+            c.compress(data)
+        }),
+    }
+}
+
+thread_local! {
+    static ZSTD: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Cuts what is written into [`CHUNK`]s, compresses them on the pool (or inline) and writes the
+/// results to `inner` in order. At most `IN_FLIGHT` chunks per writer wait on the pool, so memory
+/// stays bounded whatever the layer size.
+struct ChunkWriter<'p, W: Write> {
+    inner: W,
+    compression: Compression,
+    pool: Option<&'p Pool>,
+    buf: Vec<u8>,
+    pending: VecDeque<mpsc::Receiver<io::Result<Vec<u8>>>>,
+}
+
+const IN_FLIGHT: usize = 3;
+
+impl<'p, W: Write> ChunkWriter<'p, W> {
+    fn new(inner: W, compression: Compression, pool: Option<&'p Pool>) -> Self {
+        Self {
+            inner,
+            compression,
+            pool,
+            buf: Vec::with_capacity(CHUNK),
+            pending: VecDeque::new(),
+        }
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        match self.pool {
+            Some(pool) => {
+                self.pending.push_back(pool.submit(data, self.compression));
+                while self.pending.len() >= IN_FLIGHT {
+                    self.drain_one()?;
+                }
+            }
+            None => {
+                let out = compress_chunk(&data, self.compression)?;
+                self.inner.write_all(&out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_one(&mut self) -> io::Result<()> {
+        if let Some(rx) = self.pending.pop_front() {
+            let out = rx
+                .recv()
+                .map_err(|_| io::Error::other("a compression worker died"))??;
+            self.inner.write_all(&out)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        if !self.buf.is_empty() {
+            self.submit()?;
+        }
+        while !self.pending.is_empty() {
+            self.drain_one()?;
+        }
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for ChunkWriter<'_, W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.submit()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes the layer made of `entries` into `sink`, compressed (on `pool` when given), and
+/// returns its descriptor data. The bytes do not depend on the pool.
 pub fn write_layer<W: Write>(
     entries: &[Entry],
     epoch: u64,
     compression: Compression,
+    pool: Option<&Pool>,
     sink: W,
     on_data: &mut dyn FnMut(u64),
 ) -> Result<(W, BlobInfo)> {
     let outer = HashWriter::new(sink);
-    let outer = match compression {
+    let (outer, diff_id, uncompressed_size) = match compression {
         Compression::None => {
             let tar = tarball::write(entries, epoch, outer, on_data)?;
             let (sink, digest, size) = tar.finish();
+            let media_type = compression.media_type().to_string();
             let info = BlobInfo {
                 diff_id: digest.clone(),
                 digest,
                 size,
                 uncompressed_size: size,
-                media_type: compression.media_type().to_string(),
+                media_type,
             };
             return Ok((sink, info));
         }
-        Compression::Gzip(level) => {
-            let enc = flate2::GzBuilder::new().operating_system(255).write(outer, flate2::Compression::new(level));
-            let inner = tarball::write(entries, epoch, HashWriter::new(enc), on_data)?;
-            let (enc, diff_id, usize_) = inner.finish();
-            (enc.finish()?, diff_id, usize_)
-        }
-        Compression::Zstd(level) => {
-            let mut enc = zstd::stream::write::Encoder::new(outer, level)?;
-            // Workers ≥ 1 give the same bytes for any count; 0 (in-thread) gives other bytes.
-            enc.multithread(1)?;
-            enc.include_checksum(false)?;
-            let inner = tarball::write(entries, epoch, HashWriter::new(enc), on_data)?;
-            let (enc, diff_id, usize_) = inner.finish();
-            (enc.finish()?, diff_id, usize_)
+        Compression::Gzip(_) | Compression::Zstd(_) => {
+            let chunks = ChunkWriter::new(outer, compression, pool);
+            let tar = tarball::write(entries, epoch, HashWriter::new(chunks), on_data)?;
+            let (chunks, diff_id, size) = tar.finish();
+            (chunks.finish()?, diff_id, size)
         }
     };
-    let (outer, diff_id, uncompressed_size) = outer;
     let (sink, digest, size) = outer.finish();
-    Ok((sink, BlobInfo { digest, size, diff_id, uncompressed_size, media_type: compression.media_type().to_string() }))
+    Ok((
+        sink,
+        BlobInfo {
+            digest,
+            size,
+            diff_id,
+            uncompressed_size,
+            media_type: compression.media_type().to_string(),
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -223,21 +422,37 @@ mod tests {
         let data = b"some layer content ".repeat(1000);
         vec![
             Entry::dir("nix", 0o755),
-            Entry { path: "nix/f".into(), kind: Kind::File { size: data.len() as u64, content: Content::Inline(data) }, mode: 0o444, uid: 0, gid: 0 },
+            Entry {
+                path: "nix/f".into(),
+                kind: Kind::File {
+                    size: data.len() as u64,
+                    content: Content::Inline(data),
+                },
+                mode: 0o444,
+                uid: 0,
+                gid: 0,
+            },
         ]
     }
 
     #[test]
     fn one_pass_gives_both_digests() {
-        for c in [Compression::None, Compression::Gzip(6), Compression::Zstd(3)] {
-            let (blob, info) = write_layer(&entries(), 1, c, Vec::new(), &mut |_| {}).unwrap();
+        for c in [
+            Compression::None,
+            Compression::Gzip(6),
+            Compression::Zstd(3),
+        ] {
+            let (blob, info) =
+                write_layer(&entries(), 1, c, None, Vec::new(), &mut |_| {}).unwrap();
             assert_eq!(info.digest, Digest::of(&blob), "{c}");
             assert_eq!(info.size, blob.len() as u64);
             let tar = match c {
                 Compression::None => blob.clone(),
                 Compression::Gzip(_) => {
                     let mut v = Vec::new();
-                    flate2::read::GzDecoder::new(&blob[..]).read_to_end(&mut v).unwrap();
+                    flate2::read::MultiGzDecoder::new(&blob[..])
+                        .read_to_end(&mut v)
+                        .unwrap();
                     v
                 }
                 Compression::Zstd(_) => zstd::decode_all(&blob[..]).unwrap(),
@@ -247,10 +462,52 @@ mod tests {
         }
     }
 
+    /// Several chunks: the same bytes inline and on pools of any size, and they decompress.
+    #[test]
+    fn chunked_output_does_not_depend_on_workers() {
+        let data: Vec<u8> = (0..(CHUNK * 2 + 12345))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let big = vec![Entry {
+            path: "f".into(),
+            kind: Kind::File {
+                size: data.len() as u64,
+                content: Content::Inline(data.clone()),
+            },
+            mode: 0o444,
+            uid: 0,
+            gid: 0,
+        }];
+        for c in [Compression::Gzip(1), Compression::Zstd(1)] {
+            let (inline, a) = write_layer(&big, 1, c, None, Vec::new(), &mut |_| {}).unwrap();
+            for n in [1, 2, 5] {
+                let pool = Pool::new(n);
+                let (pooled, b) =
+                    write_layer(&big, 1, c, Some(&pool), Vec::new(), &mut |_| {}).unwrap();
+                assert_eq!(a, b, "{c} with {n} workers");
+                assert_eq!(inline, pooled);
+            }
+            let tar = match c {
+                Compression::Gzip(_) => {
+                    let mut v = Vec::new();
+                    flate2::read::MultiGzDecoder::new(&inline[..])
+                        .read_to_end(&mut v)
+                        .unwrap();
+                    v
+                }
+                _ => zstd::decode_all(&inline[..]).unwrap(),
+            };
+            assert_eq!(Digest::of(&tar), a.diff_id);
+        }
+    }
+
     #[test]
     fn compression_parses() {
         assert_eq!("gzip".parse::<Compression>().unwrap(), Compression::Gzip(6));
-        assert_eq!("zstd:9".parse::<Compression>().unwrap(), Compression::Zstd(9));
+        assert_eq!(
+            "zstd:9".parse::<Compression>().unwrap(),
+            Compression::Zstd(9)
+        );
         assert_eq!("none".parse::<Compression>().unwrap(), Compression::None);
         assert!("gzip:0".parse::<Compression>().is_err());
         assert!("lz4".parse::<Compression>().is_err());

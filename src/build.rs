@@ -1,14 +1,15 @@
 //! `nixoci build`: plan → list → layer blobs → image → destinations.
 
-
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
-use crate::blob::{self, BlobInfo, Compression, Digest};
+use crate::blob::{self, BlobInfo, Compression, Digest, Pool};
+use crate::cache::{Cache, LayerKey};
 use crate::closure::Closure;
 use crate::image::{self, CUSTOM_GROUP, Image, ImageSpec, LayerDesc};
 use crate::layering::Plan;
@@ -29,6 +30,10 @@ pub struct BuildOptions {
     /// mtime of every entry and the config's `created`.
     pub epoch: u64,
     pub outputs: Vec<ImageRef>,
+    /// The layer cache directory; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// `--policy`: the image must pass it before anything is written.
+    pub policy: Option<crate::policy::Policy>,
 }
 
 /// What a build made.
@@ -38,6 +43,22 @@ pub struct BuildReport {
     pub config_digest: Digest,
     pub layers: Vec<LayerDesc>,
     pub outputs: Vec<String>,
+    pub stats: Stats,
+}
+
+/// What a build cost.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    /// File content bytes read from the store.
+    pub bytes_read: u64,
+    /// Layer blob bytes compressed and written (cache hits excluded).
+    pub bytes_written: u64,
+    /// Layers made from the store.
+    pub layers_built: usize,
+    /// Layers known from the cache without reading the store.
+    pub cache_hits: usize,
+    /// Seconds per stage (`list`, `layers`, `write`; the CLI adds `closure` and `plan`).
+    pub seconds: std::collections::BTreeMap<String, f64>,
 }
 
 /// A layer ready to be written: its plan entry and its listing.
@@ -45,6 +66,9 @@ struct Listed {
     group: String,
     paths: Vec<crate::closure::StorePath>,
     entries: Vec<Entry>,
+    /// What besides its paths determines the layer's bytes (e.g. which part of a split path);
+    /// part of the cache key.
+    variant: String,
 }
 
 impl Listed {
@@ -61,47 +85,105 @@ impl Listed {
     }
 }
 
-pub fn build(closure: &Closure, plan: &Plan, opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildReport> {
+pub fn build(
+    closure: &Closure,
+    plan: &Plan,
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+) -> Result<BuildReport> {
     if opts.outputs.is_empty() {
         bail!("no destination: give at least one -o DEST");
+    }
+    if opts
+        .outputs
+        .iter()
+        .filter(|o| **o == ImageRef::Stdout)
+        .count()
+        > 1
+    {
+        bail!("-o - is given twice: stdout can carry one image");
     }
     for out in &opts.outputs {
         preflight(out)?;
     }
+    let mut stats = Stats::default();
+    let mut clock = Instant::now();
+    let mut lap = |stats: &mut Stats, stage: &str| {
+        *stats.seconds.entry(stage.to_owned()).or_default() += clock.elapsed().as_secs_f64();
+        clock = Instant::now();
+    };
     let layers = list_layers(closure, plan, opts)?;
-    let oci_outputs: Vec<&ImageRef> =
-        opts.outputs.iter().filter(|o| matches!(o, ImageRef::OciDir { .. } | ImageRef::OciArchive { .. })).collect();
+    lap(&mut stats, "list");
+    let oci_outputs: Vec<&ImageRef> = opts
+        .outputs
+        .iter()
+        .filter(|o| matches!(o, ImageRef::OciDir { .. } | ImageRef::OciArchive { .. }))
+        .collect();
     let mut primary: Option<Image> = None;
     let mut written = Vec::new();
     if !oci_outputs.is_empty() {
-        let staging = Staging::new(staging_parent(&opts.outputs))?;
-        let descs = make_blobs(&layers, opts, &staging, reporter)?;
+        let store = BlobStore::new(opts.cache_dir.as_deref(), &opts.outputs)?;
+        let dests_have = |d: &Digest, size: u64| {
+            oci_outputs.iter().all(|o| match o {
+                ImageRef::OciDir { dir, .. } => oci_dir::has_blob(dir, d, size),
+                _ => false,
+            })
+        };
+        let descs = make_blobs(
+            closure,
+            &layers,
+            opts,
+            &store,
+            &dests_have,
+            reporter,
+            &mut stats,
+        )?;
+        lap(&mut stats, "layers");
         let image = image::assemble(&opts.spec, descs, opts.epoch)?;
+        gate(opts, &layers, image.layers.iter().map(|l| l.blob.size))?;
         for out in oci_outputs {
             match out {
                 ImageRef::OciDir { dir, tag } => {
-                    let tag = tag.clone().or_else(|| default_tag(&opts.spec));
-                    oci_dir::write(dir, tag.as_deref(), &image, &staging)?
+                    let tag = tag.clone().unwrap_or_else(|| default_tag(&opts.spec));
+                    oci_dir::write(dir, Some(&tag), &image, &store)?
                 }
                 ImageRef::OciArchive { file, reference } => {
                     let r = reference.clone().or_else(|| opts.spec.name.clone());
-                    archive::write_oci_archive(file, r.as_deref(), &image, &staging, opts.epoch)?
+                    archive::write_oci_archive(file, r.as_deref(), &image, &store, opts.epoch)?
                 }
                 _ => unreachable!(),
             }
             reporter.note(&format!("wrote {out}"));
             written.push(out.to_string());
         }
+        lap(&mut stats, "write");
         primary = Some(image);
     }
-    for out in opts.outputs.iter().filter(|o| matches!(o, ImageRef::DockerArchive { .. } | ImageRef::Stdout)) {
-        let stream: Vec<StreamLayer<'_>> =
-            layers.iter().map(|l| StreamLayer { entries: &l.entries, group: l.group.clone(), paths: l.paths.clone() }).collect();
+    if primary.is_none() {
+        // docker-archive layers are uncompressed tars, whose exact size the listing gives.
+        gate(opts, &layers, layers.iter().map(|l| tarball::tar_size(&l.entries)))?;
+    }
+    for out in opts
+        .outputs
+        .iter()
+        .filter(|o| matches!(o, ImageRef::DockerArchive { .. } | ImageRef::Stdout))
+    {
+        let stream: Vec<StreamLayer<'_>> = layers
+            .iter()
+            .map(|l| StreamLayer {
+                entries: &l.entries,
+                group: l.group.clone(),
+                paths: l.paths.clone(),
+            })
+            .collect();
         let total = layers.len();
+        let mut read = 0u64;
         let mut on_layer = |i: usize, n: u64, done: Option<&BlobInfo>| match done {
             Some(b) => reporter.layer_finished(i, b),
-            None if n > 0 && layers[i].entries.is_empty() => {}
-            None => reporter.layer_progress(i, n),
+            None => {
+                read += n;
+                reporter.layer_progress(i, n)
+            }
         };
         for (i, l) in layers.iter().enumerate() {
             reporter.layer_started(i, total, &l.label(), l.data_size());
@@ -110,25 +192,47 @@ pub fn build(closure: &Closure, plan: &Plan, opts: &BuildOptions, reporter: &dyn
         let (descs, config) = match out {
             ImageRef::DockerArchive { file, reference } => {
                 let r = reference.clone().or_else(|| opts.spec.name.clone());
-                archive::write_docker_archive_file(file, r.as_deref(), &stream, opts.epoch, &config, &mut on_layer)?
+                archive::write_docker_archive_file(
+                    file,
+                    r.as_deref(),
+                    &stream,
+                    opts.epoch,
+                    &config,
+                    &mut on_layer,
+                )?
             }
             _ => {
                 let stdout = std::io::stdout().lock();
                 let w = std::io::BufWriter::with_capacity(1 << 20, stdout);
                 let r = opts.spec.name.clone();
-                let (w, d, c) = archive::write_docker_archive(w, r.as_deref(), &stream, opts.epoch, &config, &mut on_layer)?;
-                let mut stdout = w.into_inner().map_err(|e| e.into_error()).context("writing to stdout")?;
+                let (w, d, c) = archive::write_docker_archive(
+                    w,
+                    r.as_deref(),
+                    &stream,
+                    opts.epoch,
+                    &config,
+                    &mut on_layer,
+                )?;
+                let mut stdout = w
+                    .into_inner()
+                    .map_err(|e| e.into_error())
+                    .context("writing to stdout")?;
                 std::io::Write::flush(&mut stdout).context("writing to stdout")?;
                 (d, c)
             }
         };
+        stats.bytes_read += read;
+        stats.bytes_written += descs.iter().map(|d| d.blob.size).sum::<u64>();
         match &primary {
-            Some(p) if p.config != config => bail!("internal error: the docker-archive's config differs from the OCI image's"),
+            Some(p) if p.config != config => {
+                bail!("internal error: the docker-archive's config differs from the OCI image's")
+            }
             Some(_) => {}
             None => primary = Some(image::assemble(&opts.spec, descs, opts.epoch)?),
         }
         reporter.note(&format!("wrote {out}"));
         written.push(out.to_string());
+        lap(&mut stats, "write");
     }
     let image = primary.ok_or_else(|| anyhow!("internal error: no image was made"))?;
     Ok(BuildReport {
@@ -136,7 +240,25 @@ pub fn build(closure: &Closure, plan: &Plan, opts: &BuildOptions, reporter: &dyn
         config_digest: image.config.digest.clone(),
         layers: image.layers,
         outputs: written,
+        stats,
     })
+}
+
+/// `--policy`: judges the listed layers (with their blob `sizes`) before anything is written.
+fn gate(opts: &BuildOptions, layers: &[Listed], sizes: impl Iterator<Item = u64>) -> Result<()> {
+    use crate::policy::{ImageFacts, LayerFacts};
+    let Some(policy) = &opts.policy else { return Ok(()) };
+    let facts = ImageFacts {
+        reference: "the image being built".to_owned(),
+        user: opts.spec.user.clone(),
+        passwd: crate::policy::passwd_of_entries(layers.iter().map(|l| l.entries.as_slice())),
+        layers: layers.iter().zip(sizes).map(|(l, size)| LayerFacts::from_entries(size, &l.group, l.paths.clone(), &l.entries)).collect(),
+    };
+    let verdict = policy.evaluate(&facts);
+    if !verdict.passed {
+        return Err(verdict.to_error());
+    }
+    Ok(())
 }
 
 /// Fails early, before any work, when a destination cannot be written.
@@ -145,14 +267,23 @@ fn preflight(out: &ImageRef) -> Result<()> {
         ImageRef::Stdout => {
             use std::io::IsTerminal;
             if std::io::stdout().is_terminal() {
-                bail!("refusing to write a docker-archive to a terminal: pipe it, e.g. `nixoci build … -o - | podman load`");
+                bail!(
+                    "refusing to write a docker-archive to a terminal: pipe it, e.g. `nixoci build … -o - | podman load`"
+                );
             }
         }
         ImageRef::OciDir { dir, .. } => {
             if dir.exists() && !dir.is_dir() {
-                bail!("cannot write {out}: {} exists and is not a directory", dir.display());
+                bail!(
+                    "cannot write {out}: {} exists and is not a directory",
+                    dir.display()
+                );
             }
-            let probe = if dir.is_dir() { dir.join("x") } else { dir.clone() };
+            let probe = if dir.is_dir() {
+                dir.join("x")
+            } else {
+                dir.clone()
+            };
             drop(transport::temp_sibling_file(&probe)?);
         }
         ImageRef::OciArchive { file, .. } | ImageRef::DockerArchive { file, .. } => {
@@ -196,40 +327,121 @@ fn list_layers(closure: &Closure, plan: &Plan, opts: &BuildOptions) -> Result<Ve
                 } else {
                     tracing::info!("layer of {label} split into {} layers", cut.parts.len());
                 }
-                for part in cut.parts {
-                    listed.push(Listed { group: layer.group.clone(), paths: part.paths, entries: part.entries });
+                let n = cut.parts.len();
+                for (i, part) in cut.parts.into_iter().enumerate() {
+                    listed.push(Listed {
+                        group: layer.group.clone(),
+                        paths: part.paths,
+                        entries: part.entries,
+                        variant: format!("split {cap} part {}/{n}", i + 1),
+                    });
                 }
             }
-            _ => listed.push(Listed { group: layer.group.clone(), paths: layer.paths.clone(), entries }),
+            _ => listed.push(Listed {
+                group: layer.group.clone(),
+                paths: layer.paths.clone(),
+                entries,
+                variant: String::new(),
+            }),
         }
     }
     if opts.spec.has_layer() {
-        listed.push(Listed { group: CUSTOM_GROUP.to_owned(), paths: Vec::new(), entries: opts.spec.layer_entries()? });
+        listed.push(Listed {
+            group: CUSTOM_GROUP.to_owned(),
+            paths: Vec::new(),
+            entries: opts.spec.layer_entries()?,
+            variant: String::new(),
+        });
     }
     Ok(listed)
 }
 
-/// Compresses every layer into `staging`, `jobs` at a time, largest first.
-fn make_blobs(layers: &[Listed], opts: &BuildOptions, staging: &Staging, reporter: &dyn Reporter) -> Result<Vec<LayerDesc>> {
+/// The cache key of a listed layer, if it can be cached.
+fn layer_key(closure: &Closure, layer: &Listed, opts: &BuildOptions) -> Option<LayerKey> {
+    if layer.paths.is_empty() {
+        return LayerKey::for_inline_entries(&layer.entries, opts.compression, opts.epoch);
+    }
+    let hashes = layer
+        .paths
+        .iter()
+        .map(|p| (p, closure.get(p).and_then(|i| i.nar_hash.as_ref())));
+    LayerKey::for_store_paths(hashes, &layer.variant, opts.compression, opts.epoch)
+}
+
+/// Makes every layer's blob, `jobs` layers at a time, largest first, on one compression pool.
+/// A layer whose cache entry is valid is not read at all when every destination already has
+/// its blob, or when the cache holds a blob that still hashes right.
+fn make_blobs(
+    closure: &Closure,
+    layers: &[Listed],
+    opts: &BuildOptions,
+    store: &BlobStore,
+    dests_have: &(dyn Fn(&Digest, u64) -> bool + Sync),
+    reporter: &dyn Reporter,
+    stats: &mut Stats,
+) -> Result<Vec<LayerDesc>> {
     let mut order: Vec<usize> = (0..layers.len()).collect();
     order.sort_by_key(|&i| (std::cmp::Reverse(tarball::tar_size(&layers[i].entries)), i));
     let results: Vec<Mutex<Option<BlobInfo>>> = layers.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let (read, written, built, hits) = (
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
     let total = layers.len();
+    let jobs = opts.jobs.max(1);
+    let pool = Pool::new(jobs);
+    // Layer producers only tar and hash; the pool compresses. A few producers keep it fed.
+    let producers = jobs.min(4).min(layers.len().max(1));
+    let one_layer = |i: usize| -> Result<BlobInfo> {
+        let layer = &layers[i];
+        reporter.layer_started(i, total, &layer.label(), layer.data_size());
+        let key = store
+            .cache
+            .as_ref()
+            .and_then(|_| layer_key(closure, layer, opts));
+        let cached = key.as_ref().and_then(|k| store.cache.as_ref()?.lookup(k));
+        if let Some(info) = &cached {
+            if dests_have(&info.digest, info.size) || store.cached_blob(info) {
+                hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(info.clone());
+            }
+        }
+        let info = store.write_layer(
+            &layer.entries,
+            opts.epoch,
+            opts.compression,
+            &pool,
+            &mut |n| {
+                read.fetch_add(n, Ordering::Relaxed);
+                reporter.layer_progress(i, n)
+            },
+        )?;
+        built.fetch_add(1, Ordering::Relaxed);
+        written.fetch_add(info.size, Ordering::Relaxed);
+        if let (Some(cache), Some(key)) = (&store.cache, &key) {
+            if cached.is_some_and(|c| c != info) {
+                reporter.note(&format!(
+                    "cache entry for layer {} was wrong; replaced it",
+                    i + 1
+                ));
+            }
+            cache.store(key, &info)?;
+        }
+        Ok(info)
+    };
     std::thread::scope(|s| {
-        for _ in 0..opts.jobs.max(1).min(layers.len().max(1)) {
+        for _ in 0..producers {
             s.spawn(|| {
-                loop {
-                    if failed.load(Ordering::Relaxed) {
+                while !failed.load(Ordering::Relaxed) {
+                    let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
                         return;
-                    }
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&i) = order.get(k) else { return };
-                    let layer = &layers[i];
-                    reporter.layer_started(i, total, &layer.label(), layer.data_size());
-                    match staging.write_layer(&layer.entries, opts.epoch, opts.compression, &mut |n| reporter.layer_progress(i, n)) {
+                    };
+                    match one_layer(i) {
                         Ok(info) => {
                             reporter.layer_finished(i, &info);
                             *results[i].lock().unwrap() = Some(info);
@@ -237,7 +449,6 @@ fn make_blobs(layers: &[Listed], opts: &BuildOptions, staging: &Staging, reporte
                         Err(e) => {
                             failed.store(true, Ordering::Relaxed);
                             first_error.lock().unwrap().get_or_insert(e);
-                            return;
                         }
                     }
                 }
@@ -247,17 +458,29 @@ fn make_blobs(layers: &[Listed], opts: &BuildOptions, staging: &Staging, reporte
     if let Some(e) = first_error.into_inner().unwrap() {
         return Err(e);
     }
+    stats.bytes_read += read.into_inner();
+    stats.bytes_written += written.into_inner();
+    stats.layers_built += built.into_inner();
+    stats.cache_hits += hits.into_inner();
     Ok(results
         .into_iter()
         .zip(layers)
-        .map(|(r, l)| LayerDesc { blob: r.into_inner().unwrap().expect("every layer was built"), group: l.group.clone(), paths: l.paths.clone() })
+        .map(|(r, l)| LayerDesc {
+            blob: r.into_inner().unwrap().expect("every layer was built"),
+            group: l.group.clone(),
+            paths: l.paths.clone(),
+        })
         .collect())
 }
 
-fn default_tag(spec: &ImageSpec) -> Option<String> {
-    let name = spec.name.as_deref()?;
-    let last = name.rsplit('/').next()?;
-    Some(last.split_once(':').map_or("latest", |(_, t)| t).to_owned())
+/// The tag for `oci:DIR` without one: the image spec's name's tag, else `latest`.
+fn default_tag(spec: &ImageSpec) -> String {
+    let last = spec
+        .name
+        .as_deref()
+        .and_then(|n| n.rsplit('/').next())
+        .unwrap_or("");
+    last.split_once(':').map_or("latest", |(_, t)| t).to_owned()
 }
 
 /// A directory beside the first file destination (so blobs can be hard-linked into an oci dir).
@@ -270,37 +493,84 @@ fn staging_parent(outputs: &[ImageRef]) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Blobs being made for this build, named by digest; removed when the build ends.
-struct Staging {
-    dir: tempfile::TempDir,
+/// Where this build's blobs are made and read from: the cache's blob directory, or (with
+/// `--no-cache`) a staging directory removed when the build ends.
+struct BlobStore {
+    cache: Option<Cache>,
+    staging: Option<tempfile::TempDir>,
 }
 
-impl Staging {
-    fn new(parent: PathBuf) -> Result<Self> {
+impl BlobStore {
+    fn new(cache_dir: Option<&Path>, outputs: &[ImageRef]) -> Result<Self> {
+        if let Some(dir) = cache_dir {
+            return Ok(Self {
+                cache: Some(Cache::open(dir)?),
+                staging: None,
+            });
+        }
+        let parent = staging_parent(outputs);
         let dir = tempfile::Builder::new()
             .prefix(".nixoci-staging-")
             .tempdir_in(&parent)
             .with_context(|| format!("creating a staging directory in {}", parent.display()))?;
-        Ok(Self { dir })
+        Ok(Self {
+            cache: None,
+            staging: Some(dir),
+        })
     }
 
-    fn write_layer(&self, entries: &[Entry], epoch: u64, compression: Compression, on_data: &mut dyn FnMut(u64)) -> Result<BlobInfo> {
-        let tmp = tempfile::NamedTempFile::new_in(self.dir.path())?;
+    fn tmp_dir(&self) -> PathBuf {
+        match (&self.cache, &self.staging) {
+            (Some(c), _) => c.tmp_dir(),
+            (None, Some(s)) => s.path().to_owned(),
+            (None, None) => unreachable!("a blob store has a cache or a staging directory"),
+        }
+    }
+
+    fn path(&self, digest: &Digest) -> PathBuf {
+        match (&self.cache, &self.staging) {
+            (Some(c), _) => c.blob_path(digest),
+            (None, Some(s)) => s.path().join(digest.hex()),
+            (None, None) => unreachable!("a blob store has a cache or a staging directory"),
+        }
+    }
+
+    /// Whether the cache holds `info`'s blob, intact.
+    fn cached_blob(&self, info: &BlobInfo) -> bool {
+        self.cache
+            .as_ref()
+            .is_some_and(|c| c.verified_blob(info).is_some())
+    }
+
+    fn write_layer(
+        &self,
+        entries: &[Entry],
+        epoch: u64,
+        compression: Compression,
+        pool: &Pool,
+        on_data: &mut dyn FnMut(u64),
+    ) -> Result<BlobInfo> {
+        let tmp = tempfile::NamedTempFile::new_in(self.tmp_dir())?;
         let w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
-        let (w, info) = blob::write_layer(entries, epoch, compression, w, on_data)?;
-        w.into_inner().map_err(|e| e.into_error()).context("writing a layer blob")?;
-        tmp.persist(self.dir.path().join(info.digest.hex())).map_err(|e| e.error)?;
+        let (w, info) = blob::write_layer(entries, epoch, compression, Some(pool), w, on_data)?;
+        w.into_inner()
+            .map_err(|e| e.into_error())
+            .context("writing a layer blob")?;
+        tmp.persist(self.path(&info.digest))
+            .map_err(|e| e.error)
+            .context("storing a layer blob")?;
         Ok(info)
     }
 }
 
-impl BlobSource for Staging {
+impl BlobSource for BlobStore {
     fn blob_path(&self, digest: &Digest) -> Result<PathBuf> {
-        let p = self.dir.path().join(digest.hex());
+        let p = self.path(digest);
         if !p.is_file() {
-            bail!("internal error: blob {digest} was not staged");
+            bail!(
+                "internal error: blob {digest} is in neither the cache nor the staging directory"
+            );
         }
         Ok(p)
     }
 }
-

@@ -1,13 +1,20 @@
 //! nixoci: turn a Nix closure into a reproducible, cache-friendly OCI image.
 //!
 //! The module tree is the pipeline (see ARCHITECTURE.md): [`closure`] → [`layering`] →
-//! [`tarball`] → [`blob`] → [`image`] → [`transport`], driven by [`build`].
+//! [`tarball`] → [`blob`] → [`image`] → [`transport`], driven by [`build`]; [`policy`] and [`smoke`]
+//! gate the result.
 
 pub mod blob;
 pub mod build;
+pub mod cache;
 pub mod closure;
+pub mod diff;
 pub mod image;
+pub mod inspect;
 pub mod layering;
+pub mod policy;
 pub mod progress;
+pub mod smoke;
+pub mod table;
 pub mod tarball;
 pub mod transport;

@@ -33,7 +33,17 @@ pub struct Args {
     /// Layers built at once (default: the number of CPUs). Output is identical for any value.
     #[arg(short, long, value_name = "N")]
     pub jobs: Option<usize>,
-    /// Print one JSON document (digests, layers) on stdout.
+    /// The layer cache [default: $XDG_CACHE_HOME/nixoci, else ~/.cache/nixoci].
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// Neither read nor write the layer cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Check the assembled image against this policy (see `nixoci check --help`) before anything
+    /// is written: a failing image is refused and no destination is touched.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<std::path::PathBuf>,
+    /// Print one JSON document (digests, layers, stats) on stdout.
     #[arg(long)]
     pub json: bool,
     /// No progress on stderr.
@@ -42,9 +52,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    let started = std::time::Instant::now();
     let closure = args.inputs.closure()?;
+    let closure_secs = started.elapsed().as_secs_f64();
     let spec = args.inputs.spec()?;
     let plan = args.inputs.plan(&closure, &spec)?;
+    let plan_secs = started.elapsed().as_secs_f64() - closure_secs;
     if args.json && args.outputs.contains(&ImageRef::Stdout) {
         anyhow::bail!("--json and -o - both want stdout: pick one");
     }
@@ -52,17 +65,39 @@ pub fn run(args: Args) -> Result<ExitCode> {
         store_root: args.inputs.store_root.clone(),
         spec,
         compression: args.compression,
-        jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         epoch: source_date_epoch()?,
         outputs: args.outputs,
+        cache_dir: if args.no_cache {
+            None
+        } else {
+            args.cache_dir.or_else(nixoci::cache::Cache::default_dir)
+        },
+        policy: args.policy.as_deref().map(nixoci::policy::Policy::load).transpose()?,
     };
     let reporter = CliReporter::new(args.quiet);
-    let report = build::build(&closure, &plan, &opts, &reporter)?;
+    let mut report = build::build(&closure, &plan, &opts, &reporter)?;
+    report.stats.seconds.insert("closure".into(), closure_secs);
+    report.stats.seconds.insert("plan".into(), plan_secs);
+    report
+        .stats
+        .seconds
+        .insert("total".into(), started.elapsed().as_secs_f64());
     reporter.finish();
     if args.json {
         super::print_json(&report)?;
     } else if !args.quiet {
-        eprintln!("{} layers, manifest {}", report.layers.len(), report.manifest_digest);
+        let s = &report.stats;
+        eprintln!(
+            "{} layers ({} built, {} from cache), manifest {} in {:.2}s",
+            report.layers.len(),
+            s.layers_built,
+            s.cache_hits,
+            report.manifest_digest,
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -70,7 +105,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
 /// `SOURCE_DATE_EPOCH`, or 1 (not 0: some tools treat a zero mtime as "unset").
 fn source_date_epoch() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        Ok(v) if !v.is_empty() => v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
         _ => Ok(1),
     }
 }

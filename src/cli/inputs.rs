@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use nixoci::closure::{self, Closure};
-use nixoci::image::ImageSpec;
+use nixoci::image::{ANNOTATION_GROUP, ANNOTATION_STORE_PATHS, ImageSpec};
+use nixoci::transport::ImageRef;
+use nixoci::transport::source::SourceImage;
 use nixoci::layering::{self, Budget, LayersFile, Plan, Previous};
 
 /// `--max-layers` when neither the flag nor the layers file gives one.
@@ -43,9 +45,10 @@ pub struct Inputs {
     /// is split across layers by its files [default: the layers file's max_layer_size, or none].
     #[arg(long, value_name = "SIZE", value_parser = parse_layer_size)]
     pub max_layer_size: Option<u64>,
-    /// The previous release, whose layers the plan keeps where their contents did not change:
-    /// the JSON that `nixoci plan --json` or `nixoci build --json` printed for it.
-    #[arg(long, value_name = "PLAN.json")]
+    /// The previous release, whose layers the plan keeps where their contents did not change: its
+    /// image (oci:DIR[:TAG], oci-archive:FILE[:REF], read from its layer annotations) or the JSON
+    /// that `nixoci plan --json` or `nixoci build --json` printed for it.
+    #[arg(long, value_name = "IMAGE|PLAN.json")]
     pub previous: Option<String>,
 }
 
@@ -123,25 +126,33 @@ impl Inputs {
         Ok(plan)
     }
 
+    /// `--previous`: an image (any source transport) or a plan JSON file.
     fn previous(&self) -> Result<Option<Previous>> {
         let Some(arg) = &self.previous else {
             return Ok(None);
         };
-        let looks_like_image = [
-            "oci:",
-            "oci-archive:",
-            "docker-archive:",
-            "docker://",
-            "containers-storage:",
-        ]
-        .iter()
-        .any(|t| arg.starts_with(t));
-        if looks_like_image {
+        let is_image = ["oci:", "oci-archive:", "docker-archive:", "docker://"]
+            .iter()
+            .any(|t| arg.starts_with(t));
+        if !is_image {
+            return Previous::load(std::path::Path::new(arg)).map(Some);
+        }
+        let image = SourceImage::open(&ImageRef::parse(arg)?)?;
+        let annotations = image.layers.iter().map(|l| {
+            (
+                l.annotations.get(ANNOTATION_GROUP).map(String::as_str),
+                l.annotations.get(ANNOTATION_STORE_PATHS).map(String::as_str),
+            )
+        });
+        let previous = Previous::from_annotations(annotations)
+            .with_context(|| format!("reading the layer annotations of --previous {arg}"))?;
+        if previous.layers.is_empty() {
             bail!(
-                "--previous {arg}: reading a previous image is not available in this build yet; \
-                 give the JSON that `nixoci build --json` or `nixoci plan --json` printed for it"
+                "--previous {arg}: no layer carries {ANNOTATION_STORE_PATHS} (a docker-archive keeps no \
+                 annotations): give the oci: or oci-archive: copy, or the JSON `nixoci build --json` printed"
             );
         }
-        Previous::load(std::path::Path::new(arg)).map(Some)
+        Ok(Some(previous))
     }
+
 }

@@ -1,9 +1,13 @@
 //! The command line: one file per subcommand, each an `Args` struct plus `run`.
 
 mod build;
+mod check;
+mod diff;
 mod inputs;
+mod inspect;
 mod plan;
 mod reporter;
+mod smoke;
 
 use std::process::ExitCode;
 
@@ -27,12 +31,24 @@ pub enum Command {
     Build(build::Args),
     /// Show how a closure would be split into layers, without reading any file.
     Plan(plan::Args),
+    /// Check an image against a policy (size budgets, forbidden store paths, non-root user…).
+    Check(check::Args),
+    /// Run smoke-test commands in containers of an image (podman or docker, GPU or CPU).
+    Smoke(smoke::Args),
+    /// Show an image: manifest, platform, config, and each layer's sizes, group and store paths.
+    Inspect(inspect::Args),
+    /// Compare two images: layers, download bytes, store paths, config (and files with --files).
+    Diff(diff::Args),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Build(a) => build::run(a),
         Command::Plan(a) => plan::run(a),
+        Command::Check(a) => check::run(a),
+        Command::Smoke(a) => smoke::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Diff(a) => diff::run(a),
     }
 }
 
@@ -42,8 +58,13 @@ pub fn init_tracing(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NIXOCI_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NIXOCI_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
 }
 
 /// Prints `value` as the one JSON document on stdout.

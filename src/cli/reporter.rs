@@ -15,7 +15,10 @@ pub struct CliReporter {
 enum Mode {
     Quiet,
     Lines(Mutex<Vec<(String, usize)>>),
-    Bars { multi: MultiProgress, bars: Mutex<Vec<Option<ProgressBar>>> },
+    Bars {
+        multi: MultiProgress,
+        bars: Mutex<Vec<Option<ProgressBar>>>,
+    },
 }
 
 impl CliReporter {
@@ -23,7 +26,10 @@ impl CliReporter {
         let mode = if quiet {
             Mode::Quiet
         } else if std::io::stderr().is_terminal() {
-            Mode::Bars { multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()), bars: Mutex::new(Vec::new()) }
+            Mode::Bars {
+                multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                bars: Mutex::new(Vec::new()),
+            }
         } else {
             Mode::Lines(Mutex::new(Vec::new()))
         };
@@ -51,9 +57,11 @@ impl Reporter for CliReporter {
             Mode::Bars { multi, bars } => {
                 let bar = multi.add(ProgressBar::new(bytes));
                 bar.set_style(
-                    ProgressStyle::with_template("{prefix:>7} {wide_msg} {bytes:>10}/{total_bytes:<10} {bar:30}")
-                        .unwrap()
-                        .progress_chars("=> "),
+                    ProgressStyle::with_template(
+                        "{prefix:>7} {wide_msg} {bytes:>10}/{total_bytes:<10} {bar:30}",
+                    )
+                    .unwrap()
+                    .progress_chars("=> "),
                 );
                 bar.set_prefix(format!("{}/{}", index + 1, total));
                 bar.set_message(label.to_owned());
@@ -80,7 +88,12 @@ impl Reporter for CliReporter {
             Mode::Lines(labels) => {
                 let l = labels.lock().unwrap();
                 let (label, total) = l.get(index).cloned().unwrap_or_default();
-                eprintln!("layer {}/{total} {label}: {} ({})", index + 1, short(&blob.digest.to_string()), human(blob.size));
+                eprintln!(
+                    "layer {}/{total} {label}: {} ({})",
+                    index + 1,
+                    short(&blob.digest.to_string()),
+                    human(blob.size)
+                );
             }
             Mode::Bars { bars, .. } => {
                 if let Some(Some(bar)) = bars.lock().unwrap().get(index) {
@@ -114,5 +127,9 @@ pub fn human(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

@@ -129,13 +129,22 @@ mod tests {
         let p = StorePath::parse(&format!("/nix/store/{H}-python3.14-torch-2.10.0")).unwrap();
         assert_eq!(p.name(), "python3.14-torch-2.10.0");
         assert_eq!(p.hash_part(), H);
-        assert_eq!(p, StorePath::parse(&format!("{H}-python3.14-torch-2.10.0")).unwrap());
-        assert_eq!(p.in_image(), format!("nix/store/{H}-python3.14-torch-2.10.0"));
+        assert_eq!(
+            p,
+            StorePath::parse(&format!("{H}-python3.14-torch-2.10.0")).unwrap()
+        );
+        assert_eq!(
+            p.in_image(),
+            format!("nix/store/{H}-python3.14-torch-2.10.0")
+        );
     }
 
     #[test]
     fn rejects_bad_paths() {
-        assert!(matches!(StorePath::parse("/usr/lib/x"), Err(StorePathError::NotInStore(_))));
+        assert!(matches!(
+            StorePath::parse("/usr/lib/x"),
+            Err(StorePathError::NotInStore(_))
+        ));
         assert!(matches!(
             StorePath::parse("/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x"),
             Err(StorePathError::BadHash(_))
@@ -144,8 +153,14 @@ mod tests {
             StorePath::parse(&format!("/nix/store/{H}-a/b")),
             Err(StorePathError::BadName(_))
         ));
-        assert!(matches!(StorePath::parse(&format!("/nix/store/{H}-")), Err(StorePathError::BadHash(_))));
-        assert!(matches!(StorePath::parse(&format!("{H}-.hidden")), Err(StorePathError::BadName(_))));
+        assert!(matches!(
+            StorePath::parse(&format!("/nix/store/{H}-")),
+            Err(StorePathError::BadHash(_))
+        ));
+        assert!(matches!(
+            StorePath::parse(&format!("{H}-.hidden")),
+            Err(StorePathError::BadName(_))
+        ));
         let long = "a".repeat(212);
         assert!(StorePath::parse(&format!("{H}-{long}")).is_err());
         assert!(StorePath::parse(&format!("{H}-{}", &long[..211])).is_ok());

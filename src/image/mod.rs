@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use anyhow::{Context, Result};
 use canon_json::CanonJsonSerialize;
 use oci_spec::image::{
-    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfigurationBuilder, ImageIndexBuilder,
-    ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder,
+    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfigurationBuilder,
+    ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder,
 };
 use serde::Serialize;
 
@@ -43,7 +43,10 @@ pub struct JsonBlob {
 impl JsonBlob {
     fn of<T: Serialize>(value: &T) -> Result<Self> {
         let bytes = value.to_canon_json_vec().context("serialising JSON")?;
-        Ok(Self { digest: Digest::of(&bytes), bytes })
+        Ok(Self {
+            digest: Digest::of(&bytes),
+            bytes,
+        })
     }
 }
 
@@ -69,7 +72,12 @@ pub fn rfc3339(epoch: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// The image config: what the image spec asks for, plus rootfs diff_ids and history.
@@ -82,8 +90,9 @@ pub fn config(spec: &ImageSpec, layers: &[LayerDesc], epoch: u64) -> Result<Json
     if !spec.cmd.is_empty() {
         cfg = cfg.cmd(spec.cmd.clone());
     }
-    if !spec.env.is_empty() {
-        cfg = cfg.env(spec.env.clone());
+    let env = spec.effective_env();
+    if !env.is_empty() {
+        cfg = cfg.env(env);
     }
     if let Some(w) = &spec.workdir {
         cfg = cfg.working_dir(w.clone());
@@ -92,7 +101,12 @@ pub fn config(spec: &ImageSpec, layers: &[LayerDesc], epoch: u64) -> Result<Json
         cfg = cfg.user(u.clone());
     }
     if !spec.labels.is_empty() {
-        cfg = cfg.labels(spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>());
+        cfg = cfg.labels(
+            spec.labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<HashMap<_, _>>(),
+        );
     }
     if !spec.exposed_ports.is_empty() {
         cfg = cfg.exposed_ports(spec.exposed_ports.clone());
@@ -105,12 +119,20 @@ pub fn config(spec: &ImageSpec, layers: &[LayerDesc], epoch: u64) -> Result<Json
             } else {
                 format!("nixoci: group {}, {} store path(s)", l.group, l.paths.len())
             };
-            HistoryBuilder::default().created(created.clone()).created_by(what).build()
+            HistoryBuilder::default()
+                .created(created.clone())
+                .created_by(what)
+                .build()
         })
         .collect::<Result<Vec<_>, _>>()?;
     let rootfs = RootFsBuilder::default()
         .typ("layers")
-        .diff_ids(layers.iter().map(|l| l.blob.diff_id.to_string()).collect::<Vec<_>>())
+        .diff_ids(
+            layers
+                .iter()
+                .map(|l| l.blob.diff_id.to_string())
+                .collect::<Vec<_>>(),
+        )
         .build()?;
     let config = ImageConfigurationBuilder::default()
         .created(created)
@@ -125,16 +147,33 @@ pub fn config(spec: &ImageSpec, layers: &[LayerDesc], epoch: u64) -> Result<Json
 
 /// The OCI manifest for `layers` (already compressed as they will be stored).
 pub fn manifest(config: &JsonBlob, layers: &[LayerDesc]) -> Result<JsonBlob> {
-    let config_desc = descriptor(MediaType::ImageConfig, &config.digest, config.bytes.len() as u64, None)?;
+    let config_desc = descriptor(
+        MediaType::ImageConfig,
+        &config.digest,
+        config.bytes.len() as u64,
+        None,
+    )?;
     let layer_descs = layers
         .iter()
         .map(|l| {
             let mut ann = HashMap::new();
             ann.insert(ANNOTATION_GROUP.to_owned(), l.group.clone());
             if !l.paths.is_empty() {
-                ann.insert(ANNOTATION_STORE_PATHS.to_owned(), l.paths.iter().map(|p| p.full()).collect::<Vec<_>>().join("\n"));
+                ann.insert(
+                    ANNOTATION_STORE_PATHS.to_owned(),
+                    l.paths
+                        .iter()
+                        .map(|p| p.full())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                );
             }
-            descriptor(MediaType::from(l.blob.media_type.as_str()), &l.blob.digest, l.blob.size, Some(ann))
+            descriptor(
+                MediaType::from(l.blob.media_type.as_str()),
+                &l.blob.digest,
+                l.blob.size,
+                Some(ann),
+            )
         })
         .collect::<Result<Vec<_>>>()?;
     let manifest = ImageManifestBuilder::default()
@@ -150,10 +189,20 @@ pub fn manifest(config: &JsonBlob, layers: &[LayerDesc]) -> Result<JsonBlob> {
 pub fn assemble(spec: &ImageSpec, layers: Vec<LayerDesc>, epoch: u64) -> Result<Image> {
     let config = config(spec, &layers, epoch)?;
     let manifest = manifest(&config, &layers)?;
-    Ok(Image { config, manifest, layers, architecture: spec.architecture.clone() })
+    Ok(Image {
+        config,
+        manifest,
+        layers,
+        architecture: spec.architecture.clone(),
+    })
 }
 
-pub fn descriptor(media_type: MediaType, digest: &Digest, size: u64, annotations: Option<HashMap<String, String>>) -> Result<Descriptor> {
+pub fn descriptor(
+    media_type: MediaType,
+    digest: &Digest,
+    size: u64,
+    annotations: Option<HashMap<String, String>>,
+) -> Result<Descriptor> {
     let mut d = DescriptorBuilder::default()
         .media_type(media_type)
         .digest(oci_spec::image::Digest::try_from(digest.as_str())?)
@@ -166,9 +215,18 @@ pub fn descriptor(media_type: MediaType, digest: &Digest, size: u64, annotations
 
 /// The descriptor of `image`'s manifest in an index, with its platform and optional ref name.
 pub fn manifest_descriptor(image: &Image, ref_name: Option<&str>) -> Result<Descriptor> {
-    let platform = PlatformBuilder::default().architecture(Arch::from(image.architecture.as_str())).os(Os::Linux).build()?;
-    let ann = ref_name.map(|r| HashMap::from([("org.opencontainers.image.ref.name".to_owned(), r.to_owned())]));
-    let mut d = descriptor(MediaType::ImageManifest, &image.manifest.digest, image.manifest.bytes.len() as u64, ann)?;
+    let platform = PlatformBuilder::default()
+        .architecture(Arch::from(image.architecture.as_str()))
+        .os(Os::Linux)
+        .build()?;
+    let ann = ref_name
+        .map(|r| HashMap::from([("org.opencontainers.image.ref.name".to_owned(), r.to_owned())]));
+    let mut d = descriptor(
+        MediaType::ImageManifest,
+        &image.manifest.digest,
+        image.manifest.bytes.len() as u64,
+        ann,
+    )?;
     d.set_platform(Some(platform));
     Ok(d)
 }
@@ -196,12 +254,18 @@ mod tests {
 
     #[test]
     fn json_is_canonical_and_stable() {
-        let spec: ImageSpec = toml::from_str("labels = { b = \"2\", a = \"1\", c = \"3\" }\nexposed_ports = [\"2/tcp\", \"1/tcp\"]").unwrap();
+        let spec: ImageSpec = toml::from_str(
+            "labels = { b = \"2\", a = \"1\", c = \"3\" }\nexposed_ports = [\"2/tcp\", \"1/tcp\"]",
+        )
+        .unwrap();
         let a = config(&spec, &[], 1).unwrap();
         for _ in 0..20 {
             assert_eq!(config(&spec, &[], 1).unwrap(), a);
         }
         let text = String::from_utf8(a.bytes).unwrap();
-        assert!(text.contains(r#""Labels":{"a":"1","b":"2","c":"3"}"#), "{text}");
+        assert!(
+            text.contains(r#""Labels":{"a":"1","b":"2","c":"3"}"#),
+            "{text}"
+        );
     }
 }

@@ -41,7 +41,21 @@ pub struct ImageSpec {
     pub files: Vec<FileSpec>,
     #[serde(default)]
     pub symlinks: Vec<SymlinkSpec>,
+    /// A GPU image: `LD_LIBRARY_PATH` gains the driver locations (see [`GPU_LIBRARY_PATH`]) and
+    /// `NVIDIA_VISIBLE_DEVICES` / `NVIDIA_DRIVER_CAPABILITIES` are set unless `env` sets them.
+    #[serde(default)]
+    pub gpu: bool,
 }
+
+/// Where a container runtime's GPU support puts the driver libraries (`libcuda.so.1`): CDI and the
+/// NVIDIA container toolkit mount them at the host's locations (`/usr/lib/x86_64-linux-gnu` on
+/// Debian/Ubuntu, `/usr/lib64` on RHEL/SUSE); Nix CUDA packages look in `/run/opengl-driver/lib`.
+/// nixpkgs' glibc ignores `/etc/ld.so.cache`, so without this `LD_LIBRARY_PATH` a Nix-built torch
+/// finds no `libcuda` inside the container.
+pub const GPU_LIBRARY_PATH: [&str; 3] = ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/run/opengl-driver/lib"];
+
+/// What `gpu = true` sets when `env` does not.
+const GPU_ENV_DEFAULTS: [(&str, &str); 2] = [("NVIDIA_VISIBLE_DEVICES", "all"), ("NVIDIA_DRIVER_CAPABILITIES", "compute,utility")];
 
 fn default_arch() -> String {
     "amd64".to_owned()
@@ -129,9 +143,12 @@ pub struct SymlinkSpec {
 
 impl ImageSpec {
     pub fn load(file: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading image spec {}", file.display()))?;
-        let spec: ImageSpec = toml::from_str(&text).with_context(|| format!("in image spec {}", file.display()))?;
-        spec.validate().with_context(|| format!("in image spec {}", file.display()))?;
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading image spec {}", file.display()))?;
+        let spec: ImageSpec =
+            toml::from_str(&text).with_context(|| format!("in image spec {}", file.display()))?;
+        spec.validate()
+            .with_context(|| format!("in image spec {}", file.display()))?;
         Ok(spec)
     }
 
@@ -142,38 +159,103 @@ impl ImageSpec {
             }
         }
         let mut seen = BTreeSet::new();
-        for p in self.dirs.iter().map(|d| &d.path).chain(self.files.iter().map(|f| &f.path)).chain(self.symlinks.iter().map(|s| &s.path)) {
+        for p in self
+            .dirs
+            .iter()
+            .map(|d| &d.path)
+            .chain(self.files.iter().map(|f| &f.path))
+            .chain(self.symlinks.iter().map(|s| &s.path))
+        {
             let rel = clean(p)?;
-            if rel.starts_with("nix/store") || rel == "nix" {
+            if rel == "nix" || rel == "nix/store" || rel.starts_with("nix/store/") {
                 bail!("{p}: the image spec cannot write into /nix/store (that is the closure's)");
             }
             if !seen.insert(rel) {
                 bail!("{p} is defined twice");
             }
         }
-        if (!self.users.is_empty() || !self.groups.is_empty()) && seen.iter().any(|p| p == "etc/passwd" || p == "etc/group") {
-            bail!("/etc/passwd and /etc/group are written from [[users]] and [[groups]]; do not also list them in [[files]]");
+        if (!self.users.is_empty() || !self.groups.is_empty())
+            && seen.iter().any(|p| p == "etc/passwd" || p == "etc/group")
+        {
+            bail!(
+                "/etc/passwd and /etc/group are written from [[users]] and [[groups]]; do not also list them in [[files]]"
+            );
         }
         Ok(())
     }
 
+    /// The config's environment: `env`, plus what `gpu = true` adds. `LD_LIBRARY_PATH` keeps its
+    /// place and value in `env` with the driver directories appended (those not already there).
+    pub fn effective_env(&self) -> Vec<String> {
+        let mut env = self.env.clone();
+        if !self.gpu {
+            return env;
+        }
+        let key = |e: &String| e.split_once('=').map(|(k, _)| k.to_owned()).unwrap_or_default();
+        match env.iter_mut().find(|e| key(e) == "LD_LIBRARY_PATH") {
+            Some(e) => {
+                let mut dirs: Vec<String> = e["LD_LIBRARY_PATH=".len()..].split(':').filter(|d| !d.is_empty()).map(str::to_owned).collect();
+                for d in GPU_LIBRARY_PATH {
+                    if !dirs.iter().any(|x| x == d) {
+                        dirs.push(d.to_owned());
+                    }
+                }
+                *e = format!("LD_LIBRARY_PATH={}", dirs.join(":"));
+            }
+            None => env.push(format!("LD_LIBRARY_PATH={}", GPU_LIBRARY_PATH.join(":"))),
+        }
+        for (k, v) in GPU_ENV_DEFAULTS {
+            if !env.iter().any(|e| key(e) == k) {
+                env.push(format!("{k}={v}"));
+            }
+        }
+        env
+    }
+
     /// Whether the image needs a customisation layer at all.
     pub fn has_layer(&self) -> bool {
-        !(self.users.is_empty() && self.groups.is_empty() && self.dirs.is_empty() && self.files.is_empty() && self.symlinks.is_empty())
+        !(self.users.is_empty()
+            && self.groups.is_empty()
+            && self.dirs.is_empty()
+            && self.files.is_empty()
+            && self.symlinks.is_empty())
     }
 
     /// The customisation layer's entries, normalised; missing parent directories are added (0755, root).
     pub fn layer_entries(&self) -> Result<Vec<Entry>> {
         let mut entries = Vec::new();
         for d in &self.dirs {
-            entries.push(Entry { path: clean(&d.path)?, kind: Kind::Dir, mode: d.mode.map_or(0o755, |m| m.0), uid: d.uid, gid: d.gid });
+            entries.push(Entry {
+                path: clean(&d.path)?,
+                kind: Kind::Dir,
+                mode: d.mode.map_or(0o755, |m| m.0),
+                uid: d.uid,
+                gid: d.gid,
+            });
         }
         for f in &self.files {
             let bytes = f.content.clone().into_bytes();
-            entries.push(Entry { path: clean(&f.path)?, kind: Kind::File { size: bytes.len() as u64, content: Content::Inline(bytes) }, mode: f.mode.map_or(0o644, |m| m.0), uid: f.uid, gid: f.gid });
+            entries.push(Entry {
+                path: clean(&f.path)?,
+                kind: Kind::File {
+                    size: bytes.len() as u64,
+                    content: Content::Inline(bytes),
+                },
+                mode: f.mode.map_or(0o644, |m| m.0),
+                uid: f.uid,
+                gid: f.gid,
+            });
         }
         for s in &self.symlinks {
-            entries.push(Entry { path: clean(&s.path)?, kind: Kind::Symlink { target: s.target.clone() }, mode: 0o777, uid: 0, gid: 0 });
+            entries.push(Entry {
+                path: clean(&s.path)?,
+                kind: Kind::Symlink {
+                    target: s.target.clone(),
+                },
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+            });
         }
         if !self.users.is_empty() || !self.groups.is_empty() {
             entries.push(inline("etc/passwd", self.passwd()));
@@ -203,7 +285,13 @@ impl ImageSpec {
         for u in &self.users {
             let home = u.home.as_deref().unwrap_or("/var/empty");
             let shell = u.shell.as_deref().unwrap_or("/sbin/nologin");
-            out.push_str(&format!("{}:x:{}:{}:{}:{home}:{shell}\n", u.name, u.uid, u.gid, u.gecos.as_deref().unwrap_or("")));
+            out.push_str(&format!(
+                "{}:x:{}:{}:{}:{home}:{shell}\n",
+                u.name,
+                u.uid,
+                u.gid,
+                u.gecos.as_deref().unwrap_or("")
+            ));
         }
         out
     }
@@ -222,14 +310,29 @@ impl ImageSpec {
 
 fn inline(path: &str, content: String) -> Entry {
     let bytes = content.into_bytes();
-    Entry { path: path.to_owned(), kind: Kind::File { size: bytes.len() as u64, content: Content::Inline(bytes) }, mode: 0o644, uid: 0, gid: 0 }
+    Entry {
+        path: path.to_owned(),
+        kind: Kind::File {
+            size: bytes.len() as u64,
+            content: Content::Inline(bytes),
+        },
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+    }
 }
 
 /// `/a/b/` → `a/b`; refuses relative paths, `..` and empty components.
 fn clean(p: &str) -> Result<String> {
-    let Some(rel) = p.strip_prefix('/') else { bail!("{p:?} must be an absolute path") };
+    let Some(rel) = p.strip_prefix('/') else {
+        bail!("{p:?} must be an absolute path")
+    };
     let rel = rel.trim_end_matches('/');
-    if rel.is_empty() || rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+    if rel.is_empty()
+        || rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
         bail!("{p:?} is not a clean absolute path");
     }
     Ok(rel.to_owned())
@@ -269,22 +372,60 @@ target = "/nix/store/x/bin/env"
         let spec: ImageSpec = toml::from_str(SPEC).unwrap();
         spec.validate().unwrap();
         let e = spec.layer_entries().unwrap();
-        let find = |p: &str| e.iter().find(|x| x.path == p).unwrap_or_else(|| panic!("{p} missing"));
+        let find = |p: &str| {
+            e.iter()
+                .find(|x| x.path == p)
+                .unwrap_or_else(|| panic!("{p} missing"))
+        };
         assert_eq!(find("tmp").mode, 0o1777);
         assert_eq!((find("home/app").uid, find("home/app").mode), (1000, 0o700));
         assert_eq!(find("home").mode, 0o755);
         assert_eq!(find("usr").kind, Kind::Dir);
         match &find("etc/passwd").kind {
-            Kind::File { content: Content::Inline(b), .. } => {
-                assert_eq!(String::from_utf8_lossy(b), "root:x:0:0:root:/root:/sbin/nologin\napp:x:1000:1000::/home/app:/sbin/nologin\n")
+            Kind::File {
+                content: Content::Inline(b),
+                ..
+            } => {
+                assert_eq!(
+                    String::from_utf8_lossy(b),
+                    "root:x:0:0:root:/root:/sbin/nologin\napp:x:1000:1000::/home/app:/sbin/nologin\n"
+                )
             }
             k => panic!("{k:?}"),
         }
     }
 
     #[test]
+    fn gpu_sets_driver_paths_and_keeps_the_users_env() {
+        let spec: ImageSpec = toml::from_str("gpu = true\nenv = [\"PATH=/bin\"]").unwrap();
+        assert_eq!(
+            spec.effective_env(),
+            [
+                "PATH=/bin",
+                "LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu:/usr/lib64:/run/opengl-driver/lib",
+                "NVIDIA_VISIBLE_DEVICES=all",
+                "NVIDIA_DRIVER_CAPABILITIES=compute,utility"
+            ]
+        );
+        let spec: ImageSpec =
+            toml::from_str("gpu = true\nenv = [\"LD_LIBRARY_PATH=/opt/lib:/usr/lib64\", \"NVIDIA_VISIBLE_DEVICES=0\"]").unwrap();
+        assert_eq!(
+            spec.effective_env(),
+            [
+                "LD_LIBRARY_PATH=/opt/lib:/usr/lib64:/usr/lib/x86_64-linux-gnu:/run/opengl-driver/lib",
+                "NVIDIA_VISIBLE_DEVICES=0",
+                "NVIDIA_DRIVER_CAPABILITIES=compute,utility"
+            ]
+        );
+        let spec: ImageSpec = toml::from_str("env = [\"A=1\"]").unwrap();
+        assert_eq!(spec.effective_env(), ["A=1"]);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_paths_are_refused() {
-        let err = toml::from_str::<ImageSpec>("entrypont = []").unwrap_err().to_string();
+        let err = toml::from_str::<ImageSpec>("entrypont = []")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("entrypont") && err.contains("line 1"), "{err}");
         let spec: ImageSpec = toml::from_str("[[dirs]]\npath = \"/nix/store/x\"").unwrap();
         assert!(spec.validate().is_err());

@@ -46,6 +46,7 @@ impl BitSet {
         self.0[i / 64] |= 1 << (i % 64);
     }
 
+    #[cfg(test)]
     pub fn contains(&self, i: usize) -> bool {
         self.0[i / 64] & (1 << (i % 64)) != 0
     }

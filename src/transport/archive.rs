@@ -24,7 +24,13 @@ struct Outer<W: Write> {
 impl<W: Write> Outer<W> {
     fn entry(&self, path: &str, kind: Kind) -> Entry {
         let mode = if kind == Kind::Dir { 0o755 } else { 0o444 };
-        Entry { path: path.to_owned(), kind, mode, uid: 0, gid: 0 }
+        Entry {
+            path: path.to_owned(),
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+        }
     }
 
     fn dir(&mut self, path: &str) -> Result<()> {
@@ -33,12 +39,24 @@ impl<W: Write> Outer<W> {
     }
 
     fn bytes(&mut self, path: &str, bytes: &[u8]) -> Result<()> {
-        let e = self.entry(path, Kind::File { size: bytes.len() as u64, content: Content::Inline(bytes.to_vec()) });
+        let e = self.entry(
+            path,
+            Kind::File {
+                size: bytes.len() as u64,
+                content: Content::Inline(bytes.to_vec()),
+            },
+        );
         self.members(&[e])
     }
 
     fn file(&mut self, path: &str, src: &std::path::Path, size: u64) -> Result<()> {
-        let e = self.entry(path, Kind::File { size, content: Content::Disk(src.to_owned()) });
+        let e = self.entry(
+            path,
+            Kind::File {
+                size,
+                content: Content::Disk(src.to_owned()),
+            },
+        );
         self.members(&[e])
     }
 
@@ -58,15 +76,32 @@ impl<W: Write> Outer<W> {
 }
 
 /// Writes `image` as an OCI layout inside a tar at `file`, atomically.
-pub fn write_oci_archive(file: &std::path::Path, reference: Option<&str>, image: &Image, blobs: &dyn BlobSource, epoch: u64) -> Result<()> {
+pub fn write_oci_archive(
+    file: &std::path::Path,
+    reference: Option<&str>,
+    image: &Image,
+    blobs: &dyn BlobSource,
+    epoch: u64,
+) -> Result<()> {
     let tmp = super::temp_sibling_file(file)?;
-    let mut out = Outer { w: io::BufWriter::with_capacity(1 << 20, tmp.as_file()), epoch };
+    let mut out = Outer {
+        w: io::BufWriter::with_capacity(1 << 20, tmp.as_file()),
+        epoch,
+    };
     let index = image::index(vec![image::manifest_descriptor(image, reference)?])?;
     out.dir("blobs")?;
     out.dir("blobs/sha256")?;
     let mut blobs_sorted: Vec<(String, Option<&JsonBlob>, Option<&BlobInfo>)> = Vec::new();
-    blobs_sorted.push((image.config.digest.hex().to_owned(), Some(&image.config), None));
-    blobs_sorted.push((image.manifest.digest.hex().to_owned(), Some(&image.manifest), None));
+    blobs_sorted.push((
+        image.config.digest.hex().to_owned(),
+        Some(&image.config),
+        None,
+    ));
+    blobs_sorted.push((
+        image.manifest.digest.hex().to_owned(),
+        Some(&image.manifest),
+        None,
+    ));
     for l in &image.layers {
         blobs_sorted.push((l.blob.digest.hex().to_owned(), None, Some(&l.blob)));
     }
@@ -83,14 +118,19 @@ pub fn write_oci_archive(file: &std::path::Path, reference: Option<&str>, image:
     out.bytes("index.json", &index.bytes)?;
     out.bytes("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let w = out.finish()?;
-    w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", file.display()))?;
+    w.into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {}", file.display()))?;
     persist(tmp, file)
 }
 
 fn persist(tmp: tempfile::NamedTempFile, file: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.persist(file).map_err(|e| e.error).with_context(|| format!("writing {}", file.display()))?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.persist(file)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", file.display()))?;
     Ok(())
 }
 
@@ -126,7 +166,16 @@ pub fn write_docker_archive<W: Write>(
         let size = tarball::tar_size(layer.entries);
         let name = format!("{i:03}.tar");
         // The header announces `size` bytes; the layer tar then streams through a hasher.
-        let header = Entry { path: name.clone(), kind: Kind::File { size, content: Content::Inline(Vec::new()) }, mode: 0o444, uid: 0, gid: 0 };
+        let header = Entry {
+            path: name.clone(),
+            kind: Kind::File {
+                size,
+                content: Content::Inline(Vec::new()),
+            },
+            mode: 0o444,
+            uid: 0,
+            gid: 0,
+        };
         tarball::write_header(&header, epoch, &mut out.w)?;
         on_layer(i, size, None);
         let hashed = HashWriter::new(&mut out.w);
@@ -136,15 +185,29 @@ pub fn write_docker_archive<W: Write>(
             bail!("internal error: layer {i} is {written} bytes, its listing said {size}");
         }
         tarball::write_padding(&mut out.w, size)?;
-        let blob = BlobInfo { digest: diff_id.clone(), size, diff_id, uncompressed_size: size, media_type: Compression::None.media_type().to_string() };
+        let blob = BlobInfo {
+            digest: diff_id.clone(),
+            size,
+            diff_id,
+            uncompressed_size: size,
+            media_type: Compression::None.media_type().to_string(),
+        };
         on_layer(i, 0, Some(&blob));
-        descs.push(image::LayerDesc { blob, group: layer.group.clone(), paths: layer.paths.clone() });
+        descs.push(image::LayerDesc {
+            blob,
+            group: layer.group.clone(),
+            paths: layer.paths.clone(),
+        });
         names.push(name);
     }
     let config = config(&descs)?;
     let config_name = format!("{}.json", config.digest.hex());
     out.bytes(&config_name, &config.bytes)?;
-    let manifest = vec![DockerManifestEntry { config: config_name, repo_tags: reference.into_iter().collect(), layers: names }];
+    let manifest = vec![DockerManifestEntry {
+        config: config_name,
+        repo_tags: reference.into_iter().collect(),
+        layers: names,
+    }];
     out.bytes("manifest.json", &serde_json::to_vec(&manifest)?)?;
     Ok((out.finish()?, descs, config))
 }
@@ -161,8 +224,9 @@ pub fn write_docker_archive_file(
     let tmp = super::temp_sibling_file(file)?;
     let w = io::BufWriter::with_capacity(1 << 20, tmp.as_file());
     let (w, descs, config) = write_docker_archive(w, reference, layers, epoch, config, on_layer)?;
-    w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", file.display()))?;
+    w.into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {}", file.display()))?;
     persist(tmp, file)?;
     Ok((descs, config))
 }
-

@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod oci_dir;
+pub mod source;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -15,9 +16,18 @@ use anyhow::{Result, bail};
 /// Where an image is written or read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageRef {
-    OciDir { dir: PathBuf, tag: Option<String> },
-    OciArchive { file: PathBuf, reference: Option<String> },
-    DockerArchive { file: PathBuf, reference: Option<String> },
+    OciDir {
+        dir: PathBuf,
+        tag: Option<String>,
+    },
+    OciArchive {
+        file: PathBuf,
+        reference: Option<String>,
+    },
+    DockerArchive {
+        file: PathBuf,
+        reference: Option<String>,
+    },
     /// A docker-archive on stdout, for `| podman load`.
     Stdout,
 }
@@ -28,7 +38,9 @@ impl ImageRef {
             return Ok(ImageRef::Stdout);
         }
         let Some((transport, rest)) = s.split_once(':') else {
-            bail!("{s:?} is not an image reference: use oci:DIR[:TAG], oci-archive:FILE[:REF], docker-archive:FILE[:REF] or - (stdout)");
+            bail!(
+                "{s:?} is not an image reference: use oci:DIR[:TAG], oci-archive:FILE[:REF], docker-archive:FILE[:REF] or - (stdout)"
+            );
         };
         if rest.is_empty() {
             bail!("{s:?}: missing the path after {transport}:");
@@ -50,7 +62,9 @@ impl ImageRef {
                 ImageRef::DockerArchive { file, reference }
             }
             "docker" => bail!("{s:?}: registry destinations (docker://) are not supported yet"),
-            other => bail!("{s:?}: unknown transport {other:?} (use oci:, oci-archive:, docker-archive: or -)"),
+            other => bail!(
+                "{s:?}: unknown transport {other:?} (use oci:, oci-archive:, docker-archive: or -)"
+            ),
         })
     }
 
@@ -67,7 +81,11 @@ impl ImageRef {
 /// Splits `PATH[:REF]`. For a tag (oci:), what follows the last colon must look like a tag; for a
 /// reference (archives), it is everything after the first colon (`file.tar:localhost/app:1.0`).
 fn split_ref(rest: &str, tag_only: bool) -> (PathBuf, Option<String>) {
-    let split = if tag_only { rest.rsplit_once(':') } else { rest.split_once(':') };
+    let split = if tag_only {
+        rest.rsplit_once(':')
+    } else {
+        rest.split_once(':')
+    };
     match split {
         Some((path, r)) if !path.is_empty() && !r.is_empty() && !(tag_only && r.contains('/')) => {
             (PathBuf::from(path), Some(r.to_owned()))
@@ -78,8 +96,13 @@ fn split_ref(rest: &str, tag_only: bool) -> (PathBuf, Option<String>) {
 
 fn check_tag(s: &str, tag: &str) -> Result<()> {
     let ok = tag.len() <= 128
-        && tag.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        && tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        && tag
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if !ok {
         bail!("{s:?}: {tag:?} is not a valid tag ([A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})");
     }
@@ -95,7 +118,9 @@ impl fmt::Display for ImageRef {
         match self {
             ImageRef::OciDir { dir, tag } => with(f, "oci", dir, tag),
             ImageRef::OciArchive { file, reference } => with(f, "oci-archive", file, reference),
-            ImageRef::DockerArchive { file, reference } => with(f, "docker-archive", file, reference),
+            ImageRef::DockerArchive { file, reference } => {
+                with(f, "docker-archive", file, reference)
+            }
             ImageRef::Stdout => f.write_str("-"),
         }
     }
@@ -104,11 +129,20 @@ impl fmt::Display for ImageRef {
 /// A temporary sibling of `dest` (same directory, so the final rename is atomic).
 pub(crate) fn temp_sibling_file(dest: &Path) -> Result<tempfile::NamedTempFile> {
     let parent = parent_dir(dest)?;
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     tempfile::Builder::new()
         .prefix(&format!(".{name}.nixoci-"))
         .tempfile_in(&parent)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: creating a temporary file in {}: {e}", dest.display(), parent.display()))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot write {}: creating a temporary file in {}: {e}",
+                dest.display(),
+                parent.display()
+            )
+        })
 }
 
 /// The directory that holds `dest`, created if missing.
@@ -117,8 +151,13 @@ pub(crate) fn parent_dir(dest: &Path) -> Result<PathBuf> {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: creating {}: {e}", dest.display(), parent.display()))?;
+    std::fs::create_dir_all(&parent).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot write {}: creating {}: {e}",
+            dest.display(),
+            parent.display()
+        )
+    })?;
     Ok(parent)
 }
 
@@ -128,17 +167,41 @@ mod tests {
 
     #[test]
     fn parses_skopeo_spellings() {
-        assert_eq!(ImageRef::parse("oci:out:1.4").unwrap(), ImageRef::OciDir { dir: "out".into(), tag: Some("1.4".into()) });
-        assert_eq!(ImageRef::parse("oci:/a/b").unwrap(), ImageRef::OciDir { dir: "/a/b".into(), tag: None });
+        assert_eq!(
+            ImageRef::parse("oci:out:1.4").unwrap(),
+            ImageRef::OciDir {
+                dir: "out".into(),
+                tag: Some("1.4".into())
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("oci:/a/b").unwrap(),
+            ImageRef::OciDir {
+                dir: "/a/b".into(),
+                tag: None
+            }
+        );
         assert_eq!(
             ImageRef::parse("oci-archive:x.tar:localhost/app:1").unwrap(),
-            ImageRef::OciArchive { file: "x.tar".into(), reference: Some("localhost/app:1".into()) }
+            ImageRef::OciArchive {
+                file: "x.tar".into(),
+                reference: Some("localhost/app:1".into())
+            }
         );
-        assert_eq!(ImageRef::parse("docker-archive:x.tar").unwrap(), ImageRef::DockerArchive { file: "x.tar".into(), reference: None });
+        assert_eq!(
+            ImageRef::parse("docker-archive:x.tar").unwrap(),
+            ImageRef::DockerArchive {
+                file: "x.tar".into(),
+                reference: None
+            }
+        );
         assert_eq!(ImageRef::parse("-").unwrap(), ImageRef::Stdout);
         assert!(ImageRef::parse("out").is_err());
         assert!(ImageRef::parse("oci:out:bad tag").is_err());
         assert!(ImageRef::parse("ftp:x").is_err());
-        assert_eq!(ImageRef::parse("oci:out:1.4").unwrap().to_string(), "oci:out:1.4");
+        assert_eq!(
+            ImageRef::parse("oci:out:1.4").unwrap().to_string(),
+            "oci:out:1.4"
+        );
     }
 }

@@ -1,0 +1,605 @@
+//! Reading images: `oci:`, `oci-archive:` and `docker-archive:` as sources for inspect, diff,
+//! check, smoke and `--previous`.
+//!
+//! Nothing is extracted to disk. Archives are indexed by reading tar headers only (member name →
+//! offset and size), and blobs are then read in place. Every manifest and config read is checked
+//! against its digest; layer reads go through [`Verified`], which fails at the end of a blob whose
+//! digest or size is not the one the manifest promised.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
+use sha2::{Digest as _, Sha256};
+
+use super::ImageRef;
+use super::oci_dir::REF_NAME;
+use crate::blob::Digest;
+
+/// One layer as the manifest describes it, with its diff_id from the config.
+#[derive(Debug, Clone)]
+pub struct SourceLayer {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub diff_id: Option<Digest>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// An image opened for reading.
+pub struct SourceImage {
+    /// How the user named it.
+    pub reference: String,
+    pub manifest_bytes: Vec<u8>,
+    pub manifest_digest: Digest,
+    pub manifest: ImageManifest,
+    pub config_bytes: Vec<u8>,
+    pub config_digest: Digest,
+    pub config: ImageConfiguration,
+    pub layers: Vec<SourceLayer>,
+    blobs: Blobs,
+}
+
+/// Where blob bytes live.
+enum Blobs {
+    /// `DIR/blobs/sha256/<hex>`.
+    Dir(PathBuf),
+    /// Members of a tar file: name → (offset, size).
+    Tar {
+        file: PathBuf,
+        members: BTreeMap<String, (u64, u64)>,
+        layout: TarLayout,
+    },
+}
+
+enum TarLayout {
+    /// An OCI layout inside the tar.
+    Oci,
+    /// docker save: layer digests map to member names.
+    Docker(BTreeMap<Digest, String>),
+}
+
+impl SourceImage {
+    pub fn open(r: &ImageRef) -> Result<Self> {
+        let reference = r.to_string();
+        let img = (|| match r {
+            ImageRef::OciDir { dir, tag } => {
+                open_layout(Blobs::Dir(dir.clone()), tag.as_deref(), reference.clone())
+            }
+            ImageRef::OciArchive {
+                file,
+                reference: want,
+            } => {
+                let members = index_tar(file)?;
+                open_layout(
+                    Blobs::Tar {
+                        file: file.clone(),
+                        members,
+                        layout: TarLayout::Oci,
+                    },
+                    want.as_deref(),
+                    reference.clone(),
+                )
+            }
+            ImageRef::DockerArchive {
+                file,
+                reference: want,
+            } => {
+                let members = index_tar(file)?;
+                if members.contains_key("index.json") && members.contains_key("oci-layout") {
+                    // docker ≥ 25 writes an OCI layout beside manifest.json: read that.
+                    open_layout(
+                        Blobs::Tar {
+                            file: file.clone(),
+                            members,
+                            layout: TarLayout::Oci,
+                        },
+                        want.as_deref(),
+                        reference.clone(),
+                    )
+                } else {
+                    open_docker_archive(file, members, want.as_deref(), reference.clone())
+                }
+            }
+            ImageRef::Stdout => bail!(
+                "`-` is a destination only; to read an image use oci:, oci-archive: or docker-archive:"
+            ),
+        })();
+        img.with_context(|| format!("reading image {reference}"))
+    }
+
+    /// The raw (compressed) bytes of a blob, verified against `digest` and `size` as they are read.
+    pub fn open_blob(&self, digest: &Digest, size: u64) -> Result<Verified<Box<dyn Read + '_>>> {
+        let raw = self.blobs.open(digest)?;
+        Ok(Verified::new(raw, digest.clone(), size))
+    }
+
+    /// Layer `i` as an uncompressed tar stream (verified against its blob digest).
+    pub fn open_layer_tar(&self, i: usize) -> Result<Box<dyn Read + '_>> {
+        let l = self
+            .layers
+            .get(i)
+            .ok_or_else(|| anyhow!("{}: no layer {i}", self.reference))?;
+        let raw = self.open_blob(&l.digest, l.size)?;
+        decompress(raw, &l.media_type)
+    }
+}
+
+/// Wraps a reader by its media type's compression (gzip, zstd, or none; sniffed when unclear).
+pub fn decompress<'a, R: Read + 'a>(raw: R, media_type: &str) -> Result<Box<dyn Read + 'a>> {
+    let mut raw = io::BufReader::with_capacity(1 << 20, raw);
+    let kind = if media_type.ends_with("gzip") {
+        "gzip"
+    } else if media_type.ends_with("zstd") {
+        "zstd"
+    } else {
+        let head = io::BufRead::fill_buf(&mut raw)?;
+        if head.starts_with(&[0x1f, 0x8b]) {
+            "gzip"
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            "zstd"
+        } else {
+            "none"
+        }
+    };
+    Ok(match kind {
+        "gzip" => Box::new(flate2::bufread::MultiGzDecoder::new(raw)),
+        "zstd" => Box::new(zstd::stream::read::Decoder::with_buffer(raw)?),
+        _ => Box::new(raw),
+    })
+}
+
+/// A reader that hashes what it reads and fails at the end when digest or size differ.
+pub struct Verified<R> {
+    inner: R,
+    hasher: Sha256,
+    read: u64,
+    digest: Digest,
+    size: u64,
+}
+
+impl<R: Read> Verified<R> {
+    pub fn new(inner: R, digest: Digest, size: u64) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            read: 0,
+            digest,
+            size,
+        }
+    }
+}
+
+impl<R: Read> Read for Verified<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        if self.read > self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "blob {} is larger than its descriptor's {} bytes",
+                    self.digest, self.size
+                ),
+            ));
+        }
+        if n == 0 && !buf.is_empty() {
+            let got = Digest::from_sha256(&self.hasher.clone().finalize());
+            if self.read != self.size {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "blob {} is truncated: {} of {} bytes",
+                        self.digest, self.read, self.size
+                    ),
+                ));
+            }
+            if got != self.digest {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "blob {} does not match its digest (its content hashes to {got})",
+                        self.digest
+                    ),
+                ));
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Blobs {
+    fn open(&self, digest: &Digest) -> Result<Box<dyn Read + '_>> {
+        match self {
+            Blobs::Dir(dir) => {
+                let p = dir.join("blobs/sha256").join(digest.hex());
+                let f = File::open(&p)
+                    .with_context(|| format!("blob {digest} is missing ({})", p.display()))?;
+                Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
+            }
+            Blobs::Tar {
+                file,
+                members,
+                layout,
+            } => {
+                let name = match layout {
+                    TarLayout::Oci => format!("blobs/sha256/{}", digest.hex()),
+                    TarLayout::Docker(map) => map
+                        .get(digest)
+                        .cloned()
+                        .unwrap_or_else(|| format!("{}.json", digest.hex())),
+                };
+                let &(offset, size) = members.get(&name).ok_or_else(|| {
+                    anyhow!(
+                        "blob {digest} is missing from {} (no member {name})",
+                        file.display()
+                    )
+                })?;
+                let mut f =
+                    File::open(file).with_context(|| format!("opening {}", file.display()))?;
+                f.seek(SeekFrom::Start(offset))?;
+                Ok(Box::new(BufReader::with_capacity(1 << 20, f.take(size))))
+            }
+        }
+    }
+
+    fn read_named(&self, name: &str) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        match self {
+            Blobs::Dir(dir) => {
+                let p = dir.join(name);
+                File::open(&p)
+                    .with_context(|| format!("opening {}", p.display()))?
+                    .read_to_end(&mut buf)?;
+            }
+            Blobs::Tar { file, members, .. } => {
+                let &(offset, size) = members
+                    .get(name)
+                    .ok_or_else(|| anyhow!("{} has no {name}", file.display()))?;
+                let mut f = File::open(file)?;
+                f.seek(SeekFrom::Start(offset))?;
+                f.take(size).read_to_end(&mut buf)?;
+                if buf.len() as u64 != size {
+                    bail!("{} is truncated inside {name}", file.display());
+                }
+            }
+        }
+        Ok(buf)
+    }
+
+    /// Reads a small JSON blob whole and checks its digest.
+    fn read_json(&self, d: &Descriptor) -> Result<(Vec<u8>, Digest)> {
+        let digest: Digest = d.digest().to_string().parse()?;
+        let mut bytes = Vec::new();
+        Verified::new(self.open(&digest)?, digest.clone(), d.size()).read_to_end(&mut bytes)?;
+        Ok((bytes, digest))
+    }
+}
+
+/// Reads tar headers only, recording where each regular member's data starts.
+fn index_tar(file: &Path) -> Result<BTreeMap<String, (u64, u64)>> {
+    let f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let len = f.metadata()?.len();
+    let mut ar = tar::Archive::new(BufReader::new(f));
+    let mut members = BTreeMap::new();
+    // The tar crate reports a short file as "unexpected EOF during skip" or "failed to read entire
+    // block" (ErrorKind::Other).
+    let what = |e: io::Error| {
+        let msg = e.to_string();
+        if e.kind() == io::ErrorKind::UnexpectedEof
+            || msg.contains("unexpected EOF")
+            || msg.contains("failed to read entire block")
+        {
+            anyhow!(
+                "{} is truncated: it ends inside a tar member ({msg})",
+                file.display()
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("reading {} as a tar", file.display()))
+        }
+    };
+    for entry in ar.entries().map_err(what)? {
+        let entry = entry.map_err(what)?;
+        if entry.header().entry_type().is_file() {
+            let name = entry
+                .path()?
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .to_owned();
+            let (offset, size) = (entry.raw_file_position(), entry.size());
+            if offset + size > len {
+                bail!(
+                    "{} is truncated: member {name} needs {} bytes past the end",
+                    file.display(),
+                    offset + size - len
+                );
+            }
+            members.insert(name, (offset, size));
+        }
+    }
+    Ok(members)
+}
+
+fn open_layout(blobs: Blobs, want: Option<&str>, reference: String) -> Result<SourceImage> {
+    let index_bytes = blobs.read_named("index.json")?;
+    let index: ImageIndex = serde_json::from_slice(&index_bytes).context("parsing index.json")?;
+    let refname = |m: &Descriptor| {
+        m.annotations()
+            .as_ref()
+            .and_then(|a| a.get(REF_NAME))
+            .cloned()
+    };
+    let chosen = match want {
+        Some(w) => index
+            .manifests()
+            .iter()
+            .find(|m| refname(m).as_deref() == Some(w))
+            .ok_or_else(|| {
+                let names: Vec<String> = index.manifests().iter().filter_map(refname).collect();
+                anyhow!(
+                    "no image tagged {w:?} (tags here: {})",
+                    if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(", ")
+                    }
+                )
+            })?,
+        None => match index.manifests().as_slice() {
+            [one] => one,
+            [] => bail!("index.json lists no image"),
+            many => {
+                let names: Vec<String> = many.iter().filter_map(refname).collect();
+                bail!(
+                    "index.json lists {} images: name one with :TAG ({})",
+                    many.len(),
+                    names.join(", ")
+                )
+            }
+        },
+    };
+    let desc = resolve_platform(&blobs, chosen.clone())?;
+    load(blobs, &desc, reference)
+}
+
+/// Follows a nested image index to its linux/amd64 manifest.
+fn resolve_platform(blobs: &Blobs, mut desc: Descriptor) -> Result<Descriptor> {
+    for _ in 0..4 {
+        if *desc.media_type() != MediaType::ImageIndex
+            && desc.media_type().to_string()
+                != "application/vnd.docker.distribution.manifest.list.v2+json"
+        {
+            return Ok(desc);
+        }
+        let (bytes, _) = blobs.read_json(&desc)?;
+        let index: ImageIndex =
+            serde_json::from_slice(&bytes).context("parsing a nested image index")?;
+        desc = index
+            .manifests()
+            .iter()
+            .find(|m| {
+                m.platform().as_ref().is_none_or(|p| {
+                    p.os().to_string() == "linux" && p.architecture().to_string() == "amd64"
+                })
+            })
+            .cloned()
+            .ok_or_else(|| anyhow!("the image index has no linux/amd64 manifest"))?;
+    }
+    bail!("image indexes nest too deep")
+}
+
+fn load(blobs: Blobs, desc: &Descriptor, reference: String) -> Result<SourceImage> {
+    let (manifest_bytes, manifest_digest) =
+        blobs.read_json(desc).context("reading the manifest")?;
+    let manifest: ImageManifest =
+        serde_json::from_slice(&manifest_bytes).context("parsing the manifest")?;
+    let (config_bytes, config_digest) = blobs
+        .read_json(manifest.config())
+        .context("reading the config")?;
+    let config: ImageConfiguration =
+        serde_json::from_slice(&config_bytes).context("parsing the config")?;
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != manifest.layers().len() {
+        bail!(
+            "the manifest lists {} layers but the config has {} diff_ids",
+            manifest.layers().len(),
+            diff_ids.len()
+        );
+    }
+    let layers = manifest
+        .layers()
+        .iter()
+        .zip(diff_ids)
+        .map(|(l, diff)| {
+            Ok(SourceLayer {
+                digest: l.digest().to_string().parse()?,
+                size: l.size(),
+                media_type: l.media_type().to_string(),
+                diff_id: Some(diff.parse()?),
+                annotations: l
+                    .annotations()
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(SourceImage {
+        reference,
+        manifest_bytes,
+        manifest_digest,
+        manifest,
+        config_bytes,
+        config_digest,
+        config,
+        layers,
+        blobs,
+    })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerManifestEntry {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+/// docker save's format: `manifest.json` names the config and layer members. It has no OCI
+/// manifest, so one is made (uncompressed layers: digest = diff_id) to give the image a digest.
+fn open_docker_archive(
+    file: &Path,
+    members: BTreeMap<String, (u64, u64)>,
+    want: Option<&str>,
+    reference: String,
+) -> Result<SourceImage> {
+    let tmp = Blobs::Tar {
+        file: file.to_owned(),
+        members: members.clone(),
+        layout: TarLayout::Oci,
+    };
+    let entries: Vec<DockerManifestEntry> =
+        serde_json::from_slice(&tmp.read_named("manifest.json")?)
+            .context("parsing manifest.json")?;
+    let entry = match want {
+        Some(w) => entries
+            .iter()
+            .find(|e| {
+                e.repo_tags
+                    .iter()
+                    .flatten()
+                    .any(|t| t == w || t.strip_prefix("localhost/") == Some(w))
+            })
+            .ok_or_else(|| anyhow!("no image named {w:?} in manifest.json"))?,
+        None => match entries.as_slice() {
+            [one] => one,
+            _ => bail!(
+                "manifest.json lists {} images: name one with :REF",
+                entries.len()
+            ),
+        },
+    };
+    let config_bytes = tmp.read_named(&entry.config)?;
+    let config_digest = Digest::of(&config_bytes);
+    let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
+        .with_context(|| format!("parsing {}", entry.config))?;
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != entry.layers.len() {
+        bail!(
+            "manifest.json lists {} layers but the config has {} diff_ids",
+            entry.layers.len(),
+            diff_ids.len()
+        );
+    }
+    let mut map = BTreeMap::new();
+    let mut layers = Vec::new();
+    for (name, diff) in entry.layers.iter().zip(diff_ids) {
+        let &(_, size) = members
+            .get(name.trim_start_matches("./"))
+            .ok_or_else(|| anyhow!("{} has no member {name}", file.display()))?;
+        let diff: Digest = diff.parse()?;
+        // Compressed members (rare in docker save output) need hashing to get their digest.
+        let compressed = {
+            let mut r = tmp.open_prefix(name, 4)?;
+            let mut magic = [0u8; 4];
+            let n = r.read(&mut magic)?;
+            magic[..n].starts_with(&[0x1f, 0x8b]) || magic[..n] == [0x28, 0xb5, 0x2f, 0xfd]
+        };
+        let digest = if compressed {
+            let mut h = Sha256::new();
+            io::copy(&mut tmp.open_prefix(name, size)?, &mut HashSink(&mut h))?;
+            Digest::from_sha256(&h.finalize())
+        } else {
+            diff.clone()
+        };
+        map.insert(digest.clone(), name.trim_start_matches("./").to_owned());
+        let media_type = if compressed {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        } else {
+            "application/vnd.oci.image.layer.v1.tar"
+        };
+        layers.push(SourceLayer {
+            digest,
+            size,
+            media_type: media_type.to_owned(),
+            diff_id: Some(diff),
+            annotations: BTreeMap::new(),
+        });
+    }
+    map.insert(config_digest.clone(), entry.config.clone());
+    let descs = layers
+        .iter()
+        .map(|l| {
+            crate::image::descriptor(
+                MediaType::from(l.media_type.as_str()),
+                &l.digest,
+                l.size,
+                None,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let manifest = oci_spec::image::ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(crate::image::descriptor(
+            MediaType::ImageConfig,
+            &config_digest,
+            config_bytes.len() as u64,
+            None,
+        )?)
+        .layers(descs)
+        .build()?;
+    let manifest_bytes = canon_json::CanonJsonSerialize::to_canon_json_vec(&manifest)?;
+    let manifest_digest = Digest::of(&manifest_bytes);
+    let blobs = Blobs::Tar {
+        file: file.to_owned(),
+        members,
+        layout: TarLayout::Docker(map),
+    };
+    Ok(SourceImage {
+        reference,
+        manifest_bytes,
+        manifest_digest,
+        manifest,
+        config_bytes,
+        config_digest,
+        config,
+        layers,
+        blobs,
+    })
+}
+
+struct HashSink<'a>(&'a mut Sha256);
+
+impl io::Write for HashSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Blobs {
+    /// The first `len` bytes of a named tar member.
+    fn open_prefix(&self, name: &str, len: u64) -> Result<Box<dyn Read + '_>> {
+        match self {
+            Blobs::Tar { file, members, .. } => {
+                let &(offset, size) = members
+                    .get(name.trim_start_matches("./"))
+                    .ok_or_else(|| anyhow!("{} has no member {name}", file.display()))?;
+                let mut f = File::open(file)?;
+                f.seek(SeekFrom::Start(offset))?;
+                Ok(Box::new(BufReader::new(f.take(size.min(len)))))
+            }
+            Blobs::Dir(_) => bail!("internal error: open_prefix on a directory"),
+        }
+    }
+}
