@@ -40,8 +40,8 @@
 //!    the cap alone does, the budget yields (a registry rejects an oversized blob; it does not
 //!    reject a 41st layer) and a warning says so.
 //! 5. **Order.** Partitions bottom first; within one, layers that continue a previous slot keep
-//!    its order, then the rest by rising change probability `|C(L)| / N`, so the most stable
-//!    layers sit lowest (runtimes that key layers by chain ID reuse everything below the first
+//!    its order, then the rest by rising change probability `|C(L)| / N` (ties: largest first),
+//!    so the most stable layers sit lowest (runtimes that key layers by chain ID reuse everything below the first
 //!    change).
 //!
 //! A fresh plan with a budget of 10 or more leaves one layer unused: the *reserved slot* for
@@ -401,6 +401,7 @@ fn layout(
             c.part,
             c.slot.unwrap_or(usize::MAX),
             model.change_rank(&c.cl),
+            std::cmp::Reverse(c.size),
             c.members[0],
         )
     };
