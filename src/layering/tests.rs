@@ -395,12 +395,8 @@ fn releases_keep_what_did_not_change() {
         match r.strategy {
             Strategy::Sticky => {
                 assert!(r.sticky.cost <= r.fresh.cost);
-                // Sticky: every v3 layer without a Python path survives the Python bump.
-                for l in v3
-                    .layers
-                    .iter()
-                    .filter(|l| l.paths.iter().all(|q| !q.name().starts_with("python")))
-                {
+                // Sticky: every v3 layer whose paths all outlive the Python bump is kept.
+                for l in v3.layers.iter().filter(|l| l.paths.iter().all(|q| c4.get(q).is_some())) {
                     assert!(
                         v4.layers.iter().any(|m| m.paths == l.paths),
                         "{:?} did not survive: {:?}",
@@ -474,5 +470,100 @@ fn an_unchanged_closure_reuses_every_layer() {
                 })
                 .collect::<Vec<_>>()
         );
+    }
+}
+
+/// The recorded ComfyUI closure (tests/fixtures, made by scripts/synth-closure) with
+/// layers/comfyui.toml: three releases, both budgets of the issue.
+mod recorded {
+    use super::*;
+    use crate::closure::read::parse;
+
+    fn fixture(name: &str) -> Closure {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        parse(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    }
+
+    fn comfyui() -> LayersFile {
+        let path = format!("{}/layers/comfyui.toml", env!("CARGO_MANIFEST_DIR"));
+        LayersFile::parse(&std::fs::read_to_string(&path).unwrap(), "layers/comfyui.toml").unwrap()
+    }
+
+    fn ratio(c: &Closure, old: &Plan, new: &Plan) -> f64 {
+        pulled(c, old, new) as f64 / changed(c, old) as f64
+    }
+
+    #[test]
+    fn the_layers_file_covers_the_closure_and_the_plan_holds_its_invariants() {
+        let c = fixture("comfyui-v1.json");
+        let file = comfyui();
+        assert_eq!(file.groups.warnings(&c, "layers/comfyui.toml"), Vec::<String>::new());
+        let cap = file.max_layer_size;
+        assert_eq!(cap, Some(4 << 30));
+        // Nine groups, and cuda-torch needs three 4 GiB layers: ten layers cannot keep them apart.
+        let p = plan_checked(&c, &file.groups, budget(10, cap), None);
+        assert!(p.warnings.iter().any(|w| w.contains("share layers")), "{:?}", p.warnings);
+        for n in [20, 40, 99, 100] {
+            let p = plan_checked(&c, &file.groups, budget(n, cap), None);
+            assert!(p.warnings.is_empty(), "{n}: {:?}", p.warnings);
+            // Groups bottom to top, as the file orders them.
+            let order: Vec<&str> = file.groups.iter().map(|g| g.name.as_str()).collect();
+            let seen: Vec<&str> = p.layers.iter().map(|l| l.group.as_str()).collect();
+            let mut dedup = seen.clone();
+            dedup.dedup();
+            assert!(dedup.iter().all(|g| order.contains(g)) && dedup.windows(2).all(|w| {
+                order.iter().position(|g| g == &w[0]) < order.iter().position(|g| g == &w[1])
+            }));
+        }
+        let p = plan_checked(&c, &file.groups, budget(40, cap), None);
+        assert_eq!(p.layer_count(), 39, "one slot held in reserve");
+        // The app and the environment change on every release: what rides with them is tiny.
+        let top = layer_of(&p, "comfyui-0.3.68");
+        let ride: u64 = top
+            .paths
+            .iter()
+            .filter(|q| !q.name().starts_with("comfyui-0") && !q.name().ends_with("-env"))
+            .map(|q| c.nar_size(q))
+            .sum();
+        assert!(ride <= 2_000_000, "{:?}", top.paths);
+        assert_eq!(top.group, "app-env");
+        assert_eq!(layer_of(&p, "python3.14-torch-2.10.0").group, "cuda-torch");
+        assert_eq!(layer_of(&p, "glibc-2.40-66").group, "base-runtime");
+        assert_eq!(layer_of(&p, "python3.14-diffusers-0.31.0").group, "ml-frameworks");
+        // A 2 GiB cap splits torch (3.9 GB) and cuDNN + cuBLAS never exceed it together.
+        let p = plan_checked(&c, &file.groups, budget(40, Some(2 << 30)), None);
+        assert_eq!(layer_of(&p, "python3.14-torch-2.10.0").split, Some(Split { parts: 2 }));
+    }
+
+    /// v1 → v2 (diffusers bump) → v3 (custom node added, gitpython removed), with --previous.
+    #[test]
+    fn releases_pull_little_more_than_what_changed() {
+        let (c1, c2, c3) = (fixture("comfyui-v1.json"), fixture("comfyui-v2-diffusers.json"), fixture("comfyui-v3-add-remove.json"));
+        let file = comfyui();
+        let g = &file.groups;
+        // Measured ratios (scripts/bench-layering); the bounds guard against regressions.
+        for (n, r2_max, r3_max) in [(40, 1.25, 1.30), (100, 1.05, 1.05)] {
+            let b = budget(n, file.max_layer_size);
+            let v1 = plan_checked(&c1, g, b, None);
+            let v2 = plan_checked(&c2, g, b, Some(&previous_of(&v1)));
+            let r2 = ratio(&c2, &v1, &v2);
+            assert!(r2 <= r2_max, "diffusers bump at {n} layers: {r2:.3}");
+            // Sticky: every v1 layer that holds nothing diffusers touches is kept byte for byte.
+            if v2.previous.as_ref().unwrap().strategy == Strategy::Sticky {
+                let touched = |q: &StorePath| c2.get(q).is_none();
+                for l in v1.layers.iter().filter(|l| !l.paths.iter().any(touched)) {
+                    assert!(v2.layers.iter().any(|m| m.paths == l.paths && m.reused), "{:?}", l.paths);
+                }
+            }
+            let v3 = plan_checked(&c3, g, b, Some(&previous_of(&v2)));
+            let r3 = ratio(&c3, &v2, &v3);
+            assert!(r3 <= r3_max, "add/remove at {n} layers: {r3:.3}");
+            // Without --previous the same release pulls far more: the layout moves.
+            let fresh = plan_checked(&c3, g, b, None);
+            assert!(ratio(&c3, &v2, &fresh) > r3, "{n}");
+            for newcomer in ["comfyui-impact-pack-8.22.2", "python3.14-segment-anything-1.0"] {
+                assert!(!layer_of(&v3, newcomer).reused);
+            }
+        }
     }
 }
