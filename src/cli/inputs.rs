@@ -7,9 +7,9 @@ use clap::Args;
 
 use nixoci::closure::{self, Closure};
 use nixoci::image::{ANNOTATION_GROUP, ANNOTATION_STORE_PATHS, ImageSpec};
+use nixoci::layering::{self, Budget, LayersFile, Plan, Previous};
 use nixoci::transport::ImageRef;
 use nixoci::transport::source::SourceImage;
-use nixoci::layering::{self, Budget, LayersFile, Plan, Previous};
 
 /// `--max-layers` when neither the flag nor the layers file gives one.
 const DEFAULT_MAX_LAYERS: u32 = 100;
@@ -82,10 +82,7 @@ impl Inputs {
     pub fn spec(&self) -> Result<ImageSpec> {
         match &self.image {
             Some(f) => ImageSpec::load(f),
-            None => Ok(ImageSpec {
-                architecture: "amd64".into(),
-                ..Default::default()
-            }),
+            None => Ok(ImageSpec { architecture: "amd64".into(), ..Default::default() }),
         }
     }
 
@@ -100,24 +97,16 @@ impl Inputs {
             None => Vec::new(),
         };
         let custom = usize::from(spec.has_layer());
-        let max = self
-            .max_layers
-            .or(file.max_layers)
-            .unwrap_or(DEFAULT_MAX_LAYERS) as usize;
+        let max = self.max_layers.or(file.max_layers).unwrap_or(DEFAULT_MAX_LAYERS) as usize;
         if max <= custom {
-            bail!(
-                "--max-layers {max} leaves no layer for the store paths (the customisation layer takes one)"
-            );
+            bail!("--max-layers {max} leaves no layer for the store paths (the customisation layer takes one)");
         }
         let max_layer_size = self.max_layer_size.or(file.max_layer_size);
         if let Some(n) = max_layer_size.filter(|&n| n < MIN_LAYER_SIZE) {
             bail!("max_layer_size {n} is below the smallest layer size cap, 64KiB");
         }
         let previous = self.previous()?;
-        let budget = Budget {
-            store_layers: max - custom,
-            max_layer_size,
-        };
+        let budget = Budget { store_layers: max - custom, max_layer_size };
         let plan = layering::plan(closure, &file.groups, budget, previous.as_ref());
         warnings.extend(plan.warnings.iter().cloned());
         for w in &warnings {
@@ -131,9 +120,7 @@ impl Inputs {
         let Some(arg) = &self.previous else {
             return Ok(None);
         };
-        let is_image = ["oci:", "oci-archive:", "docker-archive:", "docker://"]
-            .iter()
-            .any(|t| arg.starts_with(t));
+        let is_image = ["oci:", "oci-archive:", "docker-archive:", "docker://"].iter().any(|t| arg.starts_with(t));
         if !is_image {
             return Previous::load(std::path::Path::new(arg)).map(Some);
         }
@@ -154,5 +141,4 @@ impl Inputs {
         }
         Ok(Some(previous))
     }
-
 }

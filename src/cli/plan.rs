@@ -74,19 +74,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         super::print_json(&doc)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:>5}  {:<16} {:>6}  {:>10}  FIRST PATH",
-        "LAYER", "GROUP", "PATHS", "NAR SIZE"
-    );
+    println!("{:>5}  {:<16} {:>6}  {:>10}  FIRST PATH", "LAYER", "GROUP", "PATHS", "NAR SIZE");
     let mut n = 0;
     for l in &layers {
         let start = n + 1;
         n += l.split.map_or(1, |s| s.parts);
-        let index = if n > start {
-            format!("{start}-{n}")
-        } else {
-            start.to_string()
-        };
+        let index = if n > start { format!("{start}-{n}") } else { start.to_string() };
         let first = l.paths.first().map(|p| p.name()).unwrap_or("");
         let mut note = String::new();
         if l.reused {
@@ -99,27 +92,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 split.parts
             ));
         }
-        println!(
-            "{index:>5}  {:<16} {:>6}  {:>10}  {first}{note}",
-            l.group,
-            l.paths.len(),
-            human(l.nar_size)
-        );
+        println!("{index:>5}  {:<16} {:>6}  {:>10}  {first}{note}", l.group, l.paths.len(), human(l.nar_size));
     }
     if spec.has_layer() {
-        println!(
-            "{:>5}  {:<16} {:>6}  {:>10}  (from the image spec)",
-            n + 1,
-            "customisation",
-            0,
-            "-"
-        );
+        println!("{:>5}  {:<16} {:>6}  {:>10}  (from the image spec)", n + 1, "customisation", 0, "-");
     }
-    let mut summary = format!(
-        "{} store layers, {} NAR",
-        plan.layer_count(),
-        human(total_nar_size)
-    );
+    let mut summary = format!("{} store layers, {} NAR", plan.layer_count(), human(total_nar_size));
     if let Some(r) = &plan.previous {
         summary.push_str(&format!(
             "; previous release: {} layers kept ({}), {} to pull for {} changed ({})",

@@ -62,32 +62,13 @@ pub struct Group {
 
 impl Group {
     /// A group from code (tests, callers that build groups themselves).
-    pub fn new(
-        name: &str,
-        globs: &[&str],
-        split: SplitMode,
-        max_layers: Option<usize>,
-    ) -> Result<Self> {
-        let patterns = globs
-            .iter()
-            .map(|g| Pattern {
-                glob: (*g).to_owned(),
-                line: 0,
-            })
-            .collect();
+    pub fn new(name: &str, globs: &[&str], split: SplitMode, max_layers: Option<usize>) -> Result<Self> {
+        let patterns = globs.iter().map(|g| Pattern { glob: (*g).to_owned(), line: 0 }).collect();
         Self::build(name.to_owned(), patterns, split, max_layers)
     }
 
-    fn build(
-        name: String,
-        patterns: Vec<Pattern>,
-        split: SplitMode,
-        max_layers: Option<usize>,
-    ) -> Result<Self> {
-        let name_ok = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
+    fn build(name: String, patterns: Vec<Pattern>, split: SplitMode, max_layers: Option<usize>) -> Result<Self> {
+        let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
         if !name_ok {
             bail!("group name {name:?} must be non-empty and use only [A-Za-z0-9._+-]");
         }
@@ -102,20 +83,11 @@ impl Group {
         }
         let mut set = GlobSetBuilder::new();
         for p in &patterns {
-            let glob = Glob::new(&p.glob)
-                .with_context(|| format!("group {name:?}: invalid glob {:?}", p.glob))?;
+            let glob = Glob::new(&p.glob).with_context(|| format!("group {name:?}: invalid glob {:?}", p.glob))?;
             set.add(glob);
         }
-        let matcher = set
-            .build()
-            .with_context(|| format!("group {name:?}: building its globs"))?;
-        Ok(Self {
-            name,
-            patterns,
-            split,
-            max_layers,
-            matcher,
-        })
+        let matcher = set.build().with_context(|| format!("group {name:?}: building its globs"))?;
+        Ok(Self { name, patterns, split, max_layers, matcher })
     }
 
     /// Whether the store path name (after `<hash>-`) matches one of the group's globs.
@@ -182,10 +154,7 @@ impl Groups {
     pub fn assign<'a>(&self, closure: &'a Closure) -> BTreeMap<&'a StorePath, usize> {
         let mut out: BTreeMap<&StorePath, usize> = BTreeMap::new();
         for (i, g) in self.groups.iter().enumerate() {
-            let matched = closure
-                .iter()
-                .map(|info| &info.path)
-                .filter(|p| g.matches(p.name()));
+            let matched = closure.iter().map(|info| &info.path).filter(|p| g.matches(p.name()));
             for p in closure.closure_of(matched) {
                 out.entry(p).or_insert(i);
             }
@@ -205,15 +174,8 @@ impl Groups {
                 let glob = Glob::new(&p.glob).map(|g| g.compile_matcher());
                 let hit = glob.is_ok_and(|m| closure.iter().any(|i| m.is_match(i.path.name())));
                 if !hit {
-                    let at = if p.line > 0 {
-                        format!("{origin}:{}", p.line)
-                    } else {
-                        origin.to_owned()
-                    };
-                    out.push(format!(
-                        "{at}: glob {:?} of group {:?} matches no store path",
-                        p.glob, g.name
-                    ));
+                    let at = if p.line > 0 { format!("{origin}:{}", p.line) } else { origin.to_owned() };
+                    out.push(format!("{at}: glob {:?} of group {:?} matches no store path", p.glob, g.name));
                 }
             }
         }
@@ -270,25 +232,20 @@ enum SizeToml {
 impl LayersFile {
     /// Reads and parses a layers file; errors name the file (and the line, for TOML errors).
     pub fn load(file: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading layers file {}", file.display()))?;
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading layers file {}", file.display()))?;
         Self::parse(&text, &file.display().to_string())
     }
 
     /// Parses the text of a layers file; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
-        let raw: FileToml =
-            toml::from_str(text).with_context(|| format!("in layers file {origin}"))?;
-        let line_of = |span: std::ops::Range<usize>| {
-            text[..span.start.min(text.len())].matches('\n').count() + 1
-        };
+        let raw: FileToml = toml::from_str(text).with_context(|| format!("in layers file {origin}"))?;
+        let line_of = |span: std::ops::Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
         let max_layer_size = match raw.max_layer_size {
             None => None,
             Some(SizeToml::Bytes(n)) => Some(n),
-            Some(SizeToml::Text(s)) => Some(
-                parse_size(&s)
-                    .with_context(|| format!("in layers file {origin}: max_layer_size"))?,
-            ),
+            Some(SizeToml::Text(s)) => {
+                Some(parse_size(&s).with_context(|| format!("in layers file {origin}: max_layer_size"))?)
+            }
         };
         if raw.max_layers == Some(0) {
             bail!("in layers file {origin}: max_layers must be at least 1");
@@ -296,24 +253,14 @@ impl LayersFile {
         let mut groups = Vec::new();
         for g in raw.group {
             let line = line_of(g.name.span());
-            let patterns = g
-                .patterns
-                .into_iter()
-                .map(|p| Pattern {
-                    line: line_of(p.span()),
-                    glob: p.into_inner(),
-                })
-                .collect();
+            let patterns =
+                g.patterns.into_iter().map(|p| Pattern { line: line_of(p.span()), glob: p.into_inner() }).collect();
             let group = Group::build(g.name.into_inner(), patterns, g.split, g.max_layers)
                 .with_context(|| format!("in layers file {origin}, line {line}"))?;
             groups.push(group);
         }
         let groups = Groups::new(groups).with_context(|| format!("in layers file {origin}"))?;
-        Ok(Self {
-            groups,
-            max_layers: raw.max_layers,
-            max_layer_size,
-        })
+        Ok(Self { groups, max_layers: raw.max_layers, max_layer_size })
     }
 }
 
@@ -347,41 +294,22 @@ max_layers = 3
         assert_eq!(g[1].limit(), 3);
         assert_eq!(g[0].limit(), 1);
         assert_eq!(g[1].patterns[1].line, 11);
-        let c = Closure::new([
-            info("glibc-2.40", 10, &[]),
-            info("python3.14-torch-2.10.0", 10, &["glibc-2.40"]),
-        ])
-        .unwrap();
+        let c =
+            Closure::new([info("glibc-2.40", 10, &[]), info("python3.14-torch-2.10.0", 10, &["glibc-2.40"])]).unwrap();
         let w = f.groups.warnings(&c, "layers/t.toml");
-        assert_eq!(
-            w,
-            vec![r#"layers/t.toml:11: glob "nothing-*" of group "torch" matches no store path"#]
-        );
+        assert_eq!(w, vec![r#"layers/t.toml:11: glob "nothing-*" of group "torch" matches no store path"#]);
     }
 
     #[test]
     fn unknown_keys_name_file_and_line() {
         let text = "[[group]]\nname = \"a\"\nmatch = [\"x\"]\nsplt = \"per-path\"\n";
-        let err = format!(
-            "{:#}",
-            LayersFile::parse(text, "layers/bad.toml").unwrap_err()
-        );
-        assert!(
-            err.contains("layers/bad.toml") && err.contains("line 4") && err.contains("splt"),
-            "{err}"
-        );
-        let err = format!(
-            "{:#}",
-            LayersFile::parse("max_layer = 3\n", "f.toml").unwrap_err()
-        );
+        let err = format!("{:#}", LayersFile::parse(text, "layers/bad.toml").unwrap_err());
+        assert!(err.contains("layers/bad.toml") && err.contains("line 4") && err.contains("splt"), "{err}");
+        let err = format!("{:#}", LayersFile::parse("max_layer = 3\n", "f.toml").unwrap_err());
         assert!(err.contains("line 1") && err.contains("max_layer"), "{err}");
         let err = format!(
             "{:#}",
-            LayersFile::parse(
-                "[[group]]\nname = \"a\"\nmatch = [\"x\"]\nsplit = \"each\"\n",
-                "f.toml"
-            )
-            .unwrap_err()
+            LayersFile::parse("[[group]]\nname = \"a\"\nmatch = [\"x\"]\nsplit = \"each\"\n", "f.toml").unwrap_err()
         );
         assert!(err.contains("line 4"), "{err}");
     }
@@ -390,23 +318,14 @@ max_layers = 3
     fn bad_values_are_errors() {
         for (text, want) in [
             ("[[group]]\nname = \"auto\"\nmatch = [\"x\"]\n", "reserved"),
-            (
-                "[[group]]\nname = \"a b\"\nmatch = [\"x\"]\n",
-                "must be non-empty",
-            ),
+            ("[[group]]\nname = \"a b\"\nmatch = [\"x\"]\n", "must be non-empty"),
             ("[[group]]\nname = \"a\"\nmatch = []\n", "empty `match`"),
             ("[[group]]\nname = \"a\"\nmatch = [\"[\"]\n", "invalid glob"),
-            (
-                "[[group]]\nname = \"a\"\nmatch = [\"x\"]\n[[group]]\nname = \"a\"\nmatch = [\"y\"]\n",
-                "defined twice",
-            ),
+            ("[[group]]\nname = \"a\"\nmatch = [\"x\"]\n[[group]]\nname = \"a\"\nmatch = [\"y\"]\n", "defined twice"),
             ("max_layer_size = \"4 furlongs\"\n", "unknown unit"),
         ] {
             let err = format!("{:#}", LayersFile::parse(text, "f.toml").unwrap_err());
-            assert!(
-                err.contains(want) && err.contains("f.toml"),
-                "{text:?}: {err}"
-            );
+            assert!(err.contains(want) && err.contains("f.toml"), "{text:?}: {err}");
         }
     }
 

@@ -3,46 +3,67 @@
 //!
 //! # What we optimise
 //!
-//! A layer is reused by a puller only when its exact contents (full store paths, hashes included)
-//! were in the previous image. With input addressing, bumping one package `x` changes `x` and
-//! every path whose closure holds `x` (its *reverse closure*): those are the bytes that truly
-//! changed, `changed(x)`. Every layer holding one of them is pulled whole; anything else in such
-//! a layer is collateral. The measure is `pulled / changed` after an update.
+//! A puller reuses a layer only when its exact contents (full store paths, hashes included) were
+//! in the image it has. With input addressing, bumping one package `x` changes `x` and every path
+//! whose closure holds `x` (its *reverse closure*): those are the bytes that truly changed. Every
+//! layer holding one of them is pulled whole; whatever else it holds is collateral. The measure
+//! is `pulled / changed` after an update.
 //!
-//! [`model`] turns this into a number for a layout: if one release bumps one of the `N` paths,
-//! uniformly, the expected pull ratio is `Σ_L size(L) · Σ_{x ∈ C(L)} 1 / (N · changed(x))`,
-//! where `C(L)` is the union of the closures of `L`'s paths. One layer per path scores 1.
-//! Merging two layers `A`, `B` adds `size(A)·ω(C(B) \ C(A)) + size(B)·ω(C(A) \ C(B))`: cheap when
-//! they change together (a path and its only dependent, two tiny leaves), dear when a big stable
-//! path would ride along with a volatile one. Updates with few changed bytes (a leaf Python
-//! package, plus the environment and the app that change every time) weigh the most, because
-//! there a few megabytes of collateral already spoil the ratio.
+//! # What we learnt from the others
+//!
+//! - *Popularity contest* (nixpkgs `referencesByPopularity`, `buildLayeredImage`): the most
+//!   referenced paths get a layer each, the rest share the last one. Popularity says nothing
+//!   about change: the leftover layer holds the environment and the app, so it is pulled on every
+//!   release, with everything else in it.
+//! - *dockerTools' auto-layer*: the largest paths become layer roots, their private
+//!   dependencies ride along, shared ones get a layer per set of roots. Size-first and
+//!   graph-aware, but blind to what changes: a small volatile path lands with whatever is left.
+//! - *Nixery*: the dominator tree of the reference graph; a dominated subtree (what only one path
+//!   keeps alive) is one unit; units merge by popularity × size until the budget fits.
+//! - *chunkah*: components with a stability, greedy pairwise merges that lose the least expected
+//!   reuse, until the budget fits.
+//!
+//! We keep chunkah's greedy merging and give it a cost that knows the graph: `model.rs` draws one
+//! *event* per release (a path is bumped; or a package is removed, taking with it the paths it
+//! dominates, Nixery's subtrees) and prices a layout by its expected `pulled / changed`:
+//! `Σ_L size(L) · Σ_{e ∈ S(L)} P(e) / changed(e)` (minus a constant), where `S(L)` are the
+//! events that hit a path of `L`. One layer per path scores 1. Merging two layers adds
+//! `size(A)·ω(S(B) \ S(A)) + size(B)·ω(S(A) \ S(B))`: cheap when they change together (a path
+//! and its only dependent; big stable libraries that only move with a toolchain bump), dear when
+//! a big stable path would ride with a volatile one. Events with few changed bytes (a leaf
+//! Python package, a removal) weigh the most: there a few megabytes of collateral already spoil
+//! the ratio. The environment and the app change on every release, so the model keeps what sits
+//! beside them tiny.
+//!
+//! Event weights come from the layers file: paths a `split = "per-path"` group names are bumped
+//! one at a time (weight 1); what a group only pulls in through closures, and the paths of groups
+//! without `split` (they change together, or with a nixpkgs update that changes nearly
+//! everything), weigh 0.1. Without a layers file every path weighs 1.
 //!
 //! # Steps
 //!
 //! 1. **Partitions.** Groups of the layers file ([`groups`]), bottom first: group *i* takes the
 //!    closure of the paths its globs match, minus what lower groups took. What no group takes is
-//!    the `auto` partition, laid out last. Layers never mix partitions (except as a last resort,
-//!    step 4).
+//!    the `auto` partition, laid out last. Layers never mix partitions (but see step 4).
 //! 2. **Components.** Every path starts as its own component. A path larger than
 //!    `max_layer_size` is marked *split at build time*: it takes `⌈size / cap⌉` layers of the
 //!    budget, never shares a layer, and is cut by its files when the build lists it ([`split`]).
-//! 3. **Group limits.** A group without `split` is one layer (packed into its `max_layers`
-//!    when it has one, or when the cap forbids one layer); `split = "per-path"` keeps one layer
-//!    per path unless its `max_layers` or the budget say otherwise.
+//! 3. **Group limits.** A group without `split` is one layer, or at most its `max_layers`
+//!    (packed by cost), or what the cap forces; `split = "per-path"` keeps one layer per path
+//!    unless its `max_layers` or the budget say otherwise.
 //! 4. **Budget.** While the layers exceed the budget, merge the pair with the lowest cost (same
-//!    partition, sum at most the cap) — the agglomerative scheme of chunkah's packer, with a
-//!    cost that knows the reference graph. Ties break on component ids, which follow store-path
+//!    partition, sum at most the cap). Ties break on component ids, which follow store-path
 //!    order, so the plan is deterministic. On large closures candidates are first restricted to
-//!    pairs linked by a reference (what Nixery's dominator tree and dockerTools' auto-layer
-//!    exploit: a path mostly changes with its dependents), then all pairs compete once fewer than
-//!    400 components are left. If the groups alone exceed the budget, partitions share layers; if
-//!    the cap alone does, the budget yields (a registry rejects an oversized blob; it does not
-//!    reject a 41st layer) and a warning says so.
-//! 5. **Order.** Partitions bottom first; within one, layers that continue a previous slot keep
-//!    its order, then the rest by rising change probability `|C(L)| / N` (ties: largest first),
-//!    so the most stable layers sit lowest (runtimes that key layers by chain ID reuse everything below the first
-//!    change).
+//!    pairs linked by a reference (a path mostly changes with its dependents), then all pairs
+//!    compete once fewer than 400 components are left. If the groups alone exceed the budget,
+//!    partitions share layers; if the cap alone does, the budget yields (a registry rejects an
+//!    oversized blob; it does not reject a 41st layer) and a warning says so.
+//! 5. **Local search.** Greedy merges never undo an early choice: single paths then move between
+//!    layers of their partition while that lowers the expected ratio (the layer count stays).
+//! 6. **Order.** Partitions bottom first; within one, layers that continue a previous slot keep
+//!    its order, then the rest by rising change probability (how many paths' bumps change the
+//!    layer; ties: largest first), so the most stable layers sit lowest (runtimes that key
+//!    layers by chain ID reuse everything below the first change).
 //!
 //! A fresh plan with a budget of 10 or more leaves one layer unused: the *reserved slot* for
 //! paths that arrive in the next release, so they need not break a kept layer.
@@ -50,22 +71,32 @@
 //! # With a previous release ([`Previous`])
 //!
 //! - A previous layer whose store paths are all still in the closure, unchanged and in the same
-//!   group, is **kept** as is: identical bytes, nothing to pull. Breaking it later costs its size.
+//!   group (and, split, under the same cap) is **kept** as is: identical bytes, nothing to pull.
 //! - Every other path is *loose*: it is pulled anyway. Loose paths whose [`previous::slot_key`]
-//!   (the name without hash and version) sat in a broken previous layer start out together in
-//!   that slot again, so a bump lands where the old version was; paths with a new key start
-//!   alone (they fill the reserved slot, or join a broken layer, whichever the cost prefers);
-//!   removed paths simply leave.
-//! - Then steps 3–5 run with one more term in the cost: merging a kept layer away costs its bytes
+//!   (the name without hash and version: `python-diffusers`) sat in a broken previous layer start
+//!   out together in that slot again, so a bump lands where the old version was; paths with a
+//!   new key start alone (they fill the reserved slot, or join a broken layer, whichever costs
+//!   less); removed paths simply leave.
+//! - Then steps 3–6 run with one more term in the cost: merging a kept layer away costs its bytes
 //!   now, divided by the bytes that truly changed in this update. Merging loose components costs
-//!   nothing now, only their future term, weighted by a horizon of [`HORIZON`] releases.
+//!   nothing now, only their future term, weighted by a horizon of [`HORIZON`] releases. The
+//!   local search leaves kept layers alone.
 //!
-//! **Drift and re-planning.** Sticky layouts drift from what a fresh plan would do as releases pile
-//! up. Each time, both are made; with `now(X)` the bytes of `X`'s layers that are not identical to
-//! a previous layer divided by the bytes that changed, and `E(X)` the expected pull ratio, the plan
-//! taken is the one with the lower `now(X) + HORIZON · E(X)`. A re-plan therefore happens when
-//! its extra bytes today are repaid within the horizon: typically on a big update (torch or
-//! python bumped) where nearly everything is pulled anyway, rarely on a small one.
+//! **Drift and re-planning.** Sticky layouts drift from what a fresh plan would do as releases
+//! pile up: new paths join whatever layer was broken anyway, leftovers of broken layers stay
+//! together. Each time, both layouts are made; with `now(X)` the bytes of `X`'s layers that are
+//! not identical to a previous layer, divided by the bytes that changed, and `E(X)` the expected
+//! pull ratio of the next release, the plan taken is the one with the lower
+//! `now(X) + HORIZON · E(X)`: a re-plan happens when its extra bytes today are repaid within the
+//! horizon — typically on a big update (torch or python bumped) where nearly everything is pulled
+//! anyway, rarely on a small one. `plan --json` reports both scores (`previous.sticky`,
+//! `previous.fresh`) and the `strategy` taken.
+//!
+//! # Edge cases
+//!
+//! Paths without a NAR size weigh 0 bytes. A previous release of another image keeps nothing.
+//! Budget 1: one layer (or what the cap forces). A group that claims nothing is skipped, with a
+//! warning from [`Groups::warnings`]; so is a glob that matches nothing.
 
 pub mod groups;
 mod model;
@@ -144,10 +175,7 @@ pub struct Budget {
 
 impl Budget {
     pub fn layers(store_layers: usize) -> Self {
-        Self {
-            store_layers,
-            max_layer_size: None,
-        }
+        Self { store_layers, max_layer_size: None }
     }
 }
 
@@ -185,21 +213,10 @@ pub struct Score {
 
 /// Plans the layers of `closure` within `budget`, grouped by `groups`, keeping what it can of
 /// `previous`. See the module docs for the algorithm.
-pub fn plan(
-    closure: &Closure,
-    groups: &Groups,
-    budget: Budget,
-    previous: Option<&Previous>,
-) -> Plan {
+pub fn plan(closure: &Closure, groups: &Groups, budget: Budget, previous: Option<&Previous>) -> Plan {
     let assigned = groups.assign(closure);
-    let model = Model::new(closure, |p| {
-        bump_weight(groups, assigned.get(p).copied(), p)
-    });
-    let part: Vec<usize> = model
-        .paths
-        .iter()
-        .map(|p| assigned.get(p).copied().unwrap_or(groups.len()))
-        .collect();
+    let model = Model::new(closure, |p| bump_weight(groups, assigned.get(p).copied(), p));
+    let part: Vec<usize> = model.paths.iter().map(|p| assigned.get(p).copied().unwrap_or(groups.len())).collect();
     let store_layers = budget.store_layers.max(1);
     let reserve = usize::from(store_layers >= RESERVE_FROM);
     let cap = budget.max_layer_size;
@@ -209,31 +226,14 @@ pub fn plan(
     };
     let seed = seed_from(&model, groups, &part, cap, prev);
     let sticky = layout(&model, groups, &part, cap, store_layers, Some(&seed));
-    let prev_sets: BTreeSet<Vec<&StorePath>> = prev
-        .layers
-        .iter()
-        .map(|l| l.paths.iter().collect())
-        .collect();
+    let prev_sets: BTreeSet<Vec<&StorePath>> = prev.layers.iter().map(|l| l.paths.iter().collect()).collect();
     let score = |l: &Layout| {
-        let pull: u64 = l
-            .comps
-            .iter()
-            .filter(|c| !reused(&model, c, &prev_sets))
-            .map(|c| c.size)
-            .sum();
+        let pull: u64 = l.comps.iter().filter(|c| !reused(&model, c, &prev_sets)).map(|c| c.size).sum();
         let cost = pull as f64 / seed.changed.max(1) as f64 + HORIZON * l.expected;
-        Score {
-            pull_bytes: pull,
-            expected_update_ratio: l.expected,
-            cost,
-        }
+        Score { pull_bytes: pull, expected_update_ratio: l.expected, cost }
     };
     let (s, f) = (score(&sticky), score(&fresh));
-    let (strategy, chosen) = if f.cost < s.cost {
-        (Strategy::Replanned, fresh)
-    } else {
-        (Strategy::Sticky, sticky)
-    };
+    let (strategy, chosen) = if f.cost < s.cost { (Strategy::Replanned, fresh) } else { (Strategy::Sticky, sticky) };
     let report = PreviousReport {
         strategy,
         reused_layers: 0,
@@ -274,23 +274,13 @@ struct Seed {
     changed: u64,
 }
 
-fn seed_from(
-    model: &Model<'_>,
-    groups: &Groups,
-    part: &[usize],
-    cap: Option<u64>,
-    prev: &Previous,
-) -> Seed {
+fn seed_from(model: &Model<'_>, groups: &Groups, part: &[usize], cap: Option<u64>, prev: &Previous) -> Seed {
     let n = model.len();
     let mut taken = vec![false; n];
     let mut comps = Vec::new();
     let mut intact = vec![false; prev.layers.len()];
     for (si, slot) in prev.layers.iter().enumerate() {
-        let members: Option<Vec<usize>> = slot
-            .paths
-            .iter()
-            .map(|p| model.index.get(p).copied())
-            .collect();
+        let members: Option<Vec<usize>> = slot.paths.iter().map(|p| model.index.get(p).copied()).collect();
         let Some(members) = members else { continue };
         let Some(&first) = members.first() else {
             continue;
@@ -320,8 +310,7 @@ fn seed_from(
             key_slot.entry(previous::slot_key(p.name())).or_insert(si);
         }
     }
-    let mut seeded: std::collections::BTreeMap<(usize, usize), Vec<usize>> =
-        std::collections::BTreeMap::new();
+    let mut seeded: std::collections::BTreeMap<(usize, usize), Vec<usize>> = std::collections::BTreeMap::new();
     for i in (0..n).filter(|&i| !taken[i]) {
         match key_slot.get(&previous::slot_key(model.paths[i].name())) {
             Some(&si) if !intact[si] => seeded.entry((part[i], si)).or_default().push(i),
@@ -332,10 +321,7 @@ fn seed_from(
         comps.push((members, p, false, Some(si)));
     }
     let before = prev.all_paths();
-    let changed = (0..n)
-        .filter(|&i| !before.contains(model.paths[i]))
-        .map(|i| model.size[i])
-        .sum();
+    let changed = (0..n).filter(|&i| !before.contains(model.paths[i])).map(|i| model.size[i]).sum();
     Seed { comps, changed }
 }
 
@@ -368,11 +354,7 @@ fn layout(
         if pk.count(Scope::Partition(p)) <= limit {
             continue;
         }
-        let ok = if limit == 1 {
-            pk.merge_partition(p)
-        } else {
-            pk.merge_down(Scope::Partition(p), limit)
-        };
+        let ok = if limit == 1 { pk.merge_partition(p) } else { pk.merge_down(Scope::Partition(p), limit) };
         if !ok {
             warnings.push(format!(
                 "group {:?} takes {} layers: the size cap does not let it fit in {limit}",
@@ -397,20 +379,10 @@ fn layout(
     let expected = pk.expected_ratio();
     let mut comps: Vec<Comp> = pk.comps.into_iter().filter(|c| c.alive).collect();
     let key = |c: &Comp| {
-        (
-            c.part,
-            c.slot.unwrap_or(usize::MAX),
-            model.change_rank(&c.cl),
-            std::cmp::Reverse(c.size),
-            c.members[0],
-        )
+        (c.part, c.slot.unwrap_or(usize::MAX), model.change_rank(&c.cl), std::cmp::Reverse(c.size), c.members[0])
     };
     comps.sort_by_key(key);
-    Layout {
-        comps,
-        expected,
-        warnings,
-    }
+    Layout { comps, expected, warnings }
 }
 
 fn reused(model: &Model<'_>, c: &Comp, prev_sets: &BTreeSet<Vec<&StorePath>>) -> bool {
@@ -458,10 +430,7 @@ fn emit(
 impl Plan {
     /// Image layers the plan makes, counting each split layer as its estimated parts.
     pub fn layer_count(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|l| l.split.map_or(1, |s| s.parts))
-            .sum()
+        self.layers.iter().map(|l| l.split.map_or(1, |s| s.parts)).sum()
     }
 }
 

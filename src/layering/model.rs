@@ -126,18 +126,14 @@ impl<'a> Model<'a> {
     pub fn new(closure: &'a Closure, weight: impl Fn(&StorePath) -> f64) -> Self {
         let paths: Vec<&StorePath> = closure.iter().map(|i| &i.path).collect();
         let n = paths.len();
-        let index: BTreeMap<&StorePath, usize> =
-            paths.iter().enumerate().map(|(i, p)| (*p, i)).collect();
+        let index: BTreeMap<&StorePath, usize> = paths.iter().enumerate().map(|(i, p)| (*p, i)).collect();
         let size: Vec<u64> = paths.iter().map(|p| closure.nar_size(p)).collect();
         let refs: Vec<Vec<usize>> = paths
             .iter()
             .map(|p| {
-                let mut r: Vec<usize> = closure.get(p).map_or_else(Vec::new, |i| {
-                    i.references
-                        .iter()
-                        .filter_map(|r| index.get(r).copied())
-                        .collect()
-                });
+                let mut r: Vec<usize> = closure
+                    .get(p)
+                    .map_or_else(Vec::new, |i| i.references.iter().filter_map(|r| index.get(r).copied()).collect());
                 r.sort_unstable();
                 r
             })
@@ -166,15 +162,8 @@ impl<'a> Model<'a> {
             referred[*r] = true;
         }
         let w: Vec<f64> = paths.iter().map(|p| weight(p).max(0.0)).collect();
-        let w_rm: Vec<f64> = (0..n)
-            .map(|r| {
-                if referred[r] && !aggregator[r] {
-                    REMOVAL_WEIGHT * w[r]
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let w_rm: Vec<f64> =
+            (0..n).map(|r| if referred[r] && !aggregator[r] { REMOVAL_WEIGHT * w[r] } else { 0.0 }).collect();
         let total = (w.iter().sum::<f64>() + w_rm.iter().sum::<f64>()).max(f64::MIN_POSITIVE);
         let mut omega = vec![0.0; 2 * n];
         for x in 0..n {
@@ -199,15 +188,7 @@ impl<'a> Model<'a> {
             offset += size[p] as f64 * dom_w;
             events.push(e);
         }
-        Self {
-            paths,
-            index,
-            size,
-            refs,
-            events,
-            omega,
-            offset,
-        }
+        Self { paths, index, size, refs, events, omega, offset }
     }
 
     pub fn len(&self) -> usize {
@@ -235,8 +216,7 @@ impl<'a> Model<'a> {
 
     /// How much merging two layers adds to the expected pull ratio.
     pub fn merge_delta(&self, size_a: u64, ev_a: &BitSet, size_b: u64, ev_b: &BitSet) -> f64 {
-        size_a as f64 * ev_b.weight_minus(ev_a, &self.omega)
-            + size_b as f64 * ev_a.weight_minus(ev_b, &self.omega)
+        size_a as f64 * ev_b.weight_minus(ev_a, &self.omega) + size_b as f64 * ev_a.weight_minus(ev_b, &self.omega)
     }
 
     /// The probability-like rank of a layer in the stack: how many paths' bumps change it.
@@ -285,23 +265,23 @@ fn dominators(refs: &[Vec<usize>], order: &[usize], aggregator: &[bool]) -> Vec<
     }
     let mut idom: Vec<Option<usize>> = vec![None; n];
     let mut depth = vec![0usize; n];
-    let lca =
-        |mut a: Option<usize>, mut b: Option<usize>, idom: &[Option<usize>], depth: &[usize]| {
-            let d = |x: Option<usize>| x.map_or(0, |v| depth[v]);
-            while a != b {
-                if d(a) >= d(b) {
-                    a = a.and_then(|v| idom[v]);
-                } else {
-                    b = b.and_then(|v| idom[v]);
-                }
+    let lca = |mut a: Option<usize>, mut b: Option<usize>, idom: &[Option<usize>], depth: &[usize]| {
+        let d = |x: Option<usize>| x.map_or(0, |v| depth[v]);
+        while a != b {
+            if d(a) >= d(b) {
+                a = a.and_then(|v| idom[v]);
+            } else {
+                b = b.and_then(|v| idom[v]);
             }
-            a
-        };
+        }
+        a
+    };
     for &v in order {
         let mut it = preds[v].iter().copied();
         let dom = match it.next() {
             None => None,
-            Some(first) => it.fold(Some(first), |acc, p| lca(acc, Some(p), &idom, &depth)),
+            // None (the virtual root) dominates everything: nothing to fold further.
+            Some(first) => it.try_fold(first, |acc, p| lca(Some(acc), Some(p), &idom, &depth)),
         };
         idom[v] = dom;
         depth[v] = dom.map_or(1, |d| depth[d] + 1);
@@ -331,27 +311,15 @@ mod tests {
         .unwrap();
         let m = model(&c);
         let i = |n: &str| m.paths.iter().position(|p| p.name() == n).unwrap();
-        let total: f64 = (0..m.len())
-            .map(|p| m.layer_cost(m.size[p], &m.events[p]))
-            .sum();
-        assert!(
-            (m.expected_ratio(total) - 1.0).abs() < 1e-9,
-            "{}",
-            m.expected_ratio(total)
-        );
+        let total: f64 = (0..m.len()).map(|p| m.layer_cost(m.size[p], &m.events[p])).sum();
+        assert!((m.expected_ratio(total) - 1.0).abs() < 1e-9, "{}", m.expected_ratio(total));
         // Merges never lower the ratio, and the delta is exactly the change.
-        for (a, b) in [
-            ("lib", "app"),
-            ("lib", "leaf"),
-            ("private", "lib"),
-            ("base", "leaf"),
-        ] {
+        for (a, b) in [("lib", "app"), ("lib", "leaf"), ("private", "lib"), ("base", "leaf")] {
             let (a, b) = (i(a), i(b));
             let d = m.merge_delta(m.size[a], &m.events[a], m.size[b], &m.events[b]);
             let merged = m.events_of(&[a, b]);
             let after = m.layer_cost(m.size[a] + m.size[b], &merged);
-            let before =
-                m.layer_cost(m.size[a], &m.events[a]) + m.layer_cost(m.size[b], &m.events[b]);
+            let before = m.layer_cost(m.size[a], &m.events[a]) + m.layer_cost(m.size[b], &m.events[b]);
             assert!(d >= 0.0 && (after - before - d).abs() < 1e-12);
         }
         // A private dependency rides with its only user more cheaply than with a stranger.
@@ -371,20 +339,13 @@ mod tests {
             info("scipy", 5, &["numpy"]),
             info("toml", 1, &["py"]),
             info("rich", 1, &["py"]),
-            info(
-                "env",
-                1,
-                &["py", "gitdb", "gitpython", "numpy", "scipy", "toml", "rich"],
-            ),
+            info("env", 1, &["py", "gitdb", "gitpython", "numpy", "scipy", "toml", "rich"]),
         ])
         .unwrap();
         let m = model(&c);
         let i = |n: &str| m.paths.iter().position(|p| p.name() == n).unwrap();
         let n = m.len();
-        assert!(
-            m.events[i("gitdb")].contains(n + i("gitpython")),
-            "removing gitpython takes gitdb along"
-        );
+        assert!(m.events[i("gitdb")].contains(n + i("gitpython")), "removing gitpython takes gitdb along");
         assert!(!m.events[i("numpy")].contains(n + i("gitpython")));
     }
 }

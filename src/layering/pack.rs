@@ -58,10 +58,7 @@ impl PartialOrd for Cand {
 }
 impl Ord for Cand {
     fn cmp(&self, o: &Self) -> Ordering {
-        self.cost
-            .total_cmp(&o.cost)
-            .then(self.a.cmp(&o.a))
-            .then(self.b.cmp(&o.b))
+        self.cost.total_cmp(&o.cost).then(self.a.cmp(&o.a)).then(self.b.cmp(&o.b))
     }
 }
 
@@ -77,13 +74,7 @@ pub(crate) struct Packer<'m, 'a> {
 
 impl<'m, 'a> Packer<'m, 'a> {
     pub fn new(model: &'m Model<'a>, cap: Option<u64>) -> Self {
-        Self {
-            model,
-            comps: Vec::new(),
-            cap,
-            horizon: 1.0,
-            per_byte_now: 0.0,
-        }
+        Self { model, comps: Vec::new(), cap, horizon: 1.0, per_byte_now: 0.0 }
     }
 
     /// Adds a component. More than one path over the cap is split into singletons.
@@ -91,48 +82,30 @@ impl<'m, 'a> Packer<'m, 'a> {
         members.sort_unstable();
         members.dedup();
         let size: u64 = members.iter().map(|&m| self.model.size[m]).sum();
-        if let Some(cap) = self.cap {
-            if size > cap && members.len() > 1 {
-                for m in members {
-                    self.add(vec![m], part, false, slot);
-                }
-                return;
+        if let Some(cap) = self.cap
+            && size > cap
+            && members.len() > 1
+        {
+            for m in members {
+                self.add(vec![m], part, false, slot);
             }
+            return;
         }
         let (layers, mergeable) = match self.cap {
             Some(cap) if size > cap => (size.div_ceil(cap.max(1)) as usize, false),
             _ => (1, true),
         };
         let cl = self.model.events_of(&members);
-        self.comps.push(Comp {
-            members,
-            size,
-            cl,
-            part,
-            layers,
-            mergeable,
-            frozen,
-            slot,
-            alive: true,
-        });
+        self.comps.push(Comp { members, size, cl, part, layers, mergeable, frozen, slot, alive: true });
     }
 
     fn in_scope(c: &Comp, scope: Scope) -> bool {
-        c.alive
-            && if let Scope::Partition(p) = scope {
-                c.part == p
-            } else {
-                true
-            }
+        c.alive && if let Scope::Partition(p) = scope { c.part == p } else { true }
     }
 
     /// Layers the live components in `scope` take.
     pub fn count(&self, scope: Scope) -> usize {
-        self.comps
-            .iter()
-            .filter(|c| Self::in_scope(c, scope))
-            .map(|c| c.layers)
-            .sum()
+        self.comps.iter().filter(|c| Self::in_scope(c, scope)).map(|c| c.layers).sum()
     }
 
     /// The cost of merging `a` and `b`, or `None` when they may not merge.
@@ -145,12 +118,7 @@ impl<'m, 'a> Packer<'m, 'a> {
             return None;
         }
         let future = self.model.merge_delta(x.size, &x.cl, y.size, &y.cl);
-        let now = [x, y]
-            .iter()
-            .filter(|c| c.frozen)
-            .map(|c| c.size as f64)
-            .sum::<f64>()
-            * self.per_byte_now;
+        let now = [x, y].iter().filter(|c| c.frozen).map(|c| c.size as f64).sum::<f64>() * self.per_byte_now;
         Some(self.horizon * future + now)
     }
 
@@ -186,9 +154,7 @@ impl<'m, 'a> Packer<'m, 'a> {
     /// (the default for a group without `split`); otherwise packs it down to one as far as it can.
     pub fn merge_partition(&mut self, part: usize) -> bool {
         let ids: Vec<usize> = (0..self.comps.len())
-            .filter(|&i| {
-                Self::in_scope(&self.comps[i], Scope::Partition(part)) && self.comps[i].mergeable
-            })
+            .filter(|&i| Self::in_scope(&self.comps[i], Scope::Partition(part)) && self.comps[i].mergeable)
             .collect();
         let size: u64 = ids.iter().map(|&i| self.comps[i].size).sum();
         if self.cap.is_some_and(|cap| size > cap) {
@@ -212,9 +178,7 @@ impl<'m, 'a> Packer<'m, 'a> {
             return true;
         }
         let live = |s: &Self| -> Vec<usize> {
-            (0..s.comps.len())
-                .filter(|&i| Self::in_scope(&s.comps[i], scope) && s.comps[i].mergeable)
-                .collect()
+            (0..s.comps.len()).filter(|&i| Self::in_scope(&s.comps[i], scope) && s.comps[i].mergeable).collect()
         };
         let mut sparse = live(self).len() > DENSE_LIMIT;
         let mut nbrs: Vec<BTreeSet<usize>> = Vec::new();
@@ -254,11 +218,8 @@ impl<'m, 'a> Packer<'m, 'a> {
             let new = self.merge(c.a, c.b);
             count -= 1;
             if sparse {
-                let mut n: BTreeSet<usize> = nbrs[c.a]
-                    .union(&nbrs[c.b])
-                    .copied()
-                    .filter(|&i| self.comps[i].alive)
-                    .collect();
+                let mut n: BTreeSet<usize> =
+                    nbrs[c.a].union(&nbrs[c.b]).copied().filter(|&i| self.comps[i].alive).collect();
                 n.remove(&c.a);
                 n.remove(&c.b);
                 for &i in &n {
@@ -321,11 +282,7 @@ impl<'m, 'a> Packer<'m, 'a> {
 
     /// The expected pull ratio of the current layout.
     pub fn expected_ratio(&self) -> f64 {
-        self.model.expected_ratio(
-            self.live()
-                .map(|c| self.model.layer_cost(c.size, &c.cl))
-                .sum(),
-        )
+        self.model.expected_ratio(self.live().map(|c| self.model.layer_cost(c.size, &c.cl)).sum())
     }
 }
 
@@ -339,8 +296,10 @@ impl Packer<'_, '_> {
             .filter(|&i| self.comps[i].alive && self.comps[i].mergeable && !self.comps[i].frozen)
             .collect();
         let mut cost: Vec<f64> = vec![0.0; self.comps.len()];
+        let mut weight: Vec<f64> = vec![0.0; self.comps.len()];
         for &i in &ids {
-            cost[i] = self.model.layer_cost(self.comps[i].size, &self.comps[i].cl);
+            weight[i] = self.comps[i].cl.weight(&self.model.omega);
+            cost[i] = self.comps[i].size as f64 * weight[i];
         }
         for _ in 0..passes {
             let mut moved = false;
@@ -352,26 +311,18 @@ impl Packer<'_, '_> {
                     }
                     let p = self.comps[a].members[k];
                     let ps = self.model.size[p];
-                    let rest: Vec<usize> = self.comps[a]
-                        .members
-                        .iter()
-                        .copied()
-                        .filter(|&m| m != p)
-                        .collect();
+                    let rest: Vec<usize> = self.comps[a].members.iter().copied().filter(|&m| m != p).collect();
                     let rest_cl = self.model.events_of(&rest);
-                    let rest_cost = self.model.layer_cost(self.comps[a].size - ps, &rest_cl);
+                    let rest_w = rest_cl.weight(&self.model.omega);
+                    let rest_cost = (self.comps[a].size - ps) as f64 * rest_w;
                     let pcl = &self.model.events[p];
                     let mut best: Option<(f64, usize)> = None;
                     for &b in &ids {
                         let cb = &self.comps[b];
-                        if b == a
-                            || cb.part != self.comps[a].part
-                            || self.cap.is_some_and(|cap| cb.size + ps > cap)
-                        {
+                        if b == a || cb.part != self.comps[a].part || self.cap.is_some_and(|cap| cb.size + ps > cap) {
                             continue;
                         }
-                        let union_w = cb.cl.weight(&self.model.omega)
-                            + pcl.weight_minus(&cb.cl, &self.model.omega);
+                        let union_w = weight[b] + pcl.weight_minus(&cb.cl, &self.model.omega);
                         let new_b = (cb.size + ps) as f64 * union_w;
                         let delta = rest_cost + new_b - cost[a] - cost[b];
                         if delta < -1e-12 && best.is_none_or(|(d, _)| delta < d) {
@@ -384,12 +335,14 @@ impl Packer<'_, '_> {
                             self.comps[a].size -= ps;
                             self.comps[a].cl = rest_cl;
                             cost[a] = rest_cost;
+                            weight[a] = rest_w;
                             let cb = &mut self.comps[b];
                             cb.members.push(p);
                             cb.members.sort_unstable();
                             cb.size += ps;
                             cb.cl.union_with(pcl);
-                            cost[b] = self.model.layer_cost(cb.size, &cb.cl);
+                            weight[b] = cb.cl.weight(&self.model.omega);
+                            cost[b] = cb.size as f64 * weight[b];
                             moved = true;
                         }
                         None => k += 1,

@@ -59,12 +59,12 @@ impl Previous {
             if set.is_empty() {
                 continue;
             }
-            if let Some(last) = out.last_mut() {
-                if last.paths.iter().any(|p| set.contains(p)) {
-                    set.extend(std::mem::take(&mut last.paths));
-                    last.paths = set.into_iter().collect();
-                    continue;
-                }
+            if let Some(last) = out.last_mut()
+                && last.paths.iter().any(|p| set.contains(p))
+            {
+                set.extend(std::mem::take(&mut last.paths));
+                last.paths = set.into_iter().collect();
+                continue;
             }
             // A path in two separate slots is not something we wrote; keep its first slot.
             set.retain(|p| !seen.contains(p));
@@ -72,26 +72,19 @@ impl Previous {
                 continue;
             }
             seen.extend(set.iter().cloned());
-            out.push(PreviousLayer {
-                group,
-                paths: set.into_iter().collect(),
-            });
+            out.push(PreviousLayer { group, paths: set.into_iter().collect() });
         }
-        Self {
-            layers: out,
-            max_layer_size,
-        }
+        Self { layers: out, max_layer_size }
     }
 
     /// Parses `plan --json` or `build --json` output; `origin` names it in errors.
     pub fn from_plan_json(text: &str, origin: &str) -> Result<Self> {
         let doc: Doc = serde_json::from_str(text).with_context(|| {
-            format!("reading previous plan {origin}: expected the JSON of `nixoci plan --json` or `nixoci build --json`")
+            format!(
+                "reading previous plan {origin}: expected the JSON of `nixoci plan --json` or `nixoci build --json`"
+            )
         })?;
-        let prev = Self::from_layers(
-            doc.layers.into_iter().map(|l| (l.group, l.paths)),
-            doc.max_layer_size,
-        );
+        let prev = Self::from_layers(doc.layers.into_iter().map(|l| (l.group, l.paths)), doc.max_layer_size);
         if prev.layers.is_empty() {
             bail!("previous plan {origin} has no store layers");
         }
@@ -100,17 +93,15 @@ impl Previous {
 
     /// Reads a previous plan file (`--previous PLAN.json`).
     pub fn load(file: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading previous plan {}", file.display()))?;
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading previous plan {}", file.display()))?;
         Self::from_plan_json(&text, &file.display().to_string())
     }
 
     /// From an image manifest's layer descriptors, bottom first: each the value of its
     /// `org.nixos.nixoci.group` and `org.nixos.nixoci.store-paths` annotations (if present).
     /// Layers without store paths (customisation, or layers nixoci did not make) are skipped.
-    pub fn from_annotations<'a>(
-        layers: impl IntoIterator<Item = (Option<&'a str>, Option<&'a str>)>,
-    ) -> Result<Self> {
+    pub fn from_annotations<'a>(layers: impl IntoIterator<Item = (Option<&'a str>, Option<&'a str>)>) -> Result<Self> {
         let mut out = Vec::new();
         for (i, (group, paths)) in layers.into_iter().enumerate() {
             let paths = paths
@@ -118,10 +109,7 @@ impl Previous {
                 .lines()
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
-                .map(|l| {
-                    StorePath::parse(l)
-                        .with_context(|| format!("layer {} of the previous image", i + 1))
-                })
+                .map(|l| StorePath::parse(l).with_context(|| format!("layer {} of the previous image", i + 1)))
                 .collect::<Result<Vec<_>>>()?;
             out.push((group.unwrap_or("").to_owned(), paths));
         }
@@ -143,17 +131,11 @@ pub fn slot_key(name: &str) -> String {
         .split('-')
         .filter(|s| !s.starts_with(|c: char| c.is_ascii_digit()))
         .map(|s| match s.strip_prefix("python") {
-            Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.') => {
-                "python"
-            }
+            Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.') => "python",
             _ => s,
         })
         .collect();
-    if parts.is_empty() {
-        name.to_owned()
-    } else {
-        parts.join("-")
-    }
+    if parts.is_empty() { name.to_owned() } else { parts.join("-") }
 }
 
 #[cfg(test)]
@@ -169,10 +151,7 @@ mod tests {
         assert_eq!(slot_key("python3-3.14.0-env"), "python-env");
         assert_eq!(slot_key("libcublas-13.0.0.19-lib"), "libcublas-lib");
         assert_eq!(slot_key("cudnn-9.13.0.50-lib"), "cudnn-lib");
-        assert_eq!(
-            slot_key("python3.14-sageattention-2.2.0+cu130torch2.10.0"),
-            "python-sageattention"
-        );
+        assert_eq!(slot_key("python3.14-sageattention-2.2.0+cu130torch2.10.0"), "python-sageattention");
         assert_eq!(slot_key("0ad-0.27"), "0ad-0.27");
     }
 
@@ -202,19 +181,10 @@ mod tests {
             r#"{{"manifest_digest":"sha256:x","layers":[{{"digest":"sha256:1","size":3,"group":"torch","paths":["{a}"]}},{{"group":"customisation","paths":[]}}]}}"#
         );
         let p = Previous::from_plan_json(&json, "v1.json").unwrap();
-        assert_eq!(
-            p.layers,
-            vec![PreviousLayer {
-                group: "torch".into(),
-                paths: vec![a.clone()]
-            }]
-        );
+        assert_eq!(p.layers, vec![PreviousLayer { group: "torch".into(), paths: vec![a.clone()] }]);
         let full = a.to_string();
-        let q = Previous::from_annotations([
-            (Some("torch"), Some(full.as_str())),
-            (Some("customisation"), None),
-        ])
-        .unwrap();
+        let q =
+            Previous::from_annotations([(Some("torch"), Some(full.as_str())), (Some("customisation"), None)]).unwrap();
         assert_eq!(q.layers, p.layers);
         let err = Previous::from_plan_json("{\"digest\": 1}", "x.json").unwrap_err();
         assert!(format!("{err:#}").contains("x.json"));

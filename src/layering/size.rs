@@ -7,9 +7,7 @@ use anyhow::{Result, bail};
 /// units are case-insensitive and `B` alone means bytes.
 pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let unit = unit.trim().to_ascii_lowercase();
     let mult: u64 = match unit.as_str() {
@@ -22,9 +20,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
         "mi" | "mib" => 1 << 20,
         "gi" | "gib" => 1 << 30,
         "ti" | "tib" => 1 << 40,
-        _ => bail!(
-            "invalid size {s:?}: unknown unit {unit:?} (use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB)"
-        ),
+        _ => bail!("invalid size {s:?}: unknown unit {unit:?} (use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB)"),
     };
     if num.is_empty() || num.matches('.').count() > 1 {
         bail!("invalid size {s:?}: expected a number followed by a unit, e.g. 4GiB or 500MB");
@@ -37,9 +33,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
             let scale = 10u64.checked_pow(digits);
             let whole = format!("{int}{frac}").parse::<u64>().ok();
             match (whole, scale) {
-                (Some(w), Some(scale)) => {
-                    (w as u128 * mult as u128 / scale as u128).try_into().ok()
-                }
+                (Some(w), Some(scale)) => (w as u128 * mult as u128 / scale as u128).try_into().ok(),
                 _ => None,
             }
         }

@@ -38,11 +38,8 @@ pub struct Cut {
 /// Cuts normalised `entries` (sorted, unique) into parts whose tar streams are at most `cap`
 /// bytes each (but for a single file larger than that, which gets a part of its own).
 pub fn split_entries(entries: &[Entry], cap: u64) -> Cut {
-    let dirs: BTreeMap<&str, &Entry> = entries
-        .iter()
-        .filter(|e| e.kind == Kind::Dir)
-        .map(|e| (e.path.as_str(), e))
-        .collect();
+    let dirs: BTreeMap<&str, &Entry> =
+        entries.iter().filter(|e| e.kind == Kind::Dir).map(|e| (e.path.as_str(), e)).collect();
     let mut parts: Vec<Vec<Entry>> = Vec::new();
     let mut warnings = Vec::new();
     let mut cur: Vec<Entry> = Vec::new();
@@ -50,10 +47,7 @@ pub fn split_entries(entries: &[Entry], cap: u64) -> Cut {
     let mut cur_size = TAR_END;
     for e in entries {
         let missing = |cur_dirs: &BTreeSet<&str>| -> Vec<&Entry> {
-            ancestors(&e.path)
-                .filter(|a| !cur_dirs.contains(a))
-                .filter_map(|a| dirs.get(a).copied())
-                .collect()
+            ancestors(&e.path).filter(|a| !cur_dirs.contains(a)).filter_map(|a| dirs.get(a).copied()).collect()
         };
         let cost = |m: &[&Entry]| e.tar_size() + m.iter().map(|d| d.tar_size()).sum::<u64>();
         let mut need = missing(&cur_dirs);
@@ -94,14 +88,8 @@ pub fn split_entries(entries: &[Entry], cap: u64) -> Cut {
         .into_iter()
         .map(|mut entries| {
             entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
-            let paths: BTreeSet<StorePath> = entries
-                .iter()
-                .filter_map(|e| store_path_of(&e.path))
-                .collect();
-            Part {
-                entries,
-                paths: paths.into_iter().collect(),
-            }
+            let paths: BTreeSet<StorePath> = entries.iter().filter_map(|e| store_path_of(&e.path)).collect();
+            Part { entries, paths: paths.into_iter().collect() }
         })
         .collect();
     Cut { parts, warnings }
@@ -127,10 +115,7 @@ mod tests {
     fn file(path: &str, size: u64) -> Entry {
         Entry {
             path: path.into(),
-            kind: Kind::File {
-                size,
-                content: Content::Inline(vec![]),
-            },
+            kind: Kind::File { size, content: Content::Inline(vec![]) },
             mode: 0o444,
             uid: 0,
             gid: 0,
@@ -149,9 +134,7 @@ mod tests {
         v.push(Entry::dir(format!("{root}/empty"), 0o555));
         v.push(Entry {
             path: format!("{root}/lib/link"),
-            kind: Kind::Symlink {
-                target: "f00.so".into(),
-            },
+            kind: Kind::Symlink { target: "f00.so".into() },
             mode: 0o777,
             uid: 0,
             gid: 0,
@@ -167,15 +150,8 @@ mod tests {
         let mut seen: Vec<&str> = Vec::new();
         for part in &cut.parts {
             let over = tarball::tar_size(&part.entries) > cap;
-            let files: Vec<&Entry> = part
-                .entries
-                .iter()
-                .filter(|e| e.kind != Kind::Dir)
-                .collect();
-            assert!(
-                !over || files.len() == 1,
-                "part over the cap holds more than one file"
-            );
+            let files: Vec<&Entry> = part.entries.iter().filter(|e| e.kind != Kind::Dir).collect();
+            assert!(!over || files.len() == 1, "part over the cap holds more than one file");
             let mut sorted = part.entries.clone();
             tarball::normalize(&mut sorted).unwrap();
             assert_eq!(sorted, part.entries, "part not sorted or has duplicates");
@@ -187,19 +163,11 @@ mod tests {
             }
             seen.extend(files.iter().map(|e| e.path.as_str()));
         }
-        let mut want: Vec<&str> = entries
-            .iter()
-            .filter(|e| e.kind != Kind::Dir)
-            .map(|e| e.path.as_str())
-            .collect();
+        let mut want: Vec<&str> = entries.iter().filter(|e| e.kind != Kind::Dir).map(|e| e.path.as_str()).collect();
         seen.sort_unstable();
         want.sort_unstable();
         assert_eq!(seen, want, "files lost or duplicated");
-        let dirs_in: BTreeSet<&str> = entries
-            .iter()
-            .filter(|e| e.kind == Kind::Dir)
-            .map(|e| e.path.as_str())
-            .collect();
+        let dirs_in: BTreeSet<&str> = entries.iter().filter(|e| e.kind == Kind::Dir).map(|e| e.path.as_str()).collect();
         let dirs_out: BTreeSet<&str> = cut
             .parts
             .iter()
@@ -218,11 +186,7 @@ mod tests {
             check(&entries, &cut, cap);
             assert_eq!(cut, split_entries(&entries, cap), "deterministic");
             assert!(cut.parts.iter().all(|part| part.paths == vec![p.clone()]));
-            assert_eq!(
-                cut.warnings.len(),
-                usize::from(cap < 52_000),
-                "the 50 kB file warns when it does not fit"
-            );
+            assert_eq!(cut.warnings.len(), usize::from(cap < 52_000), "the 50 kB file warns when it does not fit");
         }
         assert_eq!(split_entries(&entries, 1 << 20).parts.len(), 1);
     }
@@ -240,11 +204,7 @@ mod tests {
         check(&v, &cut, 10_000);
         assert!(cut.parts.len() >= 2 && cut.warnings.is_empty());
         for part in &cut.parts {
-            let owners: BTreeSet<StorePath> = part
-                .entries
-                .iter()
-                .filter_map(|e| store_path_of(&e.path))
-                .collect();
+            let owners: BTreeSet<StorePath> = part.entries.iter().filter_map(|e| store_path_of(&e.path)).collect();
             assert_eq!(part.paths, owners.into_iter().collect::<Vec<_>>());
         }
         let all: BTreeSet<&StorePath> = cut.parts.iter().flat_map(|p| &p.paths).collect();

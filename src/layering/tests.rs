@@ -14,41 +14,17 @@ fn comfy() -> Synth {
         .add("gcc-14.2.1-lib", 8 * MB, &["glibc-2.40"])
         .add("zlib-1.3.1", MB / 3, &["glibc-2.40"])
         .add("openssl-3.4.1", 7 * MB, &["glibc-2.40"])
-        .add(
-            "python3-3.14.0",
-            110 * MB,
-            &["glibc-2.40", "zlib-1.3.1", "openssl-3.4.1"],
-        )
+        .add("python3-3.14.0", 110 * MB, &["glibc-2.40", "zlib-1.3.1", "openssl-3.4.1"])
         .add("cuda_cudart-13.0.48-lib", 2 * MB, &["glibc-2.40"])
-        .add(
-            "libcublas-13.0.0.19-lib",
-            850 * MB,
-            &["cuda_cudart-13.0.48-lib", "gcc-14.2.1-lib"],
-        )
-        .add(
-            "cudnn-9.13.0.50-lib",
-            1100 * MB,
-            &["libcublas-13.0.0.19-lib"],
-        )
+        .add("libcublas-13.0.0.19-lib", 850 * MB, &["cuda_cudart-13.0.48-lib", "gcc-14.2.1-lib"])
+        .add("cudnn-9.13.0.50-lib", 1100 * MB, &["libcublas-13.0.0.19-lib"])
         .add("nccl-2.27.7-1", 350 * MB, &["cuda_cudart-13.0.48-lib"])
         .add("openblas-0.3.29", 40 * MB, &["gcc-14.2.1-lib"])
-        .add(
-            "python3.14-numpy-2.3.1",
-            45 * MB,
-            &["python3-3.14.0", "openblas-0.3.29"],
-        )
-        .add(
-            "python3.14-typing-extensions-4.14.0",
-            MB / 5,
-            &["python3-3.14.0"],
-        )
+        .add("python3.14-numpy-2.3.1", 45 * MB, &["python3-3.14.0", "openblas-0.3.29"])
+        .add("python3.14-typing-extensions-4.14.0", MB / 5, &["python3-3.14.0"])
         .add("python3.14-filelock-3.18.0", MB / 10, &["python3-3.14.0"])
         .add("python3.14-sympy-1.14.0", 70 * MB, &["python3-3.14.0"])
-        .add(
-            "python3.14-triton-3.5.0",
-            600 * MB,
-            &["python3-3.14.0", "zlib-1.3.1"],
-        )
+        .add("python3.14-triton-3.5.0", 600 * MB, &["python3-3.14.0", "zlib-1.3.1"])
         .add(
             "python3.14-torch-2.10.0",
             4100 * MB,
@@ -64,81 +40,29 @@ fn comfy() -> Synth {
                 "python3.14-triton-3.5.0",
             ],
         )
-        .add(
-            "python3.14-torchvision-0.25.0",
-            40 * MB,
-            &["python3.14-torch-2.10.0"],
-        )
-        .add(
-            "python3.14-safetensors-0.5.3",
-            2 * MB,
-            &["python3.14-torch-2.10.0"],
-        )
-        .add(
-            "python3.14-huggingface-hub-0.33.0",
-            3 * MB,
-            &["python3-3.14.0", "python3.14-filelock-3.18.0"],
-        )
-        .add(
-            "python3.14-tokenizers-0.21.1",
-            9 * MB,
-            &["python3.14-huggingface-hub-0.33.0"],
-        )
+        .add("python3.14-torchvision-0.25.0", 40 * MB, &["python3.14-torch-2.10.0"])
+        .add("python3.14-safetensors-0.5.3", 2 * MB, &["python3.14-torch-2.10.0"])
+        .add("python3.14-huggingface-hub-0.33.0", 3 * MB, &["python3-3.14.0", "python3.14-filelock-3.18.0"])
+        .add("python3.14-tokenizers-0.21.1", 9 * MB, &["python3.14-huggingface-hub-0.33.0"])
         .add(
             "python3.14-transformers-4.53.0",
             80 * MB,
-            &[
-                "python3.14-tokenizers-0.21.1",
-                "python3.14-safetensors-0.5.3",
-                "python3.14-torch-2.10.0",
-            ],
+            &["python3.14-tokenizers-0.21.1", "python3.14-safetensors-0.5.3", "python3.14-torch-2.10.0"],
         )
         .add(
             "python3.14-diffusers-0.31.0",
             14 * MB,
-            &[
-                "python3.14-huggingface-hub-0.33.0",
-                "python3.14-safetensors-0.5.3",
-                "python3.14-torch-2.10.0",
-            ],
+            &["python3.14-huggingface-hub-0.33.0", "python3.14-safetensors-0.5.3", "python3.14-torch-2.10.0"],
         )
-        .add(
-            "python3.14-compel-2.0.3",
-            MB / 3,
-            &[
-                "python3.14-diffusers-0.31.0",
-                "python3.14-transformers-4.53.0",
-            ],
-        )
-        .add(
-            "python3.14-pillow-11.2.1",
-            12 * MB,
-            &["python3-3.14.0", "zlib-1.3.1"],
-        )
-        .add(
-            "python3.14-scipy-1.15.3",
-            110 * MB,
-            &["python3.14-numpy-2.3.1"],
-        )
+        .add("python3.14-compel-2.0.3", MB / 3, &["python3.14-diffusers-0.31.0", "python3.14-transformers-4.53.0"])
+        .add("python3.14-pillow-11.2.1", 12 * MB, &["python3-3.14.0", "zlib-1.3.1"])
+        .add("python3.14-scipy-1.15.3", 110 * MB, &["python3.14-numpy-2.3.1"])
         .add("python3.14-addict-2.4.0", MB / 10, &["python3-3.14.0"])
         .add("python3.14-toml-0.10.2", MB / 10, &["python3-3.14.0"])
         .add("python3.14-smmap-5.0.2", MB / 10, &["python3-3.14.0"])
-        .add(
-            "python3.14-gitdb-4.0.12",
-            MB / 2,
-            &["python3.14-smmap-5.0.2"],
-        )
-        .add(
-            "python3.14-gitpython-3.1.44",
-            MB,
-            &["python3.14-gitdb-4.0.12"],
-        );
-    let py: Vec<String> = s
-        .pkgs
-        .keys()
-        .filter(|k| k.starts_with("python3.14-"))
-        .cloned()
-        .collect();
+        .add("python3.14-gitdb-4.0.12", MB / 2, &["python3.14-smmap-5.0.2"])
+        .add("python3.14-gitpython-3.1.44", MB, &["python3.14-gitdb-4.0.12"]);
+    let py: Vec<String> = s.pkgs.keys().filter(|k| k.starts_with("python3.14-")).cloned().collect();
     let mut env_deps: Vec<&str> = py.iter().map(String::as_str).collect();
     env_deps.push("python3-3.14.0");
     s.add("python3-3.14.0-env", 4 * MB, &env_deps);
@@ -147,10 +71,7 @@ fn comfy() -> Synth {
 }
 
 fn budget(n: usize, cap: Option<u64>) -> Budget {
-    Budget {
-        store_layers: n,
-        max_layer_size: cap,
-    }
+    Budget { store_layers: n, max_layer_size: cap }
 }
 
 #[test]
@@ -186,27 +107,14 @@ fn tight_budgets_keep_big_stable_paths_away_from_volatile_ones() {
             .filter(|q| !q.name().starts_with("comfyui") && !q.name().ends_with("-env"))
             .map(|q| c.nar_size(q))
             .sum();
-        assert!(
-            ride < 2 * MB,
-            "{volatile} carries {ride} bytes: {:?}",
-            names(&p)
-        );
+        assert!(ride < 2 * MB, "{volatile} carries {ride} bytes: {:?}", names(&p));
     }
     // What rides with torch is small beside it: a torch bump pulls little that did not change.
     let torch = layer_of(&p, "python3.14-torch-2.10.0");
-    let mates: u64 = torch
-        .paths
-        .iter()
-        .filter(|q| !q.name().contains("torch"))
-        .map(|q| c.nar_size(q))
-        .sum();
+    let mates: u64 = torch.paths.iter().filter(|q| !q.name().contains("torch")).map(|q| c.nar_size(q)).sum();
     assert!(mates * 20 < 4100 * MB, "{:?}", names(&p));
     // The most volatile layer (the app and the env) sits on top.
-    assert!(
-        names(&p).last().unwrap().contains(&"comfyui-0.3.68"),
-        "{:?}",
-        names(&p)
-    );
+    assert!(names(&p).last().unwrap().contains(&"comfyui-0.3.68"), "{:?}", names(&p));
 }
 
 #[test]
@@ -218,47 +126,22 @@ fn the_cap_splits_big_paths_and_the_budget_counts_the_parts() {
     assert!(p.layer_count() <= 11);
     // A cap below everything's needs: the budget yields, with a warning.
     let p = plan_checked(&c, &Groups::none(), budget(3, Some(500 * MB)), None);
-    assert!(
-        p.layer_count() > 3 && p.warnings.iter().any(|w| w.contains("budget yields")),
-        "{:?}",
-        p.warnings
-    );
+    assert!(p.layer_count() > 3 && p.warnings.iter().any(|w| w.contains("budget yields")), "{:?}", p.warnings);
 }
 
 fn comfy_groups() -> Groups {
     Groups::new(vec![
-        Group::new(
-            "base",
-            &["glibc-*", "python3-3.*[0-9]"],
-            SplitMode::None,
-            None,
-        )
-        .unwrap(),
-        Group::new(
-            "cuda-torch",
-            &["python3.14-torch-*", "cudnn-*", "libcublas-*", "nccl-*"],
-            SplitMode::PerPath,
-            None,
-        )
-        .unwrap(),
+        Group::new("base", &["glibc-*", "python3-3.*[0-9]"], SplitMode::None, None).unwrap(),
+        Group::new("cuda-torch", &["python3.14-torch-*", "cudnn-*", "libcublas-*", "nccl-*"], SplitMode::PerPath, None)
+            .unwrap(),
         Group::new(
             "ml",
-            &[
-                "python3.14-diffusers-*",
-                "python3.14-transformers-*",
-                "python3.14-compel-*",
-            ],
+            &["python3.14-diffusers-*", "python3.14-transformers-*", "python3.14-compel-*"],
             SplitMode::PerPath,
             Some(3),
         )
         .unwrap(),
-        Group::new(
-            "app",
-            &["python3-3.14.0-env", "comfyui-*"],
-            SplitMode::PerPath,
-            None,
-        )
-        .unwrap(),
+        Group::new("app", &["python3-3.14.0-env", "comfyui-*"], SplitMode::PerPath, None).unwrap(),
     ])
     .unwrap()
 }
@@ -274,25 +157,14 @@ fn groups_partition_order_and_limits() {
     }
     let p = plan_checked(&c, &g, budget(40, None), None);
     let groups: Vec<&str> = p.layers.iter().map(|l| l.group.as_str()).collect();
-    assert_eq!(
-        groups.iter().filter(|g| **g == "base").count(),
-        1,
-        "a group without split is one layer"
-    );
-    assert!(
-        groups.iter().filter(|g| **g == "ml").count() <= 3,
-        "max_layers of a group holds"
-    );
+    assert_eq!(groups.iter().filter(|g| **g == "base").count(), 1, "a group without split is one layer");
+    assert!(groups.iter().filter(|g| **g == "ml").count() <= 3, "max_layers of a group holds");
     assert_eq!(groups.first(), Some(&"base"));
     // base's closure (zlib, openssl) came along with python3.
     assert!(layer_of(&p, "openssl-3.4.1").group == "base");
     // A budget smaller than the groups: they share layers, and a warning says so.
     let p = plan_checked(&c, &g, budget(3, None), None);
-    assert!(
-        p.warnings.iter().any(|w| w.contains("share layers")),
-        "{:?}",
-        p.warnings
-    );
+    assert!(p.warnings.iter().any(|w| w.contains("share layers")), "{:?}", p.warnings);
     assert!(p.layer_count() <= 3);
 }
 
@@ -300,11 +172,7 @@ fn groups_partition_order_and_limits() {
 /// → v4 (bump python): which layers survive each step.
 #[test]
 fn releases_keep_what_did_not_change() {
-    for (groups, n) in [
-        (Groups::none(), 12),
-        (comfy_groups(), 12),
-        (Groups::none(), 40),
-    ] {
+    for (groups, n) in [(Groups::none(), 12), (comfy_groups(), 12), (Groups::none(), 40)] {
         let mut s = comfy();
         let c1 = s.closure();
         let v1 = plan_checked(&c1, &groups, budget(n, None), None);
@@ -316,43 +184,18 @@ fn releases_keep_what_did_not_change() {
         let r = v2.previous.as_ref().unwrap();
         eprintln!("v2 {n}: {:?}", r);
         // Every v1 layer without diffusers, compel, the env or the app survives byte for byte.
-        let touched = [
-            "python3.14-diffusers",
-            "python3.14-compel",
-            "python3-3.14.0-env",
-            "comfyui",
-        ];
+        let touched = ["python3.14-diffusers", "python3.14-compel", "python3-3.14.0-env", "comfyui"];
         for l in &v1.layers {
-            let hit = l
-                .paths
-                .iter()
-                .any(|q| touched.iter().any(|t| q.name().starts_with(t)));
-            assert_eq!(
-                !hit,
-                v2.layers.iter().any(|m| m.paths == l.paths),
-                "layer {:?}",
-                l.paths
-            );
+            let hit = l.paths.iter().any(|q| touched.iter().any(|t| q.name().starts_with(t)));
+            assert_eq!(!hit, v2.layers.iter().any(|m| m.paths == l.paths), "layer {:?}", l.paths);
         }
         let ratio = pulled(&c2, &v1, &v2) as f64 / changed(&c2, &v1) as f64;
-        assert!(
-            ratio < 1.6,
-            "diffusers bump pulls {ratio:.2}× what changed ({n} layers)"
-        );
-        assert_eq!(
-            v2.layers.iter().filter(|l| l.reused).count(),
-            r.reused_layers
-        );
+        assert!(ratio < 1.6, "diffusers bump pulls {ratio:.2}× what changed ({n} layers)");
+        assert_eq!(v2.layers.iter().filter(|l| l.reused).count(), r.reused_layers);
 
         s.add("python3.14-piexif-1.1.3", MB / 2, &["python3-3.14.0"]);
-        s.add(
-            "comfyui-impact-pack-8.8",
-            6 * MB,
-            &["python3.14-piexif-1.1.3", "python3.14-torch-2.10.0"],
-        );
-        s.remove("python3.14-gitpython-3.1.44")
-            .remove("python3.14-gitdb-4.0.12")
-            .remove("python3.14-smmap-5.0.2");
+        s.add("comfyui-impact-pack-8.8", 6 * MB, &["python3.14-piexif-1.1.3", "python3.14-torch-2.10.0"]);
+        s.remove("python3.14-gitpython-3.1.44").remove("python3.14-gitdb-4.0.12").remove("python3.14-smmap-5.0.2");
         let mut app = s.pkgs["comfyui-0.3.68"].1.clone();
         app.push("comfyui-impact-pack-8.8".into());
         s.pkgs.get_mut("comfyui-0.3.68").unwrap().1 = app;
@@ -362,11 +205,7 @@ fn releases_keep_what_did_not_change() {
         let c3 = s.closure();
         let prev = previous_of(&v2);
         let v3 = plan_checked(&c3, &groups, budget(n, None), Some(&prev));
-        let gone = [
-            "python3.14-gitpython",
-            "python3.14-gitdb",
-            "python3.14-smmap",
-        ];
+        let gone = ["python3.14-gitpython", "python3.14-gitdb", "python3.14-smmap"];
         for l in &v2.layers {
             let hit = l.paths.iter().any(|q| {
                 q.name().starts_with("python3-3.14.0-env")
@@ -374,11 +213,7 @@ fn releases_keep_what_did_not_change() {
                     || gone.iter().any(|g| q.name().starts_with(g))
             });
             if !hit {
-                assert!(
-                    v3.layers.iter().any(|m| m.paths == l.paths),
-                    "v2 layer {:?} did not survive v3",
-                    l.paths
-                );
+                assert!(v3.layers.iter().any(|m| m.paths == l.paths), "v2 layer {:?} did not survive v3", l.paths);
             }
         }
         for newcomer in ["python3.14-piexif-1.1.3", "comfyui-impact-pack-8.8"] {
@@ -409,14 +244,7 @@ fn releases_keep_what_did_not_change() {
                 assert!(r.fresh.cost < r.sticky.cost);
             }
         }
-        assert_eq!(
-            r.pull_bytes,
-            if r.strategy == Strategy::Sticky {
-                r.sticky.pull_bytes
-            } else {
-                r.fresh.pull_bytes
-            }
-        );
+        assert_eq!(r.pull_bytes, if r.strategy == Strategy::Sticky { r.sticky.pull_bytes } else { r.fresh.pull_bytes });
     }
 }
 
@@ -425,12 +253,7 @@ fn a_renamed_group_or_a_foreign_image_keeps_nothing() {
     let c = comfy().closure();
     let v1 = plan_checked(&c, &comfy_groups(), budget(12, None), None);
     // Same closure, no groups now: the group names differ, so nothing is kept as is...
-    let p = plan_checked(
-        &c,
-        &Groups::none(),
-        budget(12, None),
-        Some(&previous_of(&v1)),
-    );
+    let p = plan_checked(&c, &Groups::none(), budget(12, None), Some(&previous_of(&v1)));
     assert!(p.layers.iter().all(|l| !l.reused || l.group == AUTO_GROUP));
     // ...and a previous image of other paths is simply ignored.
     let other = {
@@ -439,12 +262,7 @@ fn a_renamed_group_or_a_foreign_image_keeps_nothing() {
         s.closure()
     };
     let o = plan_checked(&other, &Groups::none(), budget(4, None), None);
-    let p = plan_checked(
-        &c,
-        &Groups::none(),
-        budget(12, None),
-        Some(&previous_of(&o)),
-    );
+    let p = plan_checked(&c, &Groups::none(), budget(12, None), Some(&previous_of(&o)));
     assert_eq!(p.previous.unwrap().reused_layers, 0);
 }
 
@@ -453,23 +271,9 @@ fn an_unchanged_closure_reuses_every_layer() {
     let c = comfy().closure();
     for n in [6, 12, 40] {
         let v1 = plan_checked(&c, &comfy_groups(), budget(n, Some(2 * GB)), None);
-        let v2 = plan_checked(
-            &c,
-            &comfy_groups(),
-            budget(n, Some(2 * GB)),
-            Some(&previous_of(&v1)),
-        );
+        let v2 = plan_checked(&c, &comfy_groups(), budget(n, Some(2 * GB)), Some(&previous_of(&v1)));
         assert!(v2.layers.iter().all(|l| l.reused), "{:?}", names(&v2));
-        assert_eq!(
-            v2.layers,
-            v1.layers
-                .iter()
-                .map(|l| Layer {
-                    reused: true,
-                    ..l.clone()
-                })
-                .collect::<Vec<_>>()
-        );
+        assert_eq!(v2.layers, v1.layers.iter().map(|l| Layer { reused: true, ..l.clone() }).collect::<Vec<_>>());
     }
 }
 
@@ -511,9 +315,12 @@ mod recorded {
             let seen: Vec<&str> = p.layers.iter().map(|l| l.group.as_str()).collect();
             let mut dedup = seen.clone();
             dedup.dedup();
-            assert!(dedup.iter().all(|g| order.contains(g)) && dedup.windows(2).all(|w| {
-                order.iter().position(|g| g == &w[0]) < order.iter().position(|g| g == &w[1])
-            }));
+            assert!(
+                dedup.iter().all(|g| order.contains(g))
+                    && dedup
+                        .windows(2)
+                        .all(|w| { order.iter().position(|g| g == &w[0]) < order.iter().position(|g| g == &w[1]) })
+            );
         }
         let p = plan_checked(&c, &file.groups, budget(40, cap), None);
         assert_eq!(p.layer_count(), 39, "one slot held in reserve");
@@ -538,7 +345,8 @@ mod recorded {
     /// v1 → v2 (diffusers bump) → v3 (custom node added, gitpython removed), with --previous.
     #[test]
     fn releases_pull_little_more_than_what_changed() {
-        let (c1, c2, c3) = (fixture("comfyui-v1.json"), fixture("comfyui-v2-diffusers.json"), fixture("comfyui-v3-add-remove.json"));
+        let (c1, c2, c3) =
+            (fixture("comfyui-v1.json"), fixture("comfyui-v2-diffusers.json"), fixture("comfyui-v3-add-remove.json"));
         let file = comfyui();
         let g = &file.groups;
         // Measured ratios (scripts/bench-layering); the bounds guard against regressions.
