@@ -288,9 +288,13 @@ mod recorded {
         parse(&std::fs::read_to_string(&path).unwrap()).unwrap()
     }
 
+    fn layers_file(name: &str) -> LayersFile {
+        let path = format!("{}/layers/{name}", env!("CARGO_MANIFEST_DIR"));
+        LayersFile::parse(&std::fs::read_to_string(&path).unwrap(), name).unwrap()
+    }
+
     fn comfyui() -> LayersFile {
-        let path = format!("{}/layers/comfyui.toml", env!("CARGO_MANIFEST_DIR"));
-        LayersFile::parse(&std::fs::read_to_string(&path).unwrap(), "layers/comfyui.toml").unwrap()
+        layers_file("comfyui.toml")
     }
 
     fn ratio(c: &Closure, old: &Plan, new: &Plan) -> f64 {
@@ -373,5 +377,21 @@ mod recorded {
                 assert!(!layer_of(&v3, newcomer).reused);
             }
         }
+    }
+
+    /// layers/comfyui-40.toml spends a 40-layer budget where single packages change: the
+    /// diffusers bump and the add/remove release stay within 10 % of what changed.
+    #[test]
+    fn the_tight_file_keeps_small_releases_small_at_40_layers() {
+        let (c1, c2, c3) =
+            (fixture("comfyui-v1.json"), fixture("comfyui-v2-diffusers.json"), fixture("comfyui-v3-add-remove.json"));
+        let file = layers_file("comfyui-40.toml");
+        assert_eq!(file.groups.warnings(&c1, "comfyui-40.toml"), Vec::<String>::new());
+        let b = budget(40, file.max_layer_size);
+        let v1 = plan_checked(&c1, &file.groups, b, None);
+        let v2 = plan_checked(&c2, &file.groups, b, Some(&previous_of(&v1)));
+        let v3 = plan_checked(&c3, &file.groups, b, Some(&previous_of(&v2)));
+        let (r2, r3) = (ratio(&c2, &v1, &v2), ratio(&c3, &v2, &v3));
+        assert!(r2 <= 1.1 && r3 <= 1.1, "diffusers {r2:.3}, add/remove {r3:.3}");
     }
 }
