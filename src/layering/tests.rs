@@ -182,7 +182,6 @@ fn releases_keep_what_did_not_change() {
         let prev = previous_of(&v1);
         let v2 = plan_checked(&c2, &groups, budget(n, None), Some(&prev));
         let r = v2.previous.as_ref().unwrap();
-        eprintln!("v2 {n}: {:?}", r);
         // Every v1 layer without diffusers, compel, the env or the app survives byte for byte.
         let touched = ["python3.14-diffusers", "python3.14-compel", "python3-3.14.0-env", "comfyui"];
         for l in &v1.layers {
