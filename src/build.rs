@@ -358,7 +358,8 @@ fn preflight(out: &ImageRef) -> Result<()> {
 }
 
 /// Lists every layer's entries up front: a missing path or a fifo fails the build before
-/// anything is written.
+/// anything is written. A layer whose tar would exceed the plan's `max_layer_size` is cut into
+/// parts by its files here, where they can be seen (`layering::split`).
 fn list_layers(closure: &Closure, plan: &Plan, opts: &BuildOptions) -> Result<Vec<Listed>> {
     let mut listed = Vec::with_capacity(plan.layers.len() + 1);
     for layer in &plan.layers {
@@ -370,12 +371,40 @@ fn list_layers(closure: &Closure, plan: &Plan, opts: &BuildOptions) -> Result<Ve
             tarball::list_store_path(&opts.store_root, path, &mut entries)?;
         }
         tarball::normalize(&mut entries)?;
-        listed.push(Listed {
-            group: layer.group.clone(),
-            paths: layer.paths.clone(),
-            entries,
-            variant: String::new(),
-        });
+        match plan.max_layer_size {
+            Some(cap) if tarball::tar_size(&entries) > cap => {
+                let cut = crate::layering::split::split_entries(&entries, cap);
+                for w in &cut.warnings {
+                    tracing::warn!("{w}");
+                }
+                let label = layer.paths.first().map_or("", |p| p.name());
+                let expected = layer.split.map_or(1, |s| s.parts);
+                if cut.parts.len() > expected {
+                    tracing::warn!(
+                        "layer of {label} split into {} layers under the {} cap, where the plan counted {expected}",
+                        cut.parts.len(),
+                        crate::layering::size::human(cap)
+                    );
+                } else {
+                    tracing::info!("layer of {label} split into {} layers", cut.parts.len());
+                }
+                let n = cut.parts.len();
+                for (i, part) in cut.parts.into_iter().enumerate() {
+                    listed.push(Listed {
+                        group: layer.group.clone(),
+                        paths: part.paths,
+                        entries: part.entries,
+                        variant: format!("split {cap} part {}/{n}", i + 1),
+                    });
+                }
+            }
+            _ => listed.push(Listed {
+                group: layer.group.clone(),
+                paths: layer.paths.clone(),
+                entries,
+                variant: String::new(),
+            }),
+        }
     }
     if opts.spec.has_layer() {
         listed.push(Listed {

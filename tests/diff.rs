@@ -749,24 +749,33 @@ fn layers_changed_only_by_grouping_are_called_regrouped() {
     let d = json(&["diff", &old, &new, "--json"]);
     assert!(d["paths"]["changed"].as_array().unwrap().is_empty());
     let regrouped = d["layers"]["regrouped"].as_array().unwrap();
-    assert_eq!(regrouped.len(), 1, "{d:#}");
-    let moved: BTreeSet<String> = strings(&regrouped[0]["paths"]).into_iter().collect();
-    // With 3 store layers the planner keeps the two largest paths (lib, data) alone and merges the rest.
-    assert_eq!(
-        moved,
-        ["static", "tool", "env"]
-            .iter()
-            .map(|k| f.v1.paths[k].clone())
-            .collect()
-    );
-    assert_eq!(regrouped[0]["moved_from"].as_array().unwrap().len(), 3);
-    assert_eq!(
-        digests(&d["layers"]["removed"]),
-        strings(&regrouped[0]["moved_from"]).into_iter().collect()
-    );
+    // Whatever the planner merges at 3 store layers: each multi-path layer of v1-regrouped is a
+    // regrouping of v1's one-path layers.
+    let merged: BTreeSet<BTreeSet<String>> = manifest_layers(&f.dir.join("img"), "v1-regrouped")
+        .into_iter()
+        .filter(|l| l.2.len() > 1)
+        .map(|l| l.2.into_iter().collect())
+        .collect();
+    assert!(!merged.is_empty());
+    let got: BTreeSet<BTreeSet<String>> = regrouped
+        .iter()
+        .map(|r| strings(&r["paths"]).into_iter().collect())
+        .collect();
+    assert_eq!(got, merged, "{d:#}");
+    for r in regrouped {
+        assert_eq!(
+            r["moved_from"].as_array().unwrap().len(),
+            r["paths"].as_array().unwrap().len()
+        );
+    }
+    let moved_from: BTreeSet<String> = regrouped
+        .iter()
+        .flat_map(|r| strings(&r["moved_from"]))
+        .collect();
+    assert_eq!(digests(&d["layers"]["removed"]), moved_from);
     assert_eq!(
         d["layers"]["regrouped_removed"].as_array().unwrap().len(),
-        3
+        moved_from.len()
     );
     let text = ok(&["diff", &old, &new]);
     assert!(
@@ -775,7 +784,13 @@ fn layers_changed_only_by_grouping_are_called_regrouped() {
         "{text}"
     );
     eprintln!("{text}");
-    assert_eq!(d["download_bytes"], d["layers"]["added"][0]["size"]);
+    let added: u64 = d["layers"]["added"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum();
+    assert_eq!(d["download_bytes"].as_u64().unwrap(), added);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use nixoci::blob::Compression;
 use nixoci::build::{BuildOptions, build};
 use nixoci::closure::read::closure_file;
 use nixoci::image::ImageSpec;
-use nixoci::layering::{Budget, plan};
+use nixoci::layering::{Budget, Groups, plan};
 use nixoci::progress::Silent;
 use nixoci::transport::ImageRef;
 use nixoci::transport::source::SourceImage;
@@ -17,7 +17,7 @@ fn build_example(outputs: Vec<ImageRef>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
     let closure = closure_file(&root.join("closure.json")).unwrap();
     let spec = ImageSpec::load(&root.join("image.toml")).unwrap();
-    let plan = plan(&closure, Budget { store_layers: 10 });
+    let plan = plan(&closure, &Groups::none(), Budget::layers(10), None);
     let opts = BuildOptions {
         store_root: root.join("store"),
         spec,

@@ -2,12 +2,17 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use nixoci::closure::{self, Closure};
-use nixoci::image::ImageSpec;
-use nixoci::layering::{self, Budget, Plan};
+use nixoci::image::{ANNOTATION_GROUP, ANNOTATION_STORE_PATHS, ImageSpec};
+use nixoci::layering::{self, Budget, LayersFile, Plan, Previous};
+use nixoci::transport::ImageRef;
+use nixoci::transport::source::SourceImage;
+
+/// `--max-layers` when neither the flag nor the layers file gives one.
+const DEFAULT_MAX_LAYERS: u32 = 100;
 
 #[derive(Debug, Clone, Args)]
 pub struct Inputs {
@@ -28,9 +33,34 @@ pub struct Inputs {
     /// Image spec TOML: entrypoint, env, user, users/groups, extra dirs/files/symlinks.
     #[arg(long, value_name = "FILE")]
     pub image: Option<PathBuf>,
-    /// Most layers in the image, the customisation layer included.
-    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=500))]
-    pub max_layers: u32,
+    /// Layer groups TOML (e.g. layers/comfyui.toml): ordered groups of store paths, bottom
+    /// (most stable) first, plus default max_layers / max_layer_size.
+    #[arg(long, value_name = "FILE")]
+    pub layers: Option<PathBuf>,
+    /// Most layers in the image, the customisation layer included [default: the layers file's
+    /// max_layers, or 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub max_layers: Option<u32>,
+    /// Largest layer (uncompressed tar bytes), e.g. 4GiB or 500MB: a store path larger than this
+    /// is split across layers by its files [default: the layers file's max_layer_size, or none].
+    #[arg(long, value_name = "SIZE", value_parser = parse_layer_size)]
+    pub max_layer_size: Option<u64>,
+    /// The previous release, whose layers the plan keeps where their contents did not change: its
+    /// image (oci:DIR[:TAG], oci-archive:FILE[:REF], read from its layer annotations) or the JSON
+    /// that `nixoci plan --json` or `nixoci build --json` printed for it.
+    #[arg(long, value_name = "IMAGE|PLAN.json")]
+    pub previous: Option<String>,
+}
+
+/// The smallest `--max-layer-size`: a few tar headers must fit beside any file.
+const MIN_LAYER_SIZE: u64 = 64 * 1024;
+
+fn parse_layer_size(s: &str) -> Result<u64> {
+    let n = layering::size::parse_size(s)?;
+    if n < MIN_LAYER_SIZE {
+        bail!("{s:?} is below the smallest layer size cap, 64KiB");
+    }
+    Ok(n)
 }
 
 impl Inputs {
@@ -52,26 +82,63 @@ impl Inputs {
     pub fn spec(&self) -> Result<ImageSpec> {
         match &self.image {
             Some(f) => ImageSpec::load(f),
-            None => Ok(ImageSpec {
-                architecture: "amd64".into(),
-                ..Default::default()
-            }),
+            None => Ok(ImageSpec { architecture: "amd64".into(), ..Default::default() }),
         }
     }
 
+    /// Plans the layers; warnings (unmatched globs, budget notes) go to stderr.
     pub fn plan(&self, closure: &Closure, spec: &ImageSpec) -> Result<Plan> {
+        let file = match &self.layers {
+            Some(f) => LayersFile::load(f)?,
+            None => LayersFile::default(),
+        };
+        let mut warnings = match &self.layers {
+            Some(f) => file.groups.warnings(closure, &f.display().to_string()),
+            None => Vec::new(),
+        };
         let custom = usize::from(spec.has_layer());
-        let max = self.max_layers as usize;
+        let max = self.max_layers.or(file.max_layers).unwrap_or(DEFAULT_MAX_LAYERS) as usize;
         if max <= custom {
+            bail!("--max-layers {max} leaves no layer for the store paths (the customisation layer takes one)");
+        }
+        let max_layer_size = self.max_layer_size.or(file.max_layer_size);
+        if let Some(n) = max_layer_size.filter(|&n| n < MIN_LAYER_SIZE) {
+            bail!("max_layer_size {n} is below the smallest layer size cap, 64KiB");
+        }
+        let previous = self.previous()?;
+        let budget = Budget { store_layers: max - custom, max_layer_size };
+        let plan = layering::plan(closure, &file.groups, budget, previous.as_ref());
+        warnings.extend(plan.warnings.iter().cloned());
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+        Ok(plan)
+    }
+
+    /// `--previous`: an image (any source transport) or a plan JSON file.
+    fn previous(&self) -> Result<Option<Previous>> {
+        let Some(arg) = &self.previous else {
+            return Ok(None);
+        };
+        let is_image = ["oci:", "oci-archive:", "docker-archive:", "docker://"].iter().any(|t| arg.starts_with(t));
+        if !is_image {
+            return Previous::load(std::path::Path::new(arg)).map(Some);
+        }
+        let image = SourceImage::open(&ImageRef::parse(arg)?)?;
+        let annotations = image.layers.iter().map(|l| {
+            (
+                l.annotations.get(ANNOTATION_GROUP).map(String::as_str),
+                l.annotations.get(ANNOTATION_STORE_PATHS).map(String::as_str),
+            )
+        });
+        let previous = Previous::from_annotations(annotations)
+            .with_context(|| format!("reading the layer annotations of --previous {arg}"))?;
+        if previous.layers.is_empty() {
             bail!(
-                "--max-layers {max} leaves no layer for the store paths (the customisation layer takes one)"
+                "--previous {arg}: no layer carries {ANNOTATION_STORE_PATHS} (a docker-archive keeps no \
+                 annotations): give the oci: or oci-archive: copy, or the JSON `nixoci build --json` printed"
             );
         }
-        Ok(layering::plan(
-            closure,
-            Budget {
-                store_layers: max - custom,
-            },
-        ))
+        Ok(Some(previous))
     }
 }

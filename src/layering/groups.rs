@@ -1,0 +1,355 @@
+//! Layer groups: the `layers/*.toml` format (DESIGN.md §5).
+//!
+//! ```toml
+//! max_layers = 40            # optional; `--max-layers` overrides it
+//! max_layer_size = "4GiB"    # optional; `--max-layer-size` overrides it
+//!
+//! [[group]]                  # bottom (most stable) first
+//! name = "base-runtime"
+//! match = ["glibc-*", "python3-3.*"]   # globs on store path names (the part after `<hash>-`)
+//! split = "per-path"         # optional: start from one layer per path (default: one layer)
+//! max_layers = 4             # optional: at most this many layers for the group
+//! ```
+//!
+//! Group *i* holds its matched paths and their closure, minus everything the groups below it
+//! claimed. Paths no group claims form the `auto` partition, laid out last. Unknown keys are an
+//! error naming the file and line; a glob that matches no store path is a warning.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::closure::{Closure, StorePath};
+
+use super::size::parse_size;
+
+/// The partition name of paths no group claims.
+pub const AUTO_GROUP: &str = "auto";
+/// Names a layers file may not use: they mean something else in plans and images.
+const RESERVED: [&str; 2] = [AUTO_GROUP, "customisation"];
+
+/// How a group's paths start out before the budget is applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitMode {
+    /// One layer for the whole group (more only where `max_layers` or the size cap allow/force).
+    #[default]
+    None,
+    /// One layer per store path, merged by the packer only as far as the budget demands.
+    PerPath,
+}
+
+/// A glob and the line of the layers file it came from (0 when built in code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    pub glob: String,
+    pub line: usize,
+}
+
+/// One group of a layers file.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub name: String,
+    pub patterns: Vec<Pattern>,
+    pub split: SplitMode,
+    pub max_layers: Option<usize>,
+    matcher: GlobSet,
+}
+
+impl Group {
+    /// A group from code (tests, callers that build groups themselves).
+    pub fn new(name: &str, globs: &[&str], split: SplitMode, max_layers: Option<usize>) -> Result<Self> {
+        let patterns = globs.iter().map(|g| Pattern { glob: (*g).to_owned(), line: 0 }).collect();
+        Self::build(name.to_owned(), patterns, split, max_layers)
+    }
+
+    fn build(name: String, patterns: Vec<Pattern>, split: SplitMode, max_layers: Option<usize>) -> Result<Self> {
+        let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
+        if !name_ok {
+            bail!("group name {name:?} must be non-empty and use only [A-Za-z0-9._+-]");
+        }
+        if RESERVED.contains(&name.as_str()) {
+            bail!("group name {name:?} is reserved");
+        }
+        if patterns.is_empty() {
+            bail!("group {name:?} has an empty `match` list");
+        }
+        if max_layers == Some(0) {
+            bail!("group {name:?}: max_layers must be at least 1");
+        }
+        let mut set = GlobSetBuilder::new();
+        for p in &patterns {
+            let glob = Glob::new(&p.glob).with_context(|| format!("group {name:?}: invalid glob {:?}", p.glob))?;
+            set.add(glob);
+        }
+        let matcher = set.build().with_context(|| format!("group {name:?}: building its globs"))?;
+        Ok(Self { name, patterns, split, max_layers, matcher })
+    }
+
+    /// Whether the store path name (after `<hash>-`) matches one of the group's globs.
+    pub fn matches(&self, name: &str) -> bool {
+        self.matcher.is_match(name)
+    }
+
+    /// The most layers the packer may leave this group with before the global budget applies.
+    pub(crate) fn limit(&self) -> usize {
+        match (self.max_layers, self.split) {
+            (Some(n), _) => n,
+            (None, SplitMode::None) => 1,
+            (None, SplitMode::PerPath) => usize::MAX,
+        }
+    }
+}
+
+/// Ordered layer groups, bottom (most stable) first. Empty: everything is auto-layered.
+#[derive(Debug, Clone, Default)]
+pub struct Groups {
+    groups: Vec<Group>,
+}
+
+impl Groups {
+    /// No groups: every path is auto-layered.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn new(groups: Vec<Group>) -> Result<Self> {
+        let mut seen = BTreeSet::new();
+        for g in &groups {
+            if !seen.insert(g.name.as_str()) {
+                bail!("group {:?} is defined twice", g.name);
+            }
+        }
+        Ok(Self { groups })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Group> {
+        self.groups.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// The name of partition `i`: a group, or [`AUTO_GROUP`] for `i == len()`.
+    pub fn partition_name(&self, i: usize) -> &str {
+        self.groups.get(i).map_or(AUTO_GROUP, |g| g.name.as_str())
+    }
+
+    /// The layer limit of partition `i` before the global budget (unlimited for `auto`).
+    pub(crate) fn partition_limit(&self, i: usize) -> usize {
+        self.groups.get(i).map_or(usize::MAX, Group::limit)
+    }
+
+    /// Which partition each path of `closure` falls in: the index of the lowest group whose
+    /// matched paths' closure holds it, or `len()` (auto) when none does.
+    pub fn assign<'a>(&self, closure: &'a Closure) -> BTreeMap<&'a StorePath, usize> {
+        let mut out: BTreeMap<&StorePath, usize> = BTreeMap::new();
+        for (i, g) in self.groups.iter().enumerate() {
+            let matched = closure.iter().map(|info| &info.path).filter(|p| g.matches(p.name()));
+            for p in closure.closure_of(matched) {
+                out.entry(p).or_insert(i);
+            }
+        }
+        for info in closure.iter() {
+            out.entry(&info.path).or_insert(self.groups.len());
+        }
+        out
+    }
+
+    /// Warnings about `closure`: globs that match no store path, groups left empty because
+    /// lower groups claimed everything they match. `origin` prefixes each (`layers/x.toml`).
+    pub fn warnings(&self, closure: &Closure, origin: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for g in &self.groups {
+            for p in &g.patterns {
+                let glob = Glob::new(&p.glob).map(|g| g.compile_matcher());
+                let hit = glob.is_ok_and(|m| closure.iter().any(|i| m.is_match(i.path.name())));
+                if !hit {
+                    let at = if p.line > 0 { format!("{origin}:{}", p.line) } else { origin.to_owned() };
+                    out.push(format!("{at}: glob {:?} of group {:?} matches no store path", p.glob, g.name));
+                }
+            }
+        }
+        let assigned = self.assign(closure);
+        let used: BTreeSet<usize> = assigned.values().copied().collect();
+        for (i, g) in self.groups.iter().enumerate() {
+            let matches_something = closure.iter().any(|info| g.matches(info.path.name()));
+            if matches_something && !used.contains(&i) {
+                out.push(format!(
+                    "{origin}: group {:?} is empty: the groups below it already claim every path it matches",
+                    g.name
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// A parsed layers file: its groups and its budget defaults.
+#[derive(Debug, Clone, Default)]
+pub struct LayersFile {
+    pub groups: Groups,
+    pub max_layers: Option<u32>,
+    pub max_layer_size: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToml {
+    max_layers: Option<u32>,
+    max_layer_size: Option<SizeToml>,
+    #[serde(default)]
+    group: Vec<GroupToml>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupToml {
+    name: Spanned<String>,
+    #[serde(rename = "match")]
+    patterns: Vec<Spanned<String>>,
+    #[serde(default)]
+    split: SplitMode,
+    max_layers: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeToml {
+    Bytes(u64),
+    Text(String),
+}
+
+impl LayersFile {
+    /// Reads and parses a layers file; errors name the file (and the line, for TOML errors).
+    pub fn load(file: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading layers file {}", file.display()))?;
+        Self::parse(&text, &file.display().to_string())
+    }
+
+    /// Parses the text of a layers file; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let raw: FileToml = toml::from_str(text).with_context(|| format!("in layers file {origin}"))?;
+        let line_of = |span: std::ops::Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
+        let max_layer_size = match raw.max_layer_size {
+            None => None,
+            Some(SizeToml::Bytes(n)) => Some(n),
+            Some(SizeToml::Text(s)) => {
+                Some(parse_size(&s).with_context(|| format!("in layers file {origin}: max_layer_size"))?)
+            }
+        };
+        if raw.max_layers == Some(0) {
+            bail!("in layers file {origin}: max_layers must be at least 1");
+        }
+        let mut groups = Vec::new();
+        for g in raw.group {
+            let line = line_of(g.name.span());
+            let patterns =
+                g.patterns.into_iter().map(|p| Pattern { line: line_of(p.span()), glob: p.into_inner() }).collect();
+            let group = Group::build(g.name.into_inner(), patterns, g.split, g.max_layers)
+                .with_context(|| format!("in layers file {origin}, line {line}"))?;
+            groups.push(group);
+        }
+        let groups = Groups::new(groups).with_context(|| format!("in layers file {origin}"))?;
+        Ok(Self { groups, max_layers: raw.max_layers, max_layer_size })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::closure::testing::info;
+
+    const FILE: &str = r#"
+max_layers = 40
+max_layer_size = "4GiB"
+
+[[group]]
+name = "base"
+match = ["glibc-*"]
+
+[[group]]
+name = "torch"
+match = ["python3.14-torch-*", "nothing-*"]
+split = "per-path"
+max_layers = 3
+"#;
+
+    #[test]
+    fn parses_and_reports_unmatched_globs_with_lines() {
+        let f = LayersFile::parse(FILE, "layers/t.toml").unwrap();
+        assert_eq!(f.max_layers, Some(40));
+        assert_eq!(f.max_layer_size, Some(4 << 30));
+        let g: Vec<_> = f.groups.iter().collect();
+        assert_eq!(g[1].split, SplitMode::PerPath);
+        assert_eq!(g[1].limit(), 3);
+        assert_eq!(g[0].limit(), 1);
+        assert_eq!(g[1].patterns[1].line, 11);
+        let c =
+            Closure::new([info("glibc-2.40", 10, &[]), info("python3.14-torch-2.10.0", 10, &["glibc-2.40"])]).unwrap();
+        let w = f.groups.warnings(&c, "layers/t.toml");
+        assert_eq!(w, vec![r#"layers/t.toml:11: glob "nothing-*" of group "torch" matches no store path"#]);
+    }
+
+    #[test]
+    fn unknown_keys_name_file_and_line() {
+        let text = "[[group]]\nname = \"a\"\nmatch = [\"x\"]\nsplt = \"per-path\"\n";
+        let err = format!("{:#}", LayersFile::parse(text, "layers/bad.toml").unwrap_err());
+        assert!(err.contains("layers/bad.toml") && err.contains("line 4") && err.contains("splt"), "{err}");
+        let err = format!("{:#}", LayersFile::parse("max_layer = 3\n", "f.toml").unwrap_err());
+        assert!(err.contains("line 1") && err.contains("max_layer"), "{err}");
+        let err = format!(
+            "{:#}",
+            LayersFile::parse("[[group]]\nname = \"a\"\nmatch = [\"x\"]\nsplit = \"each\"\n", "f.toml").unwrap_err()
+        );
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        for (text, want) in [
+            ("[[group]]\nname = \"auto\"\nmatch = [\"x\"]\n", "reserved"),
+            ("[[group]]\nname = \"a b\"\nmatch = [\"x\"]\n", "must be non-empty"),
+            ("[[group]]\nname = \"a\"\nmatch = []\n", "empty `match`"),
+            ("[[group]]\nname = \"a\"\nmatch = [\"[\"]\n", "invalid glob"),
+            ("[[group]]\nname = \"a\"\nmatch = [\"x\"]\n[[group]]\nname = \"a\"\nmatch = [\"y\"]\n", "defined twice"),
+            ("max_layer_size = \"4 furlongs\"\n", "unknown unit"),
+        ] {
+            let err = format!("{:#}", LayersFile::parse(text, "f.toml").unwrap_err());
+            assert!(err.contains(want) && err.contains("f.toml"), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn lower_groups_claim_first_and_closures_follow() {
+        // app -> lib -> base; group "lib" matches lib; group "app" matches app and lib.
+        let c = Closure::new([
+            info("base-1", 1, &[]),
+            info("lib-1", 1, &["base-1"]),
+            info("app-1", 1, &["lib-1"]),
+            info("stray-1", 1, &[]),
+        ])
+        .unwrap();
+        let groups = Groups::new(vec![
+            Group::new("lib", &["lib-*"], SplitMode::None, None).unwrap(),
+            Group::new("app", &["app-*", "lib-*"], SplitMode::None, None).unwrap(),
+        ])
+        .unwrap();
+        let a = groups.assign(&c);
+        let by_name: BTreeMap<&str, usize> = a.iter().map(|(p, i)| (p.name(), *i)).collect();
+        assert_eq!(by_name["base-1"], 0, "pulled in by lib's closure");
+        assert_eq!(by_name["lib-1"], 0);
+        assert_eq!(by_name["app-1"], 1);
+        assert_eq!(by_name["stray-1"], 2, "unclaimed: auto");
+        assert_eq!(groups.partition_name(2), AUTO_GROUP);
+    }
+}
