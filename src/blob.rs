@@ -40,11 +40,7 @@ impl FromStr for Digest {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         match s.strip_prefix("sha256:") {
-            Some(h)
-                if h.len() == 64
-                    && h.bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
-            {
+            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
                 Ok(Self(s.to_owned()))
             }
             _ => bail!("invalid digest {s:?} (expected sha256:<64 lowercase hex>)"),
@@ -72,9 +68,7 @@ impl serde::Serialize for Digest {
 
 impl<'de> serde::Deserialize<'de> for Digest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -158,19 +152,11 @@ pub struct HashWriter<W> {
 
 impl<W: Write> HashWriter<W> {
     pub fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
+        Self { inner, hasher: Sha256::new(), count: 0 }
     }
 
     pub fn finish(self) -> (W, Digest, u64) {
-        (
-            self.inner,
-            Digest::from_sha256(&self.hasher.finalize()),
-            self.count,
-        )
+        (self.inner, Digest::from_sha256(&self.hasher.finalize()), self.count)
     }
 }
 
@@ -184,6 +170,82 @@ impl<W: Write> Write for HashWriter<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Like [`HashWriter`], but the hashing runs on a thread of its own: for streams (`-o -`) where
+/// one thread reading files and writing the pipe would otherwise also pay for SHA-256. Bytes are
+/// gathered into 1 MiB buffers, each handed to the hasher and written to `inner`.
+pub struct OffloadHashWriter<W> {
+    inner: Option<W>,
+    buf: Vec<u8>,
+    tx: Option<mpsc::SyncSender<Arc<Vec<u8>>>>,
+    hasher: Option<thread::JoinHandle<Sha256>>,
+    count: u64,
+}
+
+const OFFLOAD_BUF: usize = 1 << 20;
+
+impl<W: Write> OffloadHashWriter<W> {
+    pub fn new(inner: W) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(4);
+        let hasher = thread::spawn(move || {
+            let mut h = Sha256::new();
+            for buf in rx {
+                h.update(&buf[..]);
+            }
+            h
+        });
+        Self { inner: Some(inner), buf: Vec::with_capacity(OFFLOAD_BUF), tx: Some(tx), hasher: Some(hasher), count: 0 }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let buf = Arc::new(std::mem::replace(&mut self.buf, Vec::with_capacity(OFFLOAD_BUF)));
+        let tx = self.tx.as_ref().ok_or_else(|| io::Error::other("hasher already finished"))?;
+        tx.send(Arc::clone(&buf)).map_err(|_| io::Error::other("the hashing thread died"))?;
+        self.inner.as_mut().ok_or_else(|| io::Error::other("writer already finished"))?.write_all(&buf)
+    }
+
+    /// Writes what is buffered and returns the inner writer, the digest and the byte count.
+    pub fn finish(mut self) -> io::Result<(W, Digest, u64)> {
+        self.send()?;
+        self.tx.take();
+        let h = self
+            .hasher
+            .take()
+            .expect("finish runs once")
+            .join()
+            .map_err(|_| io::Error::other("the hashing thread panicked"))?;
+        let inner = self.inner.take().expect("finish runs once");
+        Ok((inner, Digest::from_sha256(&h.finalize()), self.count))
+    }
+}
+
+impl<W: Write> Write for OffloadHashWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(OFFLOAD_BUF - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        self.count += n as u64;
+        if self.buf.len() == OFFLOAD_BUF {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<W> Drop for OffloadHashWriter<W> {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(h) = self.hasher.take() {
+            let _ = h.join();
+        }
     }
 }
 
@@ -225,27 +287,16 @@ impl Pool {
                 })
             })
             .collect();
-        Self {
-            tx: Some(tx),
-            workers,
-        }
+        Self { tx: Some(tx), workers }
     }
 
-    fn submit(
-        &self,
-        data: Vec<u8>,
-        compression: Compression,
-    ) -> mpsc::Receiver<io::Result<Vec<u8>>> {
+    fn submit(&self, data: Vec<u8>, compression: Compression) -> mpsc::Receiver<io::Result<Vec<u8>>> {
         let (reply, rx) = mpsc::sync_channel(1);
-        let job = Job {
-            data,
-            compression,
-            reply,
-        };
-        if let Some(tx) = &self.tx {
-            if let Err(mpsc::SendError(job)) = tx.send(job) {
-                let _ = job.reply.send(compress_chunk(&job.data, job.compression));
-            }
+        let job = Job { data, compression, reply };
+        if let Some(tx) = &self.tx
+            && let Err(mpsc::SendError(job)) = tx.send(job)
+        {
+            let _ = job.reply.send(compress_chunk(&job.data, job.compression));
         }
         rx
     }
@@ -265,10 +316,9 @@ fn compress_chunk(data: &[u8], compression: Compression) -> io::Result<Vec<u8>> 
     match compression {
         Compression::None => Ok(data.to_vec()),
         Compression::Gzip(level) => {
-            let mut enc = flate2::GzBuilder::new().operating_system(255).write(
-                Vec::with_capacity(data.len() / 2),
-                flate2::Compression::new(level),
-            );
+            let mut enc = flate2::GzBuilder::new()
+                .operating_system(255)
+                .write(Vec::with_capacity(data.len() / 2), flate2::Compression::new(level));
             enc.write_all(data)?;
             enc.finish()
         }
@@ -305,13 +355,7 @@ const IN_FLIGHT: usize = 3;
 
 impl<'p, W: Write> ChunkWriter<'p, W> {
     fn new(inner: W, compression: Compression, pool: Option<&'p Pool>) -> Self {
-        Self {
-            inner,
-            compression,
-            pool,
-            buf: Vec::with_capacity(CHUNK),
-            pending: VecDeque::new(),
-        }
+        Self { inner, compression, pool, buf: Vec::with_capacity(CHUNK), pending: VecDeque::new() }
     }
 
     fn submit(&mut self) -> io::Result<()> {
@@ -333,9 +377,7 @@ impl<'p, W: Write> ChunkWriter<'p, W> {
 
     fn drain_one(&mut self) -> io::Result<()> {
         if let Some(rx) = self.pending.pop_front() {
-            let out = rx
-                .recv()
-                .map_err(|_| io::Error::other("a compression worker died"))??;
+            let out = rx.recv().map_err(|_| io::Error::other("a compression worker died"))??;
             self.inner.write_all(&out)?;
         }
         Ok(())
@@ -383,13 +425,7 @@ pub fn write_layer<W: Write>(
             let tar = tarball::write(entries, epoch, outer, on_data)?;
             let (sink, digest, size) = tar.finish();
             let media_type = compression.media_type().to_string();
-            let info = BlobInfo {
-                diff_id: digest.clone(),
-                digest,
-                size,
-                uncompressed_size: size,
-                media_type,
-            };
+            let info = BlobInfo { diff_id: digest.clone(), digest, size, uncompressed_size: size, media_type };
             return Ok((sink, info));
         }
         Compression::Gzip(_) | Compression::Zstd(_) => {
@@ -400,16 +436,7 @@ pub fn write_layer<W: Write>(
         }
     };
     let (sink, digest, size) = outer.finish();
-    Ok((
-        sink,
-        BlobInfo {
-            digest,
-            size,
-            diff_id,
-            uncompressed_size,
-            media_type: compression.media_type().to_string(),
-        },
-    ))
+    Ok((sink, BlobInfo { digest, size, diff_id, uncompressed_size, media_type: compression.media_type().to_string() }))
 }
 
 #[cfg(test)]
@@ -424,10 +451,7 @@ mod tests {
             Entry::dir("nix", 0o755),
             Entry {
                 path: "nix/f".into(),
-                kind: Kind::File {
-                    size: data.len() as u64,
-                    content: Content::Inline(data),
-                },
+                kind: Kind::File { size: data.len() as u64, content: Content::Inline(data) },
                 mode: 0o444,
                 uid: 0,
                 gid: 0,
@@ -437,22 +461,15 @@ mod tests {
 
     #[test]
     fn one_pass_gives_both_digests() {
-        for c in [
-            Compression::None,
-            Compression::Gzip(6),
-            Compression::Zstd(3),
-        ] {
-            let (blob, info) =
-                write_layer(&entries(), 1, c, None, Vec::new(), &mut |_| {}).unwrap();
+        for c in [Compression::None, Compression::Gzip(6), Compression::Zstd(3)] {
+            let (blob, info) = write_layer(&entries(), 1, c, None, Vec::new(), &mut |_| {}).unwrap();
             assert_eq!(info.digest, Digest::of(&blob), "{c}");
             assert_eq!(info.size, blob.len() as u64);
             let tar = match c {
                 Compression::None => blob.clone(),
                 Compression::Gzip(_) => {
                     let mut v = Vec::new();
-                    flate2::read::MultiGzDecoder::new(&blob[..])
-                        .read_to_end(&mut v)
-                        .unwrap();
+                    flate2::read::MultiGzDecoder::new(&blob[..]).read_to_end(&mut v).unwrap();
                     v
                 }
                 Compression::Zstd(_) => zstd::decode_all(&blob[..]).unwrap(),
@@ -465,15 +482,10 @@ mod tests {
     /// Several chunks: the same bytes inline and on pools of any size, and they decompress.
     #[test]
     fn chunked_output_does_not_depend_on_workers() {
-        let data: Vec<u8> = (0..(CHUNK * 2 + 12345))
-            .map(|i| (i * 7 % 251) as u8)
-            .collect();
+        let data: Vec<u8> = (0..(CHUNK * 2 + 12345)).map(|i| (i * 7 % 251) as u8).collect();
         let big = vec![Entry {
             path: "f".into(),
-            kind: Kind::File {
-                size: data.len() as u64,
-                content: Content::Inline(data.clone()),
-            },
+            kind: Kind::File { size: data.len() as u64, content: Content::Inline(data.clone()) },
             mode: 0o444,
             uid: 0,
             gid: 0,
@@ -482,17 +494,14 @@ mod tests {
             let (inline, a) = write_layer(&big, 1, c, None, Vec::new(), &mut |_| {}).unwrap();
             for n in [1, 2, 5] {
                 let pool = Pool::new(n);
-                let (pooled, b) =
-                    write_layer(&big, 1, c, Some(&pool), Vec::new(), &mut |_| {}).unwrap();
+                let (pooled, b) = write_layer(&big, 1, c, Some(&pool), Vec::new(), &mut |_| {}).unwrap();
                 assert_eq!(a, b, "{c} with {n} workers");
                 assert_eq!(inline, pooled);
             }
             let tar = match c {
                 Compression::Gzip(_) => {
                     let mut v = Vec::new();
-                    flate2::read::MultiGzDecoder::new(&inline[..])
-                        .read_to_end(&mut v)
-                        .unwrap();
+                    flate2::read::MultiGzDecoder::new(&inline[..]).read_to_end(&mut v).unwrap();
                     v
                 }
                 _ => zstd::decode_all(&inline[..]).unwrap(),
@@ -502,12 +511,21 @@ mod tests {
     }
 
     #[test]
+    fn offloaded_hash_matches() {
+        let data: Vec<u8> = (0..3_000_001u32).map(|i| (i % 253) as u8).collect();
+        let mut w = OffloadHashWriter::new(Vec::new());
+        for piece in data.chunks(70_000) {
+            w.write_all(piece).unwrap();
+        }
+        let (out, digest, n) = w.finish().unwrap();
+        assert_eq!((out.as_slice(), n), (data.as_slice(), data.len() as u64));
+        assert_eq!(digest, Digest::of(&data));
+    }
+
+    #[test]
     fn compression_parses() {
         assert_eq!("gzip".parse::<Compression>().unwrap(), Compression::Gzip(6));
-        assert_eq!(
-            "zstd:9".parse::<Compression>().unwrap(),
-            Compression::Zstd(9)
-        );
+        assert_eq!("zstd:9".parse::<Compression>().unwrap(), Compression::Zstd(9));
         assert_eq!("none".parse::<Compression>().unwrap(), Compression::None);
         assert!("gzip:0".parse::<Compression>().is_err());
         assert!("lz4".parse::<Compression>().is_err());

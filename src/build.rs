@@ -90,22 +90,11 @@ impl Listed {
     }
 }
 
-pub fn build(
-    closure: &Closure,
-    plan: &Plan,
-    opts: &BuildOptions,
-    reporter: &dyn Reporter,
-) -> Result<BuildReport> {
+pub fn build(closure: &Closure, plan: &Plan, opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildReport> {
     if opts.outputs.is_empty() {
         bail!("no destination: give at least one -o DEST");
     }
-    if opts
-        .outputs
-        .iter()
-        .filter(|o| **o == ImageRef::Stdout)
-        .count()
-        > 1
-    {
+    if opts.outputs.iter().filter(|o| **o == ImageRef::Stdout).count() > 1 {
         bail!("-o - is given twice: stdout can carry one image");
     }
     for out in &opts.outputs {
@@ -125,12 +114,7 @@ pub fn build(
     let oci_outputs: Vec<&ImageRef> = opts
         .outputs
         .iter()
-        .filter(|o| {
-            matches!(
-                o,
-                ImageRef::OciDir { .. } | ImageRef::OciArchive { .. } | ImageRef::Registry(_)
-            )
-        })
+        .filter(|o| matches!(o, ImageRef::OciDir { .. } | ImageRef::OciArchive { .. } | ImageRef::Registry(_)))
         .collect();
     let mut primary: Option<Image> = None;
     let mut written = Vec::new();
@@ -140,27 +124,17 @@ pub fn build(
         let dests_have = |d: &Digest, size: u64| {
             oci_outputs.iter().all(|o| match o {
                 ImageRef::OciDir { dir, .. } => oci_dir::has_blob(dir, d, size),
-                ImageRef::Registry(r) => {
-                    repo_for(&repos, r).is_some_and(|repo| match repo.has_blob(d, size) {
-                        Ok(there) => there,
-                        Err(e) => {
-                            tracing::warn!("{e}");
-                            false
-                        }
-                    })
-                }
+                ImageRef::Registry(r) => repo_for(&repos, r).is_some_and(|repo| match repo.has_blob(d, size) {
+                    Ok(there) => there,
+                    Err(e) => {
+                        tracing::warn!("{e}");
+                        false
+                    }
+                }),
                 _ => false,
             })
         };
-        let descs = make_blobs(
-            closure,
-            &layers,
-            opts,
-            &store,
-            &dests_have,
-            reporter,
-            &mut stats,
-        )?;
+        let descs = make_blobs(closure, &layers, opts, &store, &dests_have, reporter, &mut stats)?;
         lap(&mut stats, "layers");
         let image = image::assemble(&opts.spec, descs, opts.epoch)?;
         gate(opts, &layers, image.layers.iter().map(|l| l.blob.size))?;
@@ -175,11 +149,8 @@ pub fn build(
                     archive::write_oci_archive(file, r.as_deref(), &image, &store, opts.epoch)?
                 }
                 ImageRef::Registry(r) => {
-                    let repo = repo_for(&repos, r)
-                        .ok_or_else(|| anyhow!("internal error: {r} was not connected"))?;
-                    let at = r
-                        .manifest_reference()
-                        .unwrap_or_else(|| default_tag(&opts.spec));
+                    let repo = repo_for(&repos, r).ok_or_else(|| anyhow!("internal error: {r} was not connected"))?;
+                    let at = r.manifest_reference().unwrap_or_else(|| default_tag(&opts.spec));
                     let pushed = repo
                         .push(&image, &at, &store, opts.jobs, reporter)
                         .with_context(|| format!("pushing to {r}"))?;
@@ -203,18 +174,10 @@ pub fn build(
         // docker-archive layers are uncompressed tars, whose exact size the listing gives.
         gate(opts, &layers, layers.iter().map(|l| tarball::tar_size(&l.entries)))?;
     }
-    for out in opts
-        .outputs
-        .iter()
-        .filter(|o| matches!(o, ImageRef::DockerArchive { .. } | ImageRef::Stdout))
-    {
+    for out in opts.outputs.iter().filter(|o| matches!(o, ImageRef::DockerArchive { .. } | ImageRef::Stdout)) {
         let stream: Vec<StreamLayer<'_>> = layers
             .iter()
-            .map(|l| StreamLayer {
-                entries: &l.entries,
-                group: l.group.clone(),
-                paths: l.paths.clone(),
-            })
+            .map(|l| StreamLayer { entries: &l.entries, group: l.group.clone(), paths: l.paths.clone() })
             .collect();
         let total = layers.len();
         let mut read = 0u64;
@@ -232,31 +195,15 @@ pub fn build(
         let (descs, config) = match out {
             ImageRef::DockerArchive { file, reference } => {
                 let r = reference.clone().or_else(|| opts.spec.name.clone());
-                archive::write_docker_archive_file(
-                    file,
-                    r.as_deref(),
-                    &stream,
-                    opts.epoch,
-                    &config,
-                    &mut on_layer,
-                )?
+                archive::write_docker_archive_file(file, r.as_deref(), &stream, opts.epoch, &config, &mut on_layer)?
             }
             _ => {
                 let stdout = std::io::stdout().lock();
                 let w = std::io::BufWriter::with_capacity(1 << 20, stdout);
                 let r = opts.spec.name.clone();
-                let (w, d, c) = archive::write_docker_archive(
-                    w,
-                    r.as_deref(),
-                    &stream,
-                    opts.epoch,
-                    &config,
-                    &mut on_layer,
-                )?;
-                let mut stdout = w
-                    .into_inner()
-                    .map_err(|e| e.into_error())
-                    .context("writing to stdout")?;
+                let (w, d, c) =
+                    archive::write_docker_archive(w, r.as_deref(), &stream, opts.epoch, &config, &mut on_layer)?;
+                let mut stdout = w.into_inner().map_err(|e| e.into_error()).context("writing to stdout")?;
                 std::io::Write::flush(&mut stdout).context("writing to stdout")?;
                 (d, c)
             }
@@ -292,7 +239,11 @@ fn gate(opts: &BuildOptions, layers: &[Listed], sizes: impl Iterator<Item = u64>
         reference: "the image being built".to_owned(),
         user: opts.spec.user.clone(),
         passwd: crate::policy::passwd_of_entries(layers.iter().map(|l| l.entries.as_slice())),
-        layers: layers.iter().zip(sizes).map(|(l, size)| LayerFacts::from_entries(size, &l.group, l.paths.clone(), &l.entries)).collect(),
+        layers: layers
+            .iter()
+            .zip(sizes)
+            .map(|(l, size)| LayerFacts::from_entries(size, &l.group, l.paths.clone(), &l.entries))
+            .collect(),
     };
     let verdict = policy.evaluate(&facts);
     if !verdict.passed {
@@ -308,17 +259,14 @@ fn connect_registries(outputs: &[ImageRef]) -> Result<Vec<Repository>> {
         if let ImageRef::Registry(r) = out
             && repo_for(&repos, r).is_none()
         {
-            repos
-                .push(Repository::open_for_push(r).with_context(|| format!("cannot push to {r}"))?);
+            repos.push(Repository::open_for_push(r).with_context(|| format!("cannot push to {r}"))?);
         }
     }
     Ok(repos)
 }
 
 fn repo_for<'a>(repos: &'a [Repository], r: &RegistryRef) -> Option<&'a Repository> {
-    repos.iter().find(|x| {
-        x.reference.host == r.host && x.reference.repo == r.repo && x.reference.options == r.options
-    })
+    repos.iter().find(|x| x.reference.host == r.host && x.reference.repo == r.repo && x.reference.options == r.options)
 }
 
 /// Fails early, before any work, when a destination cannot be written.
@@ -335,16 +283,9 @@ fn preflight(out: &ImageRef) -> Result<()> {
         }
         ImageRef::OciDir { dir, .. } => {
             if dir.exists() && !dir.is_dir() {
-                bail!(
-                    "cannot write {out}: {} exists and is not a directory",
-                    dir.display()
-                );
+                bail!("cannot write {out}: {} exists and is not a directory", dir.display());
             }
-            let probe = if dir.is_dir() {
-                dir.join("x")
-            } else {
-                dir.clone()
-            };
+            let probe = if dir.is_dir() { dir.join("x") } else { dir.clone() };
             drop(transport::temp_sibling_file(&probe)?);
         }
         ImageRef::OciArchive { file, .. } | ImageRef::DockerArchive { file, .. } => {
@@ -383,7 +324,7 @@ fn list_layers(closure: &Closure, plan: &Plan, opts: &BuildOptions) -> Result<Ve
                     tracing::warn!(
                         "layer of {label} split into {} layers under the {} cap, where the plan counted {expected}",
                         cut.parts.len(),
-                        crate::layering::size::human(cap)
+                        crate::size::human(cap)
                     );
                 } else {
                     tracing::info!("layer of {label} split into {} layers", cut.parts.len());
@@ -422,10 +363,7 @@ fn layer_key(closure: &Closure, layer: &Listed, opts: &BuildOptions) -> Option<L
     if layer.paths.is_empty() {
         return LayerKey::for_inline_entries(&layer.entries, opts.compression, opts.epoch);
     }
-    let hashes = layer
-        .paths
-        .iter()
-        .map(|p| (p, closure.get(p).and_then(|i| i.nar_hash.as_ref())));
+    let hashes = layer.paths.iter().map(|p| (p, closure.get(p).and_then(|i| i.nar_hash.as_ref())));
     LayerKey::for_store_paths(hashes, &layer.variant, opts.compression, opts.epoch)
 }
 
@@ -447,12 +385,7 @@ fn make_blobs(
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-    let (read, written, built, hits) = (
-        AtomicU64::new(0),
-        AtomicU64::new(0),
-        AtomicUsize::new(0),
-        AtomicUsize::new(0),
-    );
+    let (read, written, built, hits) = (AtomicU64::new(0), AtomicU64::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
     let total = layers.len();
     let jobs = opts.jobs.max(1);
     let pool = Pool::new(jobs);
@@ -461,35 +394,23 @@ fn make_blobs(
     let one_layer = |i: usize| -> Result<BlobInfo> {
         let layer = &layers[i];
         reporter.layer_started(i, total, &layer.label(), layer.data_size());
-        let key = store
-            .cache
-            .as_ref()
-            .and_then(|_| layer_key(closure, layer, opts));
+        let key = store.cache.as_ref().and_then(|_| layer_key(closure, layer, opts));
         let cached = key.as_ref().and_then(|k| store.cache.as_ref()?.lookup(k));
-        if let Some(info) = &cached {
-            if dests_have(&info.digest, info.size) || store.cached_blob(info) {
-                hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(info.clone());
-            }
+        if let Some(info) = &cached
+            && (dests_have(&info.digest, info.size) || store.cached_blob(info))
+        {
+            hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(info.clone());
         }
-        let info = store.write_layer(
-            &layer.entries,
-            opts.epoch,
-            opts.compression,
-            &pool,
-            &mut |n| {
-                read.fetch_add(n, Ordering::Relaxed);
-                reporter.layer_progress(i, n)
-            },
-        )?;
+        let info = store.write_layer(&layer.entries, opts.epoch, opts.compression, &pool, &mut |n| {
+            read.fetch_add(n, Ordering::Relaxed);
+            reporter.layer_progress(i, n)
+        })?;
         built.fetch_add(1, Ordering::Relaxed);
         written.fetch_add(info.size, Ordering::Relaxed);
         if let (Some(cache), Some(key)) = (&store.cache, &key) {
             if cached.is_some_and(|c| c != info) {
-                reporter.note(&format!(
-                    "cache entry for layer {} was wrong; replaced it",
-                    i + 1
-                ));
+                reporter.note(&format!("cache entry for layer {} was wrong; replaced it", i + 1));
             }
             cache.store(key, &info)?;
         }
@@ -536,11 +457,7 @@ fn make_blobs(
 
 /// The tag for `oci:DIR` without one: the image spec's name's tag, else `latest`.
 fn default_tag(spec: &ImageSpec) -> String {
-    let last = spec
-        .name
-        .as_deref()
-        .and_then(|n| n.rsplit('/').next())
-        .unwrap_or("");
+    let last = spec.name.as_deref().and_then(|n| n.rsplit('/').next()).unwrap_or("");
     last.split_once(':').map_or("latest", |(_, t)| t).to_owned()
 }
 
@@ -548,11 +465,9 @@ fn default_tag(spec: &ImageSpec) -> String {
 /// the temporary directory when every destination is a registry.
 fn staging_parent(outputs: &[ImageRef]) -> PathBuf {
     match outputs.iter().find_map(|o| o.local_path()) {
-        Some(p) => p
-            .parent()
-            .map(Path::to_owned)
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| PathBuf::from(".")),
+        Some(p) => {
+            p.parent().map(Path::to_owned).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."))
+        }
         None => std::env::temp_dir(),
     }
 }
@@ -567,20 +482,14 @@ struct BlobStore {
 impl BlobStore {
     fn new(cache_dir: Option<&Path>, outputs: &[ImageRef]) -> Result<Self> {
         if let Some(dir) = cache_dir {
-            return Ok(Self {
-                cache: Some(Cache::open(dir)?),
-                staging: None,
-            });
+            return Ok(Self { cache: Some(Cache::open(dir)?), staging: None });
         }
         let parent = staging_parent(outputs);
         let dir = tempfile::Builder::new()
             .prefix(".nixoci-staging-")
             .tempdir_in(&parent)
             .with_context(|| format!("creating a staging directory in {}", parent.display()))?;
-        Ok(Self {
-            cache: None,
-            staging: Some(dir),
-        })
+        Ok(Self { cache: None, staging: Some(dir) })
     }
 
     fn tmp_dir(&self) -> PathBuf {
@@ -601,9 +510,7 @@ impl BlobStore {
 
     /// Whether the cache holds `info`'s blob, intact.
     fn cached_blob(&self, info: &BlobInfo) -> bool {
-        self.cache
-            .as_ref()
-            .is_some_and(|c| c.verified_blob(info).is_some())
+        self.cache.as_ref().is_some_and(|c| c.verified_blob(info).is_some())
     }
 
     fn write_layer(
@@ -617,12 +524,8 @@ impl BlobStore {
         let tmp = tempfile::NamedTempFile::new_in(self.tmp_dir())?;
         let w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
         let (w, info) = blob::write_layer(entries, epoch, compression, Some(pool), w, on_data)?;
-        w.into_inner()
-            .map_err(|e| e.into_error())
-            .context("writing a layer blob")?;
-        tmp.persist(self.path(&info.digest))
-            .map_err(|e| e.error)
-            .context("storing a layer blob")?;
+        w.into_inner().map_err(|e| e.into_error()).context("writing a layer blob")?;
+        tmp.persist(self.path(&info.digest)).map_err(|e| e.error).context("storing a layer blob")?;
         Ok(info)
     }
 }
@@ -631,9 +534,7 @@ impl BlobSource for BlobStore {
     fn blob_path(&self, digest: &Digest) -> Result<PathBuf> {
         let p = self.path(digest);
         if !p.is_file() {
-            bail!(
-                "internal error: blob {digest} is in neither the cache nor the staging directory"
-            );
+            bail!("internal error: blob {digest} is in neither the cache nor the staging directory");
         }
         Ok(p)
     }

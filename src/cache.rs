@@ -53,11 +53,7 @@ impl LayerKey {
     }
 
     /// The key of a layer whose entries carry their content inline (the customisation layer).
-    pub fn for_inline_entries(
-        entries: &[Entry],
-        compression: Compression,
-        epoch: u64,
-    ) -> Option<Self> {
+    pub fn for_inline_entries(entries: &[Entry], compression: Compression, epoch: u64) -> Option<Self> {
         let mut h = Self::start(compression, epoch, "inline");
         for e in entries {
             h.update(e.path.as_bytes());
@@ -68,17 +64,11 @@ impl LayerKey {
                     h.update(b"l");
                     h.update(target.as_bytes());
                 }
-                Kind::File {
-                    content: Content::Inline(bytes),
-                    ..
-                } => {
+                Kind::File { content: Content::Inline(bytes), .. } => {
                     h.update(format!("f{}\0", bytes.len()).as_bytes());
                     h.update(bytes);
                 }
-                Kind::File {
-                    content: Content::Disk(_),
-                    ..
-                } => return None,
+                Kind::File { content: Content::Disk(_), .. } => return None,
             }
             h.update(b"\0");
         }
@@ -120,13 +110,10 @@ impl Cache {
 
     pub fn open(root: &Path) -> Result<Self> {
         for sub in ["layers", "blobs/sha256", "tmp"] {
-            fs::create_dir_all(root.join(sub)).with_context(|| {
-                format!("creating the cache directory {}", root.join(sub).display())
-            })?;
+            fs::create_dir_all(root.join(sub))
+                .with_context(|| format!("creating the cache directory {}", root.join(sub).display()))?;
         }
-        Ok(Self {
-            root: root.to_owned(),
-        })
+        Ok(Self { root: root.to_owned() })
     }
 
     /// Where new blobs are written before they are renamed to their digest.
@@ -153,10 +140,7 @@ impl Cache {
     }
 
     pub fn store(&self, key: &LayerKey, blob: &BlobInfo) -> Result<()> {
-        let bytes = serde_json::to_vec(&EntryFile {
-            key: key.0.clone(),
-            blob: blob.clone(),
-        })?;
+        let bytes = serde_json::to_vec(&EntryFile { key: key.0.clone(), blob: blob.clone() })?;
         let mut tmp = tempfile::NamedTempFile::new_in(self.tmp_dir())?;
         tmp.write_all(&bytes)?;
         tmp.persist(self.entry_path(key)).map_err(|e| e.error)?;
@@ -214,19 +198,11 @@ mod tests {
     fn key_depends_on_everything_that_shapes_the_bytes() {
         let (a, b) = (sp("a"), sp("b"));
         let (na, nb) = (nar(1), nar(2));
-        let k = |v: &str, c, e| {
-            LayerKey::for_store_paths([(&a, Some(&na)), (&b, Some(&nb))], v, c, e).unwrap()
-        };
+        let k = |v: &str, c, e| LayerKey::for_store_paths([(&a, Some(&na)), (&b, Some(&nb))], v, c, e).unwrap();
         let base = k("", Compression::Gzip(6), 1);
         assert_eq!(
             base,
-            LayerKey::for_store_paths(
-                [(&b, Some(&nb)), (&a, Some(&na))],
-                "",
-                Compression::Gzip(6),
-                1
-            )
-            .unwrap(),
+            LayerKey::for_store_paths([(&b, Some(&nb)), (&a, Some(&na))], "", Compression::Gzip(6), 1).unwrap(),
             "order-free"
         );
         assert_ne!(base, k("part 1", Compression::Gzip(6), 1));
@@ -236,13 +212,7 @@ mod tests {
         let other = nar(3);
         assert_ne!(
             base,
-            LayerKey::for_store_paths(
-                [(&a, Some(&na)), (&b, Some(&other))],
-                "",
-                Compression::Gzip(6),
-                1
-            )
-            .unwrap()
+            LayerKey::for_store_paths([(&a, Some(&na)), (&b, Some(&other))], "", Compression::Gzip(6), 1).unwrap()
         );
         assert!(LayerKey::for_store_paths([(&a, None)], "", Compression::Gzip(6), 1).is_none());
     }
@@ -251,8 +221,7 @@ mod tests {
     fn damaged_entries_and_blobs_are_not_trusted() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
-        let key = LayerKey::for_store_paths([(&sp("a"), Some(&nar(1)))], "", Compression::None, 1)
-            .unwrap();
+        let key = LayerKey::for_store_paths([(&sp("a"), Some(&nar(1)))], "", Compression::None, 1).unwrap();
         let data = b"blob bytes";
         let blob = BlobInfo {
             digest: Digest::of(data),
@@ -267,17 +236,8 @@ mod tests {
         assert!(cache.verified_blob(&blob).is_some());
         fs::write(cache.blob_path(&blob.digest), b"blob bytez").unwrap();
         assert!(cache.verified_blob(&blob).is_none());
-        assert!(
-            !cache.blob_path(&blob.digest).exists(),
-            "a damaged blob is deleted"
-        );
-        fs::write(
-            dir.path()
-                .join("layers")
-                .join(format!("{}.json", key.as_str())),
-            b"{\"key\":",
-        )
-        .unwrap();
+        assert!(!cache.blob_path(&blob.digest).exists(), "a damaged blob is deleted");
+        fs::write(dir.path().join("layers").join(format!("{}.json", key.as_str())), b"{\"key\":").unwrap();
         assert_eq!(cache.lookup(&key), None);
     }
 }

@@ -46,12 +46,7 @@ pub struct CopyReport {
     pub seconds: f64,
 }
 
-pub fn copy(
-    src: &ImageRef,
-    dest: &ImageRef,
-    opts: &CopyOptions,
-    reporter: &dyn Reporter,
-) -> Result<CopyReport> {
+pub fn copy(src: &ImageRef, dest: &ImageRef, opts: &CopyOptions, reporter: &dyn Reporter) -> Result<CopyReport> {
     let started = Instant::now();
     match dest {
         ImageRef::DockerArchive { .. } | ImageRef::Stdout => bail!(
@@ -63,9 +58,7 @@ pub fn copy(
         ImageRef::Registry(_) => {}
     }
     let dest_repo = match dest {
-        ImageRef::Registry(r) => {
-            Some(Repository::open_for_push(r).with_context(|| format!("cannot push to {r}"))?)
-        }
+        ImageRef::Registry(r) => Some(Repository::open_for_push(r).with_context(|| format!("cannot push to {r}"))?),
         _ => None,
     };
     let source = SourceImage::open(src)?;
@@ -78,11 +71,7 @@ pub fn copy(
         source: &source,
         dir: staging.path().to_owned(),
         read: Mutex::new(0),
-        sizes: image
-            .layers
-            .iter()
-            .map(|l| (l.blob.digest.clone(), l.blob.size))
-            .collect(),
+        sizes: image.layers.iter().map(|l| (l.blob.digest.clone(), l.blob.size)).collect(),
     };
     let mut upload = PushStats::default();
     match dest {
@@ -94,13 +83,9 @@ pub fn copy(
             archive::write_oci_archive(file, reference.as_deref(), &image, &blobs, opts.epoch)?;
         }
         ImageRef::Registry(r) => {
-            let repo = dest_repo
-                .as_ref()
-                .ok_or_else(|| anyhow!("internal error: {r} was not connected"))?;
+            let repo = dest_repo.as_ref().ok_or_else(|| anyhow!("internal error: {r} was not connected"))?;
             let at = r.manifest_reference().unwrap_or_else(|| source_tag(src));
-            upload = repo
-                .push(&image, &at, &blobs, opts.jobs, reporter)
-                .with_context(|| format!("pushing to {r}"))?;
+            upload = repo.push(&image, &at, &blobs, opts.jobs, reporter).with_context(|| format!("pushing to {r}"))?;
         }
         ImageRef::DockerArchive { .. } | ImageRef::Stdout => unreachable!("refused above"),
     }
@@ -131,23 +116,13 @@ fn image_of(source: &SourceImage) -> Result<Image> {
                 uncompressed_size: 0,
                 media_type: l.media_type.clone(),
             },
-            group: l
-                .annotations
-                .get(ANNOTATION_GROUP)
-                .cloned()
-                .unwrap_or_default(),
+            group: l.annotations.get(ANNOTATION_GROUP).cloned().unwrap_or_default(),
             paths: Vec::new(),
         })
         .collect();
     Ok(Image {
-        config: JsonBlob {
-            bytes: source.config_bytes.clone(),
-            digest: source.config_digest.clone(),
-        },
-        manifest: JsonBlob {
-            bytes: source.manifest_bytes.clone(),
-            digest: source.manifest_digest.clone(),
-        },
+        config: JsonBlob { bytes: source.config_bytes.clone(), digest: source.config_digest.clone() },
+        manifest: JsonBlob { bytes: source.manifest_bytes.clone(), digest: source.manifest_digest.clone() },
         layers,
         architecture: source.config.architecture().to_string(),
     })
@@ -179,18 +154,15 @@ struct Staged<'a> {
 
 impl BlobSource for Staged<'_> {
     fn blob_path(&self, digest: &Digest) -> Result<PathBuf> {
-        let size = *self
-            .sizes
-            .get(digest)
-            .ok_or_else(|| anyhow!("internal error: {digest} is not a layer of the image"))?;
+        let size =
+            *self.sizes.get(digest).ok_or_else(|| anyhow!("internal error: {digest} is not a layer of the image"))?;
         let staged = self.dir.join(digest.hex());
         if staged.is_file() {
             return Ok(staged);
         }
         if let Some(p) = self.source.blob_file(digest) {
             // An oci: layout: verify the file in place and hand it over.
-            let got = crate::cache::hash_file(&p)
-                .with_context(|| format!("reading blob {}", p.display()))?;
+            let got = crate::cache::hash_file(&p).with_context(|| format!("reading blob {}", p.display()))?;
             let len = fs::metadata(&p)?.len();
             if got != *digest || len != size {
                 bail!(
@@ -205,12 +177,8 @@ impl BlobSource for Staged<'_> {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
         let n = std::io::copy(&mut self.source.open_blob(digest, size)?, &mut w)
             .with_context(|| format!("reading blob {digest} from {}", self.source.reference))?;
-        w.into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(|| format!("staging blob {digest}"))?;
-        tmp.persist(&staged)
-            .map_err(|e| e.error)
-            .with_context(|| format!("staging blob {digest}"))?;
+        w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("staging blob {digest}"))?;
+        tmp.persist(&staged).map_err(|e| e.error).with_context(|| format!("staging blob {digest}"))?;
         *self.read.lock().unwrap_or_else(|e| e.into_inner()) += n;
         Ok(staged)
     }

@@ -37,8 +37,7 @@ use serde::Serialize;
 use crate::blob::Digest;
 use crate::closure::StorePath;
 use crate::inspect::{
-    FileEntry, FileScan, FileTree, InspectOptions, Inspection, LayerInfo, RunConfig, inspect,
-    scan_layer,
+    FileEntry, FileScan, FileTree, InspectOptions, Inspection, LayerInfo, RunConfig, inspect, scan_layer,
 };
 use crate::progress::Reporter;
 use crate::transport::source::SourceImage;
@@ -187,9 +186,7 @@ impl ChangedPath {
             Change::SameVersionNewHash if self.cause == Some(Cause::Content) => {
                 "same version, new hash (its own content changed)".to_owned()
             }
-            Change::SameVersionNewHash => {
-                "same version, new hash (a dependency changed)".to_owned()
-            }
+            Change::SameVersionNewHash => "same version, new hash (a dependency changed)".to_owned(),
         }
     }
 }
@@ -228,12 +225,7 @@ pub struct FileChange {
 }
 
 /// Compares two opened images.
-pub fn diff(
-    old: &SourceImage,
-    new: &SourceImage,
-    opts: &DiffOptions,
-    reporter: &dyn Reporter,
-) -> Result<Diff> {
+pub fn diff(old: &SourceImage, new: &SourceImage, opts: &DiffOptions, reporter: &dyn Reporter) -> Result<Diff> {
     let old_image = inspect(old, &InspectOptions::default(), reporter)?;
     let new_image = inspect(new, &InspectOptions::default(), reporter)?;
     let mut d = compare(old_image, new_image);
@@ -249,41 +241,18 @@ pub fn compare(old_image: Inspection, new_image: Inspection) -> Diff {
     let new_paths = new_image.store_paths();
     let layers = layer_diff(&old_image, &new_image, &old_paths, &new_paths);
     let mut seen = BTreeSet::new();
-    let download_bytes = layers
-        .added
-        .iter()
-        .filter(|l| seen.insert(&l.digest))
-        .map(|l| l.size)
-        .sum();
+    let download_bytes = layers.added.iter().filter(|l| seen.insert(&l.digest)).map(|l| l.size).sum();
     let paths = path_diff(&old_paths, &new_paths);
     let mut config = config_diff(&old_image.config, &new_image.config);
     let mut field = |name: &str, o: Option<String>, n: Option<String>| {
         if o != n {
-            config.push(ConfigChange {
-                field: name.to_owned(),
-                old: o,
-                new: n,
-            });
+            config.push(ConfigChange { field: name.to_owned(), old: o, new: n });
         }
     };
-    field(
-        "platform",
-        Some(old_image.platform.clone()),
-        Some(new_image.platform.clone()),
-    );
-    field(
-        "created",
-        old_image.created.clone(),
-        new_image.created.clone(),
-    );
-    let digests = |i: &Inspection| {
-        i.layers
-            .iter()
-            .map(|l| l.digest.clone())
-            .collect::<Vec<_>>()
-    };
-    let identical = old_image.config_digest == new_image.config_digest
-        && digests(&old_image) == digests(&new_image);
+    field("platform", Some(old_image.platform.clone()), Some(new_image.platform.clone()));
+    field("created", old_image.created.clone(), new_image.created.clone());
+    let digests = |i: &Inspection| i.layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>();
+    let identical = old_image.config_digest == new_image.config_digest && digests(&old_image) == digests(&new_image);
     let side = |i: &Inspection| ImageSide {
         reference: i.reference.clone(),
         manifest_digest: i.manifest_digest.clone(),
@@ -307,13 +276,7 @@ pub fn compare(old_image: Inspection, new_image: Inspection) -> Diff {
 }
 
 fn layer_ref(index: usize, l: &LayerInfo) -> LayerRef {
-    LayerRef {
-        index,
-        digest: l.digest.clone(),
-        size: l.size,
-        group: l.group.clone(),
-        paths: l.paths.clone(),
-    }
+    LayerRef { index, digest: l.digest.clone(), size: l.size, group: l.group.clone(), paths: l.paths.clone() }
 }
 
 fn layer_diff(
@@ -337,23 +300,11 @@ fn layer_diff(
             d.removed.push(layer_ref(i, l));
         }
     }
-    let removed_by_diff_id: BTreeMap<&Digest, &Digest> = d
-        .removed
-        .iter()
-        .filter_map(|r| {
-            old.layers[r.index]
-                .diff_id
-                .as_ref()
-                .map(|id| (id, &r.digest))
-        })
-        .collect();
+    let removed_by_diff_id: BTreeMap<&Digest, &Digest> =
+        d.removed.iter().filter_map(|r| old.layers[r.index].diff_id.as_ref().map(|id| (id, &r.digest))).collect();
     let recompressed_old: BTreeSet<&Digest> = removed_by_diff_id
         .iter()
-        .filter(|(id, _)| {
-            d.added
-                .iter()
-                .any(|a| new.layers[a.index].diff_id.as_ref() == Some(**id))
-        })
+        .filter(|(id, _)| d.added.iter().any(|a| new.layers[a.index].diff_id.as_ref() == Some(**id)))
         .map(|(_, dg)| *dg)
         .collect();
     for r in &d.removed {
@@ -366,25 +317,14 @@ fn layer_diff(
     }
     for a in &d.added {
         let l = &new.layers[a.index];
-        if let Some((id, old_digest)) = l
-            .diff_id
-            .as_ref()
-            .and_then(|id| removed_by_diff_id.get(id).map(|o| (id, *o)))
-        {
-            d.recompressed.push(Recompressed {
-                old: old_digest.clone(),
-                new: a.digest.clone(),
-                diff_id: id.clone(),
-            });
+        if let Some((id, old_digest)) = l.diff_id.as_ref().and_then(|id| removed_by_diff_id.get(id).map(|o| (id, *o))) {
+            d.recompressed.push(Recompressed { old: old_digest.clone(), new: a.digest.clone(), diff_id: id.clone() });
             continue;
         }
         let unchanged = |p: &StorePath| old_paths.contains_key(p) && new_paths.contains_key(p);
         if !a.paths.is_empty() && a.paths.iter().all(unchanged) {
-            let from: BTreeSet<&Digest> = a
-                .paths
-                .iter()
-                .flat_map(|p| old_paths[p].iter().map(|&i| &old.layers[i].digest))
-                .collect();
+            let from: BTreeSet<&Digest> =
+                a.paths.iter().flat_map(|p| old_paths[p].iter().map(|&i| &old.layers[i].digest)).collect();
             d.regrouped.push(Regrouped {
                 digest: a.digest.clone(),
                 group: a.group.clone(),
@@ -416,30 +356,13 @@ fn output_suffix(version: Option<&str>) -> &str {
     }
 }
 
-fn path_diff(
-    old: &BTreeMap<StorePath, Vec<usize>>,
-    new: &BTreeMap<StorePath, Vec<usize>>,
-) -> PathDiff {
-    let mut old_only: Vec<StorePath> = old
-        .keys()
-        .filter(|p| !new.contains_key(*p))
-        .cloned()
-        .collect();
-    let mut new_only: Vec<StorePath> = new
-        .keys()
-        .filter(|p| !old.contains_key(*p))
-        .cloned()
-        .collect();
+fn path_diff(old: &BTreeMap<StorePath, Vec<usize>>, new: &BTreeMap<StorePath, Vec<usize>>) -> PathDiff {
+    let mut old_only: Vec<StorePath> = old.keys().filter(|p| !new.contains_key(*p)).cloned().collect();
+    let mut new_only: Vec<StorePath> = new.keys().filter(|p| !old.contains_key(*p)).cloned().collect();
     let unchanged = old.len() - old_only.len();
     let mut pairs: Vec<(StorePath, StorePath)> = Vec::new();
     // 1. The same whole name: several of them pair in path order.
-    pair_by(
-        &mut old_only,
-        &mut new_only,
-        &mut pairs,
-        |p| p.name().to_owned(),
-        false,
-    );
+    pair_by(&mut old_only, &mut new_only, &mut pairs, |p| p.name().to_owned(), false);
     // 2. The same name and output suffix, then 3. the same name: only where one meets one.
     pair_by(
         &mut old_only,
@@ -451,23 +374,13 @@ fn path_diff(
         },
         true,
     );
-    pair_by(
-        &mut old_only,
-        &mut new_only,
-        &mut pairs,
-        |p| drv_name(p.name()).0.to_owned(),
-        true,
-    );
+    pair_by(&mut old_only, &mut new_only, &mut pairs, |p| drv_name(p.name()).0.to_owned(), true);
     let mut changed: Vec<ChangedPath> = pairs
         .into_iter()
         .map(|(o, n)| {
             let (name, ov) = drv_name(o.name());
             let (_, nv) = drv_name(n.name());
-            let change = if o.name() == n.name() {
-                Change::SameVersionNewHash
-            } else {
-                Change::Version
-            };
+            let change = if o.name() == n.name() { Change::SameVersionNewHash } else { Change::Version };
             ChangedPath {
                 name: name.to_owned(),
                 old_version: ov.map(str::to_owned),
@@ -481,12 +394,7 @@ fn path_diff(
         })
         .collect();
     changed.sort_by(|a, b| (&a.name, &a.old).cmp(&(&b.name, &b.old)));
-    PathDiff {
-        added: new_only,
-        removed: old_only,
-        changed,
-        unchanged,
-    }
+    PathDiff { added: new_only, removed: old_only, changed, unchanged }
 }
 
 /// Moves pairs with equal keys from `old`/`new` into `pairs`. With `one_to_one`, only keys held by
@@ -526,28 +434,15 @@ fn config_diff(old: &RunConfig, new: &RunConfig) -> Vec<ConfigChange> {
     let mut out = Vec::new();
     let mut push = |field: String, o: Option<String>, n: Option<String>| {
         if o != n {
-            out.push(ConfigChange {
-                field,
-                old: o,
-                new: n,
-            });
+            out.push(ConfigChange { field, old: o, new: n });
         }
     };
     let list = |v: &[String]| (!v.is_empty()).then(|| serde_json::to_string(v).unwrap_or_default());
-    push(
-        "entrypoint".into(),
-        list(&old.entrypoint),
-        list(&new.entrypoint),
-    );
+    push("entrypoint".into(), list(&old.entrypoint), list(&new.entrypoint));
     push("cmd".into(), list(&old.cmd), list(&new.cmd));
     let env = |v: &[String]| -> BTreeMap<String, String> {
         v.iter()
-            .map(|e| {
-                e.split_once('=')
-                    .map_or((e.clone(), String::new()), |(k, v)| {
-                        (k.to_owned(), v.to_owned())
-                    })
-            })
+            .map(|e| e.split_once('=').map_or((e.clone(), String::new()), |(k, v)| (k.to_owned(), v.to_owned())))
             .collect()
     };
     for (k, o, n) in merge(&env(&old.env), &env(&new.env)) {
@@ -558,11 +453,7 @@ fn config_diff(old: &RunConfig, new: &RunConfig) -> Vec<ConfigChange> {
     for (k, o, n) in merge(&old.labels, &new.labels) {
         push(format!("label {k}"), o, n);
     }
-    let ports = |v: &[String]| {
-        v.iter()
-            .map(|p| (p.clone(), p.clone()))
-            .collect::<BTreeMap<_, _>>()
-    };
+    let ports = |v: &[String]| v.iter().map(|p| (p.clone(), p.clone())).collect::<BTreeMap<_, _>>();
     for (k, o, n) in merge(&ports(&old.exposed_ports), &ports(&new.exposed_ports)) {
         push(format!("exposed port {k}"), o, n);
     }
@@ -570,50 +461,20 @@ fn config_diff(old: &RunConfig, new: &RunConfig) -> Vec<ConfigChange> {
 }
 
 /// Every key of either map with its value on each side.
-fn merge(
-    a: &BTreeMap<String, String>,
-    b: &BTreeMap<String, String>,
-) -> Vec<(String, Option<String>, Option<String>)> {
+fn merge(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<(String, Option<String>, Option<String>)> {
     let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    keys.into_iter()
-        .map(|k| (k.clone(), a.get(k).cloned(), b.get(k).cloned()))
-        .collect()
+    keys.into_iter().map(|k| (k.clone(), a.get(k).cloned(), b.get(k).cloned())).collect()
 }
 
 /// Streams the layers that hold changed paths (only those) and compares their files.
-fn add_file_diffs(
-    old: &SourceImage,
-    new: &SourceImage,
-    d: &mut Diff,
-    reporter: &dyn Reporter,
-) -> Result<()> {
-    let rewrite: BTreeMap<String, String> = d
-        .paths
-        .changed
-        .iter()
-        .map(|c| (c.old.base_name().to_owned(), c.new.base_name().to_owned()))
-        .collect();
+fn add_file_diffs(old: &SourceImage, new: &SourceImage, d: &mut Diff, reporter: &dyn Reporter) -> Result<()> {
+    let rewrite: BTreeMap<String, String> =
+        d.paths.changed.iter().map(|c| (c.old.base_name().to_owned(), c.new.base_name().to_owned())).collect();
     let old_paths: BTreeSet<StorePath> = d.paths.changed.iter().map(|c| c.old.clone()).collect();
     let new_paths: BTreeSet<StorePath> = d.paths.changed.iter().map(|c| c.new.clone()).collect();
     let none = BTreeMap::new();
-    let old_trees = trees(
-        old,
-        &d.old_image,
-        &FileScan {
-            paths: &old_paths,
-            rewrite: &rewrite,
-        },
-        reporter,
-    )?;
-    let new_trees = trees(
-        new,
-        &d.new_image,
-        &FileScan {
-            paths: &new_paths,
-            rewrite: &none,
-        },
-        reporter,
-    )?;
+    let old_trees = trees(old, &d.old_image, &FileScan { paths: &old_paths, rewrite: &rewrite }, reporter)?;
+    let new_trees = trees(new, &d.new_image, &FileScan { paths: &new_paths, rewrite: &none }, reporter)?;
     let empty = FileTree::new();
     for c in &mut d.paths.changed {
         let o = old_trees.get(&c.old).unwrap_or(&empty);
@@ -621,14 +482,8 @@ fn add_file_diffs(
         let files = compare_trees(o, n, &rewrite);
         if c.change == Change::SameVersionNewHash {
             // A dependency changed when the path refers to another changed path.
-            let refers = changed_refs(o, &rewrite)
-                .into_iter()
-                .any(|h| h != c.old.hash_part());
-            c.cause = Some(if refers {
-                Cause::Dependency
-            } else {
-                Cause::Content
-            });
+            let refers = changed_refs(o, &rewrite).into_iter().any(|h| h != c.old.hash_part());
+            c.cause = Some(if refers { Cause::Dependency } else { Cause::Content });
         }
         c.files = Some(files);
     }
@@ -651,20 +506,8 @@ fn trees(
     }
     let mut out: BTreeMap<StorePath, FileTree> = BTreeMap::new();
     for (i, want) in &by_layer {
-        reporter.note(&format!(
-            "reading layer {}/{} of {} for --files",
-            i + 1,
-            img.layers.len(),
-            img.reference
-        ));
-        let layer = scan_layer(
-            img,
-            *i,
-            Some(&FileScan {
-                paths: want,
-                rewrite: scan.rewrite,
-            }),
-        )?;
+        reporter.note(&format!("reading layer {}/{} of {} for --files", i + 1, img.layers.len(), img.reference));
+        let layer = scan_layer(img, *i, Some(&FileScan { paths: want, rewrite: scan.rewrite }))?;
         for (p, files) in layer.files {
             out.entry(p).or_default().extend(files);
         }
@@ -675,23 +518,16 @@ fn trees(
 /// Added, removed and modified entries between two trees of one store path. `rewrite` (old store
 /// path base name → new) tells a change of references to rebuilt store paths (`what: "references"`) from
 /// other changes; file contents were hashed with it applied at scan time ([`FileScan`]).
-pub fn compare_trees(
-    old: &FileTree,
-    new: &FileTree,
-    rewrite: &BTreeMap<String, String>,
-) -> FileDiff {
+pub fn compare_trees(old: &FileTree, new: &FileTree, rewrite: &BTreeMap<String, String>) -> FileDiff {
     let mut d = FileDiff::default();
-    let change = |path: &str,
-                  kind: &str,
-                  o: Option<&FileEntry>,
-                  n: Option<&FileEntry>,
-                  what: Option<&str>| FileChange {
-        path: path.to_owned(),
-        kind: kind.to_owned(),
-        old_size: o.map(FileEntry::size),
-        new_size: n.map(FileEntry::size),
-        what: what.map(str::to_owned),
-    };
+    let change =
+        |path: &str, kind: &str, o: Option<&FileEntry>, n: Option<&FileEntry>, what: Option<&str>| FileChange {
+            path: path.to_owned(),
+            kind: kind.to_owned(),
+            old_size: o.map(FileEntry::size),
+            new_size: n.map(FileEntry::size),
+            what: what.map(str::to_owned),
+        };
     for (path, o) in old {
         let Some(n) = new.get(path) else {
             d.removed.push(change(path, o.kind(), Some(o), None, None));
@@ -699,19 +535,8 @@ pub fn compare_trees(
         };
         let what = match (o, n) {
             (
-                FileEntry::File {
-                    size: sa,
-                    sha256: a,
-                    executable: xa,
-                    sha256_rewritten: ra,
-                    ..
-                },
-                FileEntry::File {
-                    size: sb,
-                    sha256: b,
-                    executable: xb,
-                    ..
-                },
+                FileEntry::File { size: sa, sha256: a, executable: xa, sha256_rewritten: ra, .. },
+                FileEntry::File { size: sb, sha256: b, executable: xb, .. },
             ) => {
                 if sa == sb && a == b {
                     (xa != xb).then_some("executable bit")
@@ -734,13 +559,8 @@ pub fn compare_trees(
             _ => Some("type"),
         };
         if let Some(what) = what {
-            let kind = if o.kind() == n.kind() {
-                n.kind().to_owned()
-            } else {
-                format!("{}→{}", o.kind(), n.kind())
-            };
-            d.modified
-                .push(change(path, &kind, Some(o), Some(n), Some(what)));
+            let kind = if o.kind() == n.kind() { n.kind().to_owned() } else { format!("{}→{}", o.kind(), n.kind()) };
+            d.modified.push(change(path, &kind, Some(o), Some(n), Some(what)));
         }
     }
     for (path, n) in new {
@@ -790,15 +610,11 @@ pub fn write_html(d: &Diff, path: &std::path::Path) -> Result<()> {
     let page = html::render(d);
     let mut tmp = crate::transport::temp_sibling_file(path)?;
     let mut perms = tmp.as_file().metadata()?.permissions();
-    tmp.write_all(page.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.write_all(page.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     // A temporary file is 0600; a report is for sharing, like the archives we write.
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
-    tmp.as_file()
-        .set_permissions(perms)
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| anyhow::anyhow!("writing {}: {}", path.display(), e.error))?;
+    tmp.as_file().set_permissions(perms).with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path).map_err(|e| anyhow::anyhow!("writing {}: {}", path.display(), e.error))?;
     Ok(())
 }
 
@@ -812,15 +628,9 @@ mod tests {
 
     #[test]
     fn drv_names_split_like_nix() {
-        assert_eq!(
-            drv_name("python3.14-diffusers-0.31.0"),
-            ("python3.14-diffusers", Some("0.31.0"))
-        );
+        assert_eq!(drv_name("python3.14-diffusers-0.31.0"), ("python3.14-diffusers", Some("0.31.0")));
         assert_eq!(drv_name("hello-link"), ("hello-link", None));
-        assert_eq!(
-            drv_name("glibc-2.40-66-bin"),
-            ("glibc", Some("2.40-66-bin"))
-        );
+        assert_eq!(drv_name("glibc-2.40-66-bin"), ("glibc", Some("2.40-66-bin")));
         assert_eq!(drv_name("foo-"), ("foo-", None));
         assert_eq!(drv_name("source"), ("source", None));
         assert_eq!(output_suffix(Some("2.40-66-bin")), "bin");
@@ -850,41 +660,19 @@ mod tests {
             sp('5', "fresh-2"),
         ]);
         let d = path_diff(&old, &new);
-        let got: Vec<(String, String, Change)> = d
-            .changed
-            .iter()
-            .map(|c| (c.old.name().to_owned(), c.new.name().to_owned(), c.change))
-            .collect();
+        let got: Vec<(String, String, Change)> =
+            d.changed.iter().map(|c| (c.old.name().to_owned(), c.new.name().to_owned(), c.change)).collect();
         assert_eq!(
             got,
             [
-                (
-                    "glibc-2.40-66".into(),
-                    "glibc-2.41-1".into(),
-                    Change::Version
-                ),
-                (
-                    "glibc-2.40-66-bin".into(),
-                    "glibc-2.41-1-bin".into(),
-                    Change::Version
-                ),
-                (
-                    "hello-1.0".into(),
-                    "hello-1.0".into(),
-                    Change::SameVersionNewHash
-                ),
-                (
-                    "python3.14-diffusers-0.31.0".into(),
-                    "python3.14-diffusers-0.32.0".into(),
-                    Change::Version
-                ),
+                ("glibc-2.40-66".into(), "glibc-2.41-1".into(), Change::Version),
+                ("glibc-2.40-66-bin".into(), "glibc-2.41-1-bin".into(), Change::Version),
+                ("hello-1.0".into(), "hello-1.0".into(), Change::SameVersionNewHash),
+                ("python3.14-diffusers-0.31.0".into(), "python3.14-diffusers-0.32.0".into(), Change::Version),
             ]
         );
         assert_eq!(d.changed[3].describe(), "0.31.0 → 0.32.0");
-        assert_eq!(
-            d.changed[2].describe(),
-            "same version, new hash (a dependency changed)"
-        );
+        assert_eq!(d.changed[2].describe(), "same version, new hash (a dependency changed)");
         assert_eq!(d.added, [sp('5', "fresh-2")]);
         assert_eq!(d.removed, [sp('f', "gone-1")]);
         assert_eq!(d.unchanged, 1);
@@ -906,20 +694,8 @@ mod tests {
             entrypoint: vec!["/bin/x".into()],
             ..Default::default()
         };
-        let fields: Vec<String> = config_diff(&old, &new)
-            .into_iter()
-            .map(|c| c.field)
-            .collect();
-        assert_eq!(
-            fields,
-            [
-                "entrypoint",
-                "env PATH",
-                "label x",
-                "label y",
-                "exposed port 80/tcp"
-            ]
-        );
+        let fields: Vec<String> = config_diff(&old, &new).into_iter().map(|c| c.field).collect();
+        assert_eq!(fields, ["entrypoint", "env PATH", "label x", "label y", "exposed port 80/tcp"]);
         assert!(config_diff(&old, &old).is_empty());
     }
 
@@ -933,9 +709,7 @@ mod tests {
             rewritten_refs: BTreeSet::new(),
         };
         let (o, n) = ("a".repeat(32), "b".repeat(32));
-        let link = |h: &str| FileEntry::Symlink {
-            target: format!("/nix/store/{h}-dep/bin/x"),
-        };
+        let link = |h: &str| FileEntry::Symlink { target: format!("/nix/store/{h}-dep/bin/x") };
         let old: FileTree = [
             ("bin/a".to_owned(), f(1, "aa", true, None)),
             ("bin/b".to_owned(), f(2, "bb", false, None)),
@@ -958,11 +732,7 @@ mod tests {
         .into();
         let rewrite = BTreeMap::from([(o.clone(), n.clone())]);
         let d = compare_trees(&old, &new, &rewrite);
-        let what: Vec<_> = d
-            .modified
-            .iter()
-            .map(|c| (c.path.as_str(), c.what.as_deref().unwrap()))
-            .collect();
+        let what: Vec<_> = d.modified.iter().map(|c| (c.path.as_str(), c.what.as_deref().unwrap())).collect();
         assert_eq!(
             what,
             [
@@ -978,12 +748,7 @@ mod tests {
         assert_eq!(d.modified[1].new_size, Some(4));
         assert_eq!(d.removed[0].path, "gone");
         assert_eq!(d.added[0].path, "new");
-        assert_eq!(
-            compare_trees(&old, &new, &BTreeMap::new()).modified[4]
-                .what
-                .as_deref(),
-            Some("symlink target")
-        );
+        assert_eq!(compare_trees(&old, &new, &BTreeMap::new()).modified[4].what.as_deref(), Some("symlink target"));
         assert!(compare_trees(&old, &old, &rewrite) == FileDiff::default());
     }
 }

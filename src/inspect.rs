@@ -100,10 +100,7 @@ impl LayerInfo {
     /// `python3.14-torch-2.10.0`, `hello-1.0 +3`, or the group when the layer holds no store path.
     pub fn label(&self) -> String {
         match self.paths.as_slice() {
-            [] => self
-                .group
-                .clone()
-                .unwrap_or_else(|| "(no store paths)".to_owned()),
+            [] => self.group.clone().unwrap_or_else(|| "(no store paths)".to_owned()),
             [one] => one.name().to_owned(),
             [first, rest @ ..] => format!("{} +{}", first.name(), rest.len()),
         }
@@ -131,18 +128,9 @@ impl Inspection {
 
 /// Inspects an opened image. Layers are read only when they carry no nixoci annotations (or when
 /// `opts.read_layers` asks for it).
-pub fn inspect(
-    img: &SourceImage,
-    opts: &InspectOptions,
-    reporter: &dyn Reporter,
-) -> Result<Inspection> {
+pub fn inspect(img: &SourceImage, opts: &InspectOptions, reporter: &dyn Reporter) -> Result<Inspection> {
     let cfg = img.config.config().clone().unwrap_or_default();
-    let labels: BTreeMap<String, String> = cfg
-        .labels()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    let labels: BTreeMap<String, String> = cfg.labels().clone().unwrap_or_default().into_iter().collect();
     let mut exposed_ports = cfg.exposed_ports().clone().unwrap_or_default();
     exposed_ports.sort();
     let config = RunConfig {
@@ -157,8 +145,7 @@ pub fn inspect(
     let total = img.layers.len();
     let mut layers = Vec::with_capacity(total);
     for (i, l) in img.layers.iter().enumerate() {
-        let annotated =
-            annotated_paths(l).with_context(|| format!("layer {} of {}", i + 1, img.reference))?;
+        let annotated = annotated_paths(l).with_context(|| format!("layer {} of {}", i + 1, img.reference))?;
         let info = match annotated {
             Some((group, paths)) if !opts.read_layers => LayerInfo {
                 digest: l.digest.clone(),
@@ -195,11 +182,7 @@ pub fn inspect(
                         }
                         (group, PathsFrom::Annotation, paths)
                     }
-                    None => (
-                        None,
-                        PathsFrom::TarHeaders,
-                        scan.paths.iter().cloned().collect(),
-                    ),
+                    None => (None, PathsFrom::TarHeaders, scan.paths.iter().cloned().collect()),
                 };
                 LayerInfo {
                     digest: l.digest.clone(),
@@ -219,11 +202,7 @@ pub fn inspect(
         layers.push(info);
     }
     let mut seen = BTreeSet::new();
-    let compressed_size = layers
-        .iter()
-        .filter(|l| seen.insert(&l.digest))
-        .map(|l| l.size)
-        .sum();
+    let compressed_size = layers.iter().filter(|l| seen.insert(&l.digest)).map(|l| l.size).sum();
     Ok(Inspection {
         reference: img.reference.clone(),
         manifest_digest: img.manifest_digest.clone(),
@@ -251,10 +230,7 @@ fn annotated_paths(l: &SourceLayer) -> Result<Option<(Option<String>, Vec<StoreP
         .map(|s| {
             s.lines()
                 .filter(|p| !p.is_empty())
-                .map(|p| {
-                    StorePath::parse(p)
-                        .map_err(|e| anyhow!("annotation {ANNOTATION_STORE_PATHS}: {e}"))
-                })
+                .map(|p| StorePath::parse(p).map_err(|e| anyhow!("annotation {ANNOTATION_STORE_PATHS}: {e}")))
                 .collect::<Result<Vec<_>>>()
         })
         .transpose()?
@@ -340,18 +316,8 @@ pub struct FileScan<'a> {
 /// and the tar's diff_id; on a mismatch, that is the error reported (it explains any decoding
 /// error that came first).
 pub fn scan_layer(img: &SourceImage, i: usize, files: Option<&FileScan<'_>>) -> Result<LayerScan> {
-    let l = img
-        .layers
-        .get(i)
-        .ok_or_else(|| anyhow!("{}: no layer {}", img.reference, i + 1))?;
-    let what = || {
-        format!(
-            "reading layer {} ({}) of {}",
-            i + 1,
-            l.digest,
-            img.reference
-        )
-    };
+    let l = img.layers.get(i).ok_or_else(|| anyhow!("{}: no layer {}", img.reference, i + 1))?;
+    let what = || format!("reading layer {} ({}) of {}", i + 1, l.digest, img.reference);
     let mut raw = img.open_blob(&l.digest, l.size).with_context(what)?;
     let scanned = (|| -> Result<LayerScan> {
         let mut tar = HashingReader::new(decompress(&mut raw, &l.media_type)?);
@@ -360,9 +326,7 @@ pub fn scan_layer(img: &SourceImage, i: usize, files: Option<&FileScan<'_>>) -> 
         let (size, got) = tar.finish();
         scan.unpacked_size = size;
         if let Some(want) = l.diff_id.as_ref().filter(|w| **w != got) {
-            bail!(
-                "its uncompressed tar does not match the config's diff_id {want} (it hashes to {got})"
-            );
+            bail!("its uncompressed tar does not match the config's diff_id {want} (it hashes to {got})");
         }
         Ok(scan)
     })();
@@ -420,9 +384,7 @@ fn read_entries<R: Read>(r: R, files: Option<&FileScan<'_>>) -> Result<LayerScan
                     let mut rewritten = RefRewriter::new(&rewrite);
                     let mut buf = vec![0u8; 64 << 10];
                     loop {
-                        let n = h
-                            .read(&mut buf)
-                            .with_context(|| format!("reading {raw_path}"))?;
+                        let n = h.read(&mut buf).with_context(|| format!("reading {raw_path}"))?;
                         if n == 0 {
                             break;
                         }
@@ -432,13 +394,7 @@ fn read_entries<R: Read>(r: R, files: Option<&FileScan<'_>>) -> Result<LayerScan
                     let sha256 = digest.hex().to_owned();
                     let (sha256_rewritten, rewritten_refs) = rewritten.finish();
                     let sha256_rewritten = sha256_rewritten.filter(|r| *r != sha256);
-                    FileEntry::File {
-                        size,
-                        sha256,
-                        executable,
-                        sha256_rewritten,
-                        rewritten_refs,
-                    }
+                    FileEntry::File { size, sha256, executable, sha256_rewritten, rewritten_refs }
                 }
                 tar::EntryType::Directory => FileEntry::Dir,
                 tar::EntryType::Symlink => FileEntry::Symlink {
@@ -459,19 +415,12 @@ fn read_entries<R: Read>(r: R, files: Option<&FileScan<'_>>) -> Result<LayerScan
             if matches!(file, FileEntry::File { .. }) {
                 by_path.insert(path.to_owned(), file.clone());
             }
-            scan.files
-                .entry(sp.clone())
-                .or_default()
-                .insert(inner.trim_end_matches('/').to_owned(), file);
+            scan.files.entry(sp.clone()).or_default().insert(inner.trim_end_matches('/').to_owned(), file);
         }
         scan.paths.insert(sp);
     }
     if let Some(end) = ar.into_inner().ended_at.filter(|e| *e < data_end.0) {
-        bail!(
-            "the tar ends inside {}: {} byte(s) of its data are missing",
-            data_end.1,
-            data_end.0 - end
-        );
+        bail!("the tar ends inside {}: {} byte(s) of its data are missing", data_end.1, data_end.0 - end);
     }
     Ok(scan)
 }
@@ -505,12 +454,7 @@ struct LenientEnd<R> {
 
 impl<R: Read> LenientEnd<R> {
     fn new(inner: R) -> Self {
-        Self {
-            inner,
-            pos: 0,
-            ended_at: None,
-            zeros: None,
-        }
+        Self { inner, pos: 0, ended_at: None, zeros: None }
     }
 }
 
@@ -542,10 +486,7 @@ fn rewrite_map(rewrite: &BTreeMap<String, String>) -> RewriteMap {
         .iter()
         .filter_map(|(o, n)| {
             let (hash, name) = o.split_at_checked(32)?;
-            Some((
-                hash.as_bytes().try_into().ok()?,
-                (name.as_bytes().to_vec(), n.as_bytes().to_vec()),
-            ))
+            Some((hash.as_bytes().try_into().ok()?, (name.as_bytes().to_vec(), n.as_bytes().to_vec())))
         })
         .collect()
 }
@@ -566,12 +507,7 @@ impl<'a> RefRewriter<'a> {
     const PREFIX: &'static [u8] = b"/nix/store/";
 
     fn new(map: &'a RewriteMap) -> Self {
-        Self {
-            map,
-            hasher: Sha256::new(),
-            pending: Vec::new(),
-            matched: BTreeSet::new(),
-        }
+        Self { map, hasher: Sha256::new(), pending: Vec::new(), matched: BTreeSet::new() }
     }
 
     fn update(&mut self, chunk: &[u8]) {
@@ -596,8 +532,7 @@ impl<'a> RefRewriter<'a> {
                 hold = Some(m);
                 break;
             }
-            let Some((key, (old_name, new))) = self.map.get_key_value(&buf[start..start + 32])
-            else {
+            let Some((key, (old_name, new))) = self.map.get_key_value(&buf[start..start + 32]) else {
                 scan = start;
                 continue;
             };
@@ -636,15 +571,8 @@ impl<'a> RefRewriter<'a> {
             return (None, BTreeSet::new());
         }
         self.process(true);
-        let found = self
-            .matched
-            .iter()
-            .map(|h| String::from_utf8_lossy(h).into_owned())
-            .collect();
-        (
-            (!self.matched.is_empty()).then(|| hex::encode(self.hasher.finalize())),
-            found,
-        )
+        let found = self.matched.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
+        ((!self.matched.is_empty()).then(|| hex::encode(self.hasher.finalize())), found)
     }
 }
 
@@ -673,11 +601,7 @@ struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     fn new(inner: R) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            read: 0,
-        }
+        Self { inner, hasher: Sha256::new(), read: 0 }
     }
 
     fn finish(self) -> (u64, Digest) {
@@ -708,14 +632,7 @@ pub fn write_text<W: Write>(ins: &Inspection, w: &mut W) -> io::Result<()> {
     for (k, v) in config_lines(&ins.config) {
         kv(k, v);
     }
-    kv(
-        "SIZE",
-        format!(
-            "{} in {} layer(s)",
-            human_size(ins.compressed_size),
-            ins.layers.len()
-        ),
-    );
+    kv("SIZE", format!("{} in {} layer(s)", human_size(ins.compressed_size), ins.layers.len()));
     write_kv(&head, w)?;
     writeln!(w)?;
     let mut t = Table::new(&[
@@ -751,10 +668,7 @@ pub fn write_text<W: Write>(ins: &Inspection, w: &mut W) -> io::Result<()> {
     }
     t.write(w, 0)?;
     if ins.layers.iter().any(|l| l.unpacked_size.is_none()) {
-        writeln!(
-            w,
-            "\n(UNPACKED is known for layers that were read: use --read-layers to read them all.)"
-        )?;
+        writeln!(w, "\n(UNPACKED is known for layers that were read: use --read-layers to read them all.)")?;
     }
     Ok(())
 }
@@ -774,36 +688,12 @@ pub(crate) fn write_kv<W: Write>(t: &Table, w: &mut W) -> io::Result<()> {
 pub(crate) fn config_lines(c: &RunConfig) -> Vec<(&'static str, String)> {
     let json = |v: &[String]| serde_json::to_string(v).unwrap_or_default();
     let mut out = vec![("ENTRYPOINT", json(&c.entrypoint)), ("CMD", json(&c.cmd))];
-    out.push((
-        "ENV",
-        if c.env.is_empty() {
-            "-".to_owned()
-        } else {
-            c.env.join("\n")
-        },
-    ));
+    out.push(("ENV", if c.env.is_empty() { "-".to_owned() } else { c.env.join("\n") }));
     out.push(("USER", c.user.clone().unwrap_or_else(|| "-".to_owned())));
-    out.push((
-        "WORKDIR",
-        c.workdir.clone().unwrap_or_else(|| "-".to_owned()),
-    ));
+    out.push(("WORKDIR", c.workdir.clone().unwrap_or_else(|| "-".to_owned())));
     let labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    out.push((
-        "LABELS",
-        if labels.is_empty() {
-            "-".to_owned()
-        } else {
-            labels.join("\n")
-        },
-    ));
-    out.push((
-        "PORTS",
-        if c.exposed_ports.is_empty() {
-            "-".to_owned()
-        } else {
-            c.exposed_ports.join(" ")
-        },
-    ));
+    out.push(("LABELS", if labels.is_empty() { "-".to_owned() } else { labels.join("\n") }));
+    out.push(("PORTS", if c.exposed_ports.is_empty() { "-".to_owned() } else { c.exposed_ports.join(" ") }));
     out
 }
 
@@ -844,64 +734,26 @@ mod tests {
             ("nix/store/", Directory, b"", ""),
             (&format!("nix/store/{A}/"), Directory, b"", ""),
             (&format!("nix/store/{A}/bin/foo"), Regular, b"hello", ""),
-            (
-                &format!("nix/store/{A}/bin/bar"),
-                Link,
-                b"",
-                &format!("nix/store/{A}/bin/foo"),
-            ),
+            (&format!("nix/store/{A}/bin/bar"), Link, b"", &format!("nix/store/{A}/bin/foo")),
             (&format!("nix/store/{A}/lib"), Symlink, b"", "bin"),
             (&format!("nix/store/{B}"), Regular, b"x", ""),
-            (
-                "nix/store/.wh.2c7mkyx2ra1ph9nd61mcvy0kh8lsaxhr-gone",
-                Regular,
-                b"",
-                "",
-            ),
+            ("nix/store/.wh.2c7mkyx2ra1ph9nd61mcvy0kh8lsaxhr-gone", Regular, b"", ""),
             ("etc/passwd", Regular, b"root", ""),
             ("nix/store/not-a-store-path", Regular, b"", ""),
         ]);
         let want: BTreeSet<StorePath> = [StorePath::from_base_name(A).unwrap()].into();
         let none = BTreeMap::new();
-        let scan = read_entries(
-            &bytes[..],
-            Some(&FileScan {
-                paths: &want,
-                rewrite: &none,
-            }),
-        )
-        .unwrap();
+        let scan = read_entries(&bytes[..], Some(&FileScan { paths: &want, rewrite: &none })).unwrap();
         let names: Vec<&str> = scan.paths.iter().map(StorePath::name).collect();
         assert_eq!(names, ["foo-1.0", "bar"]);
         assert_eq!(scan.other_entries, 2);
-        assert_eq!(
-            scan.whiteouts
-                .iter()
-                .map(StorePath::name)
-                .collect::<Vec<_>>(),
-            ["gone"]
-        );
+        assert_eq!(scan.whiteouts.iter().map(StorePath::name).collect::<Vec<_>>(), ["gone"]);
         let files = &scan.files[&want.iter().next().unwrap().clone()];
-        assert_eq!(
-            files.keys().collect::<Vec<_>>(),
-            ["", "bin/bar", "bin/foo", "lib"]
-        );
-        assert_eq!(
-            files["bin/foo"], files["bin/bar"],
-            "a hardlink has its target's content"
-        );
+        assert_eq!(files.keys().collect::<Vec<_>>(), ["", "bin/bar", "bin/foo", "lib"]);
+        assert_eq!(files["bin/foo"], files["bin/bar"], "a hardlink has its target's content");
         assert_eq!(files["bin/foo"].size(), 5);
-        assert_eq!(
-            files["lib"],
-            FileEntry::Symlink {
-                target: "bin".into()
-            }
-        );
-        assert!(
-            !scan
-                .files
-                .contains_key(&StorePath::from_base_name(B).unwrap())
-        );
+        assert_eq!(files["lib"], FileEntry::Symlink { target: "bin".into() });
+        assert!(!scan.files.contains_key(&StorePath::from_base_name(B).unwrap()));
     }
 
     /// Hashes `chunks` through a rewriter; the rewritten content's hash, if any.
@@ -916,62 +768,34 @@ mod tests {
     #[test]
     fn references_are_rewritten_across_chunk_boundaries() {
         let (a, b, c) = ("a".repeat(32), "b".repeat(32), "c".repeat(32));
-        let map = rewrite_map(&BTreeMap::from([(
-            format!("{a}-dep-1.0"),
-            format!("{b}-dep-1.10"),
-        )]));
+        let map = rewrite_map(&BTreeMap::from([(format!("{a}-dep-1.0"), format!("{b}-dep-1.10"))]));
         let old = format!("x /nix/store/{a}-dep-1.0/lib y /nix/store/{c}-z /nix/store/{a}");
         let new = format!("x /nix/store/{b}-dep-1.10/lib y /nix/store/{c}-z /nix/store/{b}");
         let want = hex::encode(Sha256::digest(new.as_bytes()));
         let b = old.as_bytes();
         for cut in 0..b.len() {
-            assert_eq!(
-                rewritten(&map, &[&b[..cut], &b[cut..]]).as_deref(),
-                Some(want.as_str()),
-                "cut at {cut}"
-            );
+            assert_eq!(rewritten(&map, &[&b[..cut], &b[cut..]]).as_deref(), Some(want.as_str()), "cut at {cut}");
         }
         let bytes: Vec<&[u8]> = b.chunks(1).collect();
-        assert_eq!(
-            rewritten(&map, &bytes).as_deref(),
-            Some(want.as_str()),
-            "byte by byte"
-        );
+        assert_eq!(rewritten(&map, &bytes).as_deref(), Some(want.as_str()), "byte by byte");
         assert_eq!(rewritten(&map, &[b"no store path here /nix/sto"]), None);
         assert_eq!(rewritten(&BTreeMap::new(), &[b]), None);
     }
 
     #[test]
     fn a_tar_without_its_end_blocks_reads() {
-        let bytes = tar_of(&[(
-            &format!("nix/store/{A}/x"),
-            tar::EntryType::Regular,
-            b"1234567",
-            "",
-        )]);
+        let bytes = tar_of(&[(&format!("nix/store/{A}/x"), tar::EntryType::Regular, b"1234567", "")]);
         let cut = &bytes[..512 + 7];
         let scan = read_entries(cut, None).unwrap();
         assert_eq!(scan.paths.len(), 1);
-        assert!(
-            read_entries(&bytes[..512 + 3], None).is_err(),
-            "cut inside an entry"
-        );
+        assert!(read_entries(&bytes[..512 + 3], None).is_err(), "cut inside an entry");
     }
 
     #[test]
     fn media_types_shorten() {
-        assert_eq!(
-            short_media_type("application/vnd.oci.image.layer.v1.tar+gzip"),
-            "tar+gzip"
-        );
-        assert_eq!(
-            short_media_type("application/vnd.oci.image.layer.v1.tar"),
-            "tar"
-        );
-        assert_eq!(
-            short_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip"),
-            "tar.gzip"
-        );
+        assert_eq!(short_media_type("application/vnd.oci.image.layer.v1.tar+gzip"), "tar+gzip");
+        assert_eq!(short_media_type("application/vnd.oci.image.layer.v1.tar"), "tar");
+        assert_eq!(short_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip"), "tar.gzip");
         assert_eq!(normalise("./nix/store/x/"), "nix/store/x");
         assert_eq!(normalise("/./a"), "a");
     }

@@ -15,6 +15,7 @@ pub mod inspect;
 pub mod layering;
 pub mod policy;
 pub mod progress;
+pub mod size;
 pub mod smoke;
 pub mod table;
 pub mod tarball;

@@ -13,10 +13,8 @@ fn main() -> ExitCode {
         Err(err) => {
             // A closed pipe (`| head`) is not an error worth a message.
             let broken_pipe = |c: &(dyn std::error::Error + 'static)| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-                    || c.downcast_ref::<serde_json::Error>()
-                        .and_then(|e| e.io_error_kind())
+                c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+                    || c.downcast_ref::<serde_json::Error>().and_then(|e| e.io_error_kind())
                         == Some(std::io::ErrorKind::BrokenPipe)
             };
             if err.chain().any(broken_pipe) {

@@ -59,52 +59,12 @@ impl TryFrom<SizeRepr> for Size {
 
 impl std::str::FromStr for Size {
     type Err = String;
-    /// Decimal units (`kB`, `MB`, `GB`, `TB`) are powers of 1000, binary ones (`KiB`… and the bare
-    /// letters `K`, `M`, `G`, `T`) powers of 1024.
     fn from_str(s: &str) -> Result<Self, String> {
-        let t = s.trim();
-        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-        let (num, unit) = (&t[..split], t[split..].trim());
-        let factor: u64 = match unit.to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "kb" => 1000,
-            "mb" => 1000u64.pow(2),
-            "gb" => 1000u64.pow(3),
-            "tb" => 1000u64.pow(4),
-            "k" | "kib" => 1 << 10,
-            "m" | "mib" => 1 << 20,
-            "g" | "gib" => 1 << 30,
-            "t" | "tib" => 1 << 40,
-            _ => {
-                return Err(format!("size {s:?}: unknown unit {unit:?} (use B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"));
-            }
-        };
-        let bad = || format!("size {s:?} is not a number with a unit, like \"10GiB\"");
-        let bytes = if let Ok(n) = num.parse::<u64>() {
-            n.checked_mul(factor).ok_or_else(|| format!("size {s:?} is too large"))?
-        } else {
-            let f: f64 = num.parse().map_err(|_| bad())?;
-            let b = f * factor as f64;
-            if !b.is_finite() || b > u64::MAX as f64 {
-                return Err(format!("size {s:?} is too large"));
-            }
-            b.round() as u64
-        };
-        Ok(Size(bytes))
+        crate::size::parse_size(s).map(Size).map_err(|e| e.to_string())
     }
 }
 
-/// `10.0 GiB`, `512 B`.
-pub fn human_size(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
-}
+pub use crate::size::human as human_size;
 
 /// The file as written, before globs are compiled.
 #[derive(Debug, Deserialize)]
@@ -207,7 +167,12 @@ impl Policy {
         let mut rules = Vec::new();
         if let Some(max) = self.max_layers {
             let n = facts.layers.len() as u64;
-            rules.push(RuleResult::new("max_layers", n <= max, format!("{n} layers, at most {max} allowed"), Vec::new()));
+            rules.push(RuleResult::new(
+                "max_layers",
+                n <= max,
+                format!("{n} layers, at most {max} allowed"),
+                Vec::new(),
+            ));
         }
         if let Some(max) = self.max_layer_size {
             let offenders: Vec<String> = facts
@@ -231,7 +196,8 @@ impl Policy {
             let offenders: Vec<String> = paths
                 .iter()
                 .filter_map(|p| {
-                    let hits: Vec<&str> = self.forbid.iter().filter(|g| g.matches(p)).map(|g| g.pattern.as_str()).collect();
+                    let hits: Vec<&str> =
+                        self.forbid.iter().filter(|g| g.matches(p)).map(|g| g.pattern.as_str()).collect();
                     (!hits.is_empty()).then(|| format!("{p} (matches {})", hits.join(", ")))
                 })
                 .collect();
@@ -243,8 +209,12 @@ impl Policy {
             rules.push(RuleResult::new("forbid", offenders.is_empty(), detail, offenders));
         }
         if !self.require.is_empty() {
-            let missing: Vec<String> =
-                self.require.iter().filter(|g| !paths.iter().any(|p| g.matches(p))).map(|g| format!("no store path matches {}", g.pattern)).collect();
+            let missing: Vec<String> = self
+                .require
+                .iter()
+                .filter(|g| !paths.iter().any(|p| g.matches(p)))
+                .map(|g| format!("no store path matches {}", g.pattern))
+                .collect();
             let detail = if missing.is_empty() {
                 format!("every one of {} is present", list_patterns(&self.require))
             } else {
@@ -258,7 +228,11 @@ impl Policy {
         }
         if self.no_setuid {
             let offenders: Vec<String> = facts.layers.iter().flat_map(|l| l.setuid.iter().cloned()).collect();
-            let detail = if offenders.is_empty() { "no setuid or setgid file".to_owned() } else { format!("{} setuid/setgid files", offenders.len()) };
+            let detail = if offenders.is_empty() {
+                "no setuid or setgid file".to_owned()
+            } else {
+                format!("{} setuid/setgid files", offenders.len())
+            };
             rules.push(RuleResult::new("no_setuid", offenders.is_empty(), detail, offenders));
         }
         if self.no_world_writable {
@@ -270,7 +244,12 @@ impl Policy {
             };
             rules.push(RuleResult::new("no_world_writable", offenders.is_empty(), detail, offenders));
         }
-        Verdict { image: facts.reference.clone(), policy: self.source.display().to_string(), passed: rules.iter().all(|r| r.passed), rules }
+        Verdict {
+            image: facts.reference.clone(),
+            policy: self.source.display().to_string(),
+            passed: rules.iter().all(|r| r.passed),
+            rules,
+        }
     }
 }
 
@@ -426,7 +405,13 @@ impl LayerFacts {
     }
 
     fn judge_entry(&mut self, path: &str, kind: EntryKind, mode: u32) {
-        let shown = || format!("/{} (mode {:04o})", path.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/'), mode & 0o7777);
+        let shown = || {
+            format!(
+                "/{} (mode {:04o})",
+                path.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/'),
+                mode & 0o7777
+            )
+        };
         if kind == EntryKind::File && mode & 0o6000 != 0 {
             self.setuid.push(shown());
         }
@@ -473,14 +458,22 @@ pub fn facts_of(img: &SourceImage, policy: &Policy) -> Result<ImageFacts> {
                     .filter(|s| !s.trim().is_empty())
                     .map(|s| StorePath::parse(s.trim()))
                     .collect::<Result<Vec<_>, _>>()
-                    .with_context(|| format!("{}: layer {i} ({}): annotation {ANNOTATION_STORE_PATHS}", img.reference, l.digest))
+                    .with_context(|| {
+                        format!("{}: layer {i} ({}): annotation {ANNOTATION_STORE_PATHS}", img.reference, l.digest)
+                    })
             })
             .transpose()?;
         // A nixoci layer without the store-paths annotation (the customisation layer) holds none.
         let paths_known = annotated.is_some() || group.is_some();
-        let mut lf = LayerFacts { size: l.size, group, store_paths: annotated.clone().unwrap_or_default(), ..LayerFacts::default() };
+        let mut lf = LayerFacts {
+            size: l.size,
+            group,
+            store_paths: annotated.clone().unwrap_or_default(),
+            ..LayerFacts::default()
+        };
         if read_all || (policy.needs_paths() && !paths_known) {
-            let scan = scan_layer(img, i).with_context(|| format!("{}: reading layer {i} ({})", img.reference, l.digest))?;
+            let scan =
+                scan_layer(img, i).with_context(|| format!("{}: reading layer {i} ({})", img.reference, l.digest))?;
             lf.setuid = scan.setuid;
             lf.world_writable = scan.world_writable;
             if annotated.is_none() {
@@ -548,7 +541,12 @@ fn scan_layer(img: &SourceImage, i: usize) -> Result<LayerScan> {
             passwd = Passwd::Written(text);
         }
     }
-    Ok(LayerScan { store_paths: paths.into_iter().collect(), setuid: facts.setuid, world_writable: facts.world_writable, passwd })
+    Ok(LayerScan {
+        store_paths: paths.into_iter().collect(),
+        setuid: facts.setuid,
+        world_writable: facts.world_writable,
+        passwd,
+    })
 }
 
 /// Checks `img` against `policy`.
@@ -573,10 +571,21 @@ mod tests {
         let entries = vec![
             Entry::dir("tmp", 0o1777),
             Entry::dir("var/tmp", 0o777),
-            Entry { path: "bin/su".into(), kind: Kind::File { size: 0, content: Content::Inline(vec![]) }, mode: 0o4755, uid: 0, gid: 0 },
+            Entry {
+                path: "bin/su".into(),
+                kind: Kind::File { size: 0, content: Content::Inline(vec![]) },
+                mode: 0o4755,
+                uid: 0,
+                gid: 0,
+            },
             Entry {
                 path: "etc/passwd".into(),
-                kind: Kind::File { size: 0, content: Content::Inline(b"root:x:0:0::/:/bin/sh\napp:x:1000:1000::/:/bin/sh\nboss:x:0:0::/:/bin/sh\n".to_vec()) },
+                kind: Kind::File {
+                    size: 0,
+                    content: Content::Inline(
+                        b"root:x:0:0::/:/bin/sh\napp:x:1000:1000::/:/bin/sh\nboss:x:0:0::/:/bin/sh\n".to_vec(),
+                    ),
+                },
                 mode: 0o644,
                 uid: 0,
                 gid: 0,
@@ -588,7 +597,12 @@ mod tests {
             user: Some("app".into()),
             passwd: passwd_of_entries([entries.as_slice()]),
             layers: vec![
-                LayerFacts { size: 3 << 30, group: Some("auto".into()), store_paths: vec![sp("python3-3.11.2"), sp("gcc-12.2.0")], ..Default::default() },
+                LayerFacts {
+                    size: 3 << 30,
+                    group: Some("auto".into()),
+                    store_paths: vec![sp("python3-3.11.2"), sp("gcc-12.2.0")],
+                    ..Default::default()
+                },
                 LayerFacts::from_entries(1000, "customisation", vec![], &entries),
             ],
         }
@@ -654,9 +668,13 @@ mod tests {
     fn unknown_keys_and_bad_globs_name_file_and_line() {
         let err = format!("{:#}", Policy::parse("max_layers = 3\nmax_layrs = 4\n", Path::new("pol.toml")).unwrap_err());
         assert!(err.contains("pol.toml") && err.contains("line 2") && err.contains("max_layrs"), "{err}");
-        let err = format!("{:#}", Policy::parse("\nforbid = [\n  \"ok\",\n  \"a[\",\n]\n", Path::new("pol.toml")).unwrap_err());
+        let err = format!(
+            "{:#}",
+            Policy::parse("\nforbid = [\n  \"ok\",\n  \"a[\",\n]\n", Path::new("pol.toml")).unwrap_err()
+        );
         assert!(err.contains("pol.toml, line 4") && err.contains("a["), "{err}");
-        let err = format!("{:#}", Policy::parse("max_total_size = \"3 lightyears\"", Path::new("pol.toml")).unwrap_err());
+        let err =
+            format!("{:#}", Policy::parse("max_total_size = \"3 lightyears\"", Path::new("pol.toml")).unwrap_err());
         assert!(err.contains("lightyears"), "{err}");
         assert!(policy("").evaluate(&facts()).passed);
     }

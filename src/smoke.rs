@@ -325,11 +325,9 @@ fn round_ms(d: Duration) -> f64 {
 }
 
 fn probe_runtime(rt: Runtime) -> Result<()> {
-    let out = Command::new(rt.program())
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {}: is it installed and on PATH? (--runtime podman|docker)", rt.program()))?;
+    let out = Command::new(rt.program()).arg("--version").stdin(Stdio::null()).output().with_context(|| {
+        format!("cannot run {}: is it installed and on PATH? (--runtime podman|docker)", rt.program())
+    })?;
     if !out.status.success() {
         bail!("`{} --version` failed: {}", rt.program(), String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -345,12 +343,19 @@ pub fn detect_gpu(rt: Runtime) -> GpuAccess {
 fn detect_gpu_in(rt: Runtime, device_nodes: &[PathBuf], cdi_dirs: &[PathBuf]) -> GpuAccess {
     let devices: Vec<&PathBuf> = device_nodes.iter().filter(|p| p.exists()).collect();
     if devices.is_empty() {
-        return GpuAccess { available: false, detail: "no NVIDIA device (/dev/nvidiactl, /dev/nvidia0) on this host".into(), run_args: vec![] };
+        return GpuAccess {
+            available: false,
+            detail: "no NVIDIA device (/dev/nvidiactl, /dev/nvidia0) on this host".into(),
+            run_args: vec![],
+        };
     }
     match rt {
         Runtime::Docker => GpuAccess {
             available: true,
-            detail: format!("{} present; docker gets it with --gpus all (needs the NVIDIA Container Toolkit)", devices[0].display()),
+            detail: format!(
+                "{} present; docker gets it with --gpus all (needs the NVIDIA Container Toolkit)",
+                devices[0].display()
+            ),
             run_args: vec!["--gpus".into(), "all".into()],
         },
         Runtime::Podman => match find_cdi_spec(cdi_dirs) {
@@ -405,10 +410,19 @@ fn ensure_loaded(rt: Runtime, image: &ImageRef, src: &SourceImage, reporter: &dy
     }
     let load = |args: &[&str]| -> Result<String> {
         reporter.note(&format!("loading {image} into {}", rt.program()));
-        let out =
-            Command::new(rt.program()).args(args).stdin(Stdio::null()).output().with_context(|| format!("running {} {}", rt.program(), args.join(" ")))?;
+        let out = Command::new(rt.program())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {} {}", rt.program(), args.join(" ")))?;
         if !out.status.success() {
-            bail!("`{} {}` failed ({}): {}", rt.program(), args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "`{} {}` failed ({}): {}",
+                rt.program(),
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
@@ -418,17 +432,27 @@ fn ensure_loaded(rt: Runtime, image: &ImageRef, src: &SourceImage, reporter: &dy
             // podman names an image pulled from `oci:PATH` after PATH, and refuses a PATH that is
             // not a valid repository name (upper case, `.tmpXyZ`): pull through a lowercase link.
             let link = LowercaseLink::new(dir)?;
-            let src = format!("oci:{}{}", link.path.display(), tag.as_deref().map(|t| format!(":{t}")).unwrap_or_default());
+            let src =
+                format!("oci:{}{}", link.path.display(), tag.as_deref().map(|t| format!(":{t}")).unwrap_or_default());
             let out = load(&["pull", "-q", &src])?;
             if has_image(rt, &id) {
                 // Rename it from the temporary path to something a person recognises.
-                let quiet = |args: &[&str]| Command::new(rt.program()).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+                let quiet = |args: &[&str]| {
+                    Command::new(rt.program())
+                        .args(args)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                };
                 let _ = quiet(&["untag", &id]);
                 let _ = quiet(&["tag", &id, &format!("localhost/nixoci-smoke:{}", &id[..12])]);
             }
             out
         }
-        (_, ImageRef::OciArchive { file, .. } | ImageRef::DockerArchive { file, .. }) => load(&["load", "-i", &path_arg(file)?])?,
+        (_, ImageRef::OciArchive { file, .. } | ImageRef::DockerArchive { file, .. }) => {
+            load(&["load", "-i", &path_arg(file)?])?
+        }
         (Runtime::Docker, ImageRef::OciDir { dir, .. }) => {
             // docker load reads archives only: pack the layout (docker ≥ 25 reads OCI archives).
             let tmp = pack_dir(dir)?;
@@ -442,7 +466,9 @@ fn ensure_loaded(rt: Runtime, image: &ImageRef, src: &SourceImage, reporter: &dy
             let name = r.to_string();
             load(&["pull", "-q", name.trim_start_matches("docker://")])?
         }
-        (_, ImageRef::Stdout) => bail!("`-` is a destination only: name the image to test with oci:, oci-archive: or docker-archive:"),
+        (_, ImageRef::Stdout) => {
+            bail!("`-` is a destination only: name the image to test with oci:, oci-archive: or docker-archive:")
+        }
     };
     if has_image(rt, &id) {
         return Ok(id);
@@ -457,7 +483,12 @@ fn ensure_loaded(rt: Runtime, image: &ImageRef, src: &SourceImage, reporter: &dy
     });
     match loaded {
         Some(name) if has_image(rt, &name) => Ok(name),
-        _ => bail!("{} loaded {image} but has no image with its config digest {} (load said: {})", rt.program(), src.config_digest, output.trim()),
+        _ => bail!(
+            "{} loaded {image} but has no image with its config digest {} (load said: {})",
+            rt.program(),
+            src.config_digest,
+            output.trim()
+        ),
     }
 }
 
@@ -469,12 +500,17 @@ struct LowercaseLink {
 impl LowercaseLink {
     fn new(target: &Path) -> Result<Self> {
         let target = std::fs::canonicalize(target).with_context(|| format!("reading {}", target.display()))?;
-        let valid = |p: &Path| p.to_str().is_some_and(|s| s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"/._-".contains(&b)));
+        let valid = |p: &Path| {
+            p.to_str().is_some_and(|s| {
+                s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"/._-".contains(&b))
+            })
+        };
         let tmp = std::env::temp_dir();
         let base = if valid(&tmp) { tmp } else { PathBuf::from("/tmp") };
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let path = base.join(format!("nixoci-smoke-{}-{nanos:x}", std::process::id()));
-        std::os::unix::fs::symlink(&target, &path).with_context(|| format!("linking {} to {}", path.display(), target.display()))?;
+        std::os::unix::fs::symlink(&target, &path)
+            .with_context(|| format!("linking {} to {}", path.display(), target.display()))?;
         Ok(Self { path })
     }
 }
@@ -494,16 +530,30 @@ fn has_image(rt: Runtime, reference: &str) -> bool {
         Runtime::Podman => &["image", "exists", reference],
         Runtime::Docker => &["image", "inspect", "--format", "{{.Id}}", reference],
     };
-    Command::new(rt.program()).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new(rt.program())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// An OCI layout directory packed into a temporary tar (an oci-archive).
 fn pack_dir(dir: &Path) -> Result<tempfile::NamedTempFile> {
-    let tmp = tempfile::Builder::new().prefix("nixoci-smoke-").suffix(".tar").tempfile().context("creating a temporary archive")?;
+    let tmp = tempfile::Builder::new()
+        .prefix("nixoci-smoke-")
+        .suffix(".tar")
+        .tempfile()
+        .context("creating a temporary archive")?;
     let mut b = tar::Builder::new(std::io::BufWriter::new(tmp.as_file()));
     b.follow_symlinks(false);
     b.append_dir_all(".", dir).with_context(|| format!("packing {} into a tar", dir.display()))?;
-    b.into_inner().context("writing the temporary archive")?.into_inner().map_err(|e| e.into_error()).context("writing the temporary archive")?;
+    b.into_inner()
+        .context("writing the temporary archive")?
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .context("writing the temporary archive")?;
     Ok(tmp)
 }
 
@@ -522,7 +572,12 @@ pub struct Captured {
 /// `timeout`, calls `on_timeout` (which should stop what the process started) and kills it.
 pub fn run_captured(mut cmd: Command, timeout: Duration, on_timeout: &mut dyn FnMut()) -> Result<Captured> {
     let started = Instant::now();
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("starting {cmd:?}"))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
     let pipe = |r: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut kept: Vec<u8> = Vec::new();
@@ -578,7 +633,12 @@ fn run_check(rt: Runtime, image_id: &str, check: &Check, index: usize, gpu_args:
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let name = format!("nixoci-smoke-{}-{index}-{nanos:x}", std::process::id());
     let mut stop = || {
-        let _ = Command::new(rt.program()).args(rt.force_remove(&name)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = Command::new(rt.program())
+            .args(rt.force_remove(&name))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     };
     let mut create = Command::new(rt.program());
     create.args(["create", "--rm", "--pull", "never", "--name", &name]);
@@ -630,7 +690,9 @@ fn judge(check: &Check, c: &Captured, rt: Runtime) -> (Status, String) {
             let last = c.stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
             let not_found = last.contains("not found") || last.contains("no such file");
             let what = match code {
-                125 if not_found => format!("{:?} was not found in the image (is it on the image's PATH?)", check.command[0]),
+                125 if not_found => {
+                    format!("{:?} was not found in the image (is it on the image's PATH?)", check.command[0])
+                }
                 125 => format!("{} could not run the container", rt.program()),
                 126 => format!("{:?} could not be executed in the image", check.command[0]),
                 _ => format!("{:?} was not found in the image (is it on the image's PATH?)", check.command[0]),
@@ -641,7 +703,9 @@ fn judge(check: &Check, c: &Captured, rt: Runtime) -> (Status, String) {
         None => return (Status::Failed, "killed by a signal".to_owned()),
     }
     match &check.expect_stdout {
-        Some(want) if !c.stdout.contains(want.as_str()) => (Status::Failed, format!("stdout does not contain {want:?}")),
+        Some(want) if !c.stdout.contains(want.as_str()) => {
+            (Status::Failed, format!("stdout does not contain {want:?}"))
+        }
         _ => (Status::Passed, String::new()),
     }
 }
@@ -651,7 +715,11 @@ impl SmokeReport {
     pub fn render(&self) -> String {
         let mut out = format!("smoke {} with {} ({})\n", self.image, self.runtime.program(), short(&self.image_id));
         if let Some(g) = &self.gpu {
-            let _ = writeln!(out, "GPU: {}", if g.available { g.detail.clone() } else { format!("unavailable: {}", g.detail) });
+            let _ = writeln!(
+                out,
+                "GPU: {}",
+                if g.available { g.detail.clone() } else { format!("unavailable: {}", g.detail) }
+            );
         }
         let width = self.checks.iter().map(|c| c.name.chars().count()).max().unwrap_or(0).max(5);
         let _ = writeln!(out, "  {:<7}  {:<width$}  {:>7}  DETAIL", "STATUS", "CHECK", "SECONDS");
@@ -689,7 +757,8 @@ impl SmokeReport {
     /// `<failure>` (message and output), `<skipped>`, and the captured `<system-out>`/`<system-err>`.
     pub fn junit_xml(&self) -> String {
         let count = |f: &dyn Fn(Status) -> bool| self.checks.iter().filter(|c| f(c.status)).count();
-        let (tests, failures, skipped) = (self.checks.len(), count(&|s| s.is_failure()), count(&|s| s == Status::Skipped));
+        let (tests, failures, skipped) =
+            (self.checks.len(), count(&|s| s.is_failure()), count(&|s| s == Status::Skipped));
         let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         let _ = writeln!(
             x,
@@ -703,7 +772,12 @@ impl SmokeReport {
             self.seconds
         );
         for c in &self.checks {
-            let _ = write!(x, "    <testcase name=\"{}\" classname=\"nixoci.smoke\" time=\"{:.3}\">", xml_escape(&c.name), c.seconds);
+            let _ = write!(
+                x,
+                "    <testcase name=\"{}\" classname=\"nixoci.smoke\" time=\"{:.3}\">",
+                xml_escape(&c.name),
+                c.seconds
+            );
             match c.status {
                 Status::Passed => {}
                 Status::Skipped => {
@@ -711,8 +785,19 @@ impl SmokeReport {
                 }
                 Status::Failed | Status::TimedOut => {
                     let kind = if c.status == Status::TimedOut { "timeout" } else { "failed" };
-                    let body = format!("command: {}\n{}\n--- stdout ---\n{}\n--- stderr ---\n{}", c.command.join(" "), c.message, c.stdout, c.stderr);
-                    let _ = write!(x, "\n      <failure message=\"{}\" type=\"{kind}\">{}</failure>", xml_escape(&c.message), xml_escape(&body));
+                    let body = format!(
+                        "command: {}\n{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                        c.command.join(" "),
+                        c.message,
+                        c.stdout,
+                        c.stderr
+                    );
+                    let _ = write!(
+                        x,
+                        "\n      <failure message=\"{}\" type=\"{kind}\">{}</failure>",
+                        xml_escape(&c.message),
+                        xml_escape(&body)
+                    );
                 }
             }
             if !c.stdout.is_empty() {
@@ -774,10 +859,14 @@ mod tests {
         let c = Checks::parse("[[check]]\nname = \"a\"\ncommand = [\"true\"]\ntimeout = \"2s\"\ngpu = true").unwrap();
         assert_eq!(c.check[0].timeout(), Duration::from_secs(2));
         assert!(c.check[0].gpu);
-        let err = Checks::parse("[[check]]\nname = \"a\"\ncommand = [\"true\"]\nexpect = \"x\"").unwrap_err().to_string();
+        let err =
+            Checks::parse("[[check]]\nname = \"a\"\ncommand = [\"true\"]\nexpect = \"x\"").unwrap_err().to_string();
         assert!(err.contains("expect") && err.contains("line 4"), "{err}");
         assert!(Checks::parse("[[check]]\nname = \"a\"\ncommand = []").is_err());
-        assert!(Checks::parse("[[check]]\nname = \"a\"\ncommand = [\"x\"]\n[[check]]\nname = \"a\"\ncommand = [\"y\"]").is_err());
+        assert!(
+            Checks::parse("[[check]]\nname = \"a\"\ncommand = [\"x\"]\n[[check]]\nname = \"a\"\ncommand = [\"y\"]")
+                .is_err()
+        );
         assert!(Checks::parse("").is_err());
     }
 
@@ -786,7 +875,10 @@ mod tests {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
         let c = run_captured(cmd, Duration::from_secs(10), &mut || {}).unwrap();
-        assert_eq!((c.exit_code, c.stdout.as_str(), c.stderr.as_str(), c.timed_out), (Some(3), "out\n", "err\n", false));
+        assert_eq!(
+            (c.exit_code, c.stdout.as_str(), c.stderr.as_str(), c.timed_out),
+            (Some(3), "out\n", "err\n", false)
+        );
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo started; exec sleep 30"]);
         let mut called = false;
@@ -798,8 +890,17 @@ mod tests {
 
     #[test]
     fn judging() {
-        let check = Checks::parse("[[check]]\nname = \"a\"\ncommand = [\"py\"]\nexpect_stdout = \"ok\"").unwrap().check.remove(0);
-        let cap = |code, out: &str, err: &str| Captured { exit_code: code, timed_out: false, stdout: out.into(), stderr: err.into(), elapsed: Duration::ZERO };
+        let check = Checks::parse("[[check]]\nname = \"a\"\ncommand = [\"py\"]\nexpect_stdout = \"ok\"")
+            .unwrap()
+            .check
+            .remove(0);
+        let cap = |code, out: &str, err: &str| Captured {
+            exit_code: code,
+            timed_out: false,
+            stdout: out.into(),
+            stderr: err.into(),
+            elapsed: Duration::ZERO,
+        };
         assert_eq!(judge(&check, &cap(Some(0), "all ok\n", ""), Runtime::Podman).0, Status::Passed);
         assert_eq!(judge(&check, &cap(Some(0), "nope\n", ""), Runtime::Podman).1, "stdout does not contain \"ok\"");
         assert_eq!(judge(&check, &cap(Some(1), "ok", ""), Runtime::Podman).1, "exit status 1");
@@ -857,7 +958,8 @@ mod tests {
         let no_spec = detect_gpu_in(Runtime::Podman, std::slice::from_ref(&dev), std::slice::from_ref(&cdi));
         assert!(!no_spec.available, "{}", no_spec.detail);
         assert!(
-            no_spec.detail.contains("no CDI spec") && no_spec.detail.contains("nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml"),
+            no_spec.detail.contains("no CDI spec")
+                && no_spec.detail.contains("nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml"),
             "{}",
             no_spec.detail
         );

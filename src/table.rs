@@ -2,21 +2,7 @@
 
 use std::io::{self, Write};
 
-/// `1.5 GiB`, `120.0 MiB`, `512 B`.
-pub fn human_size(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use crate::size::human as human_size;
 
 /// `sha256:0123456789ab`: enough of a digest to tell layers apart in a table.
 pub fn short_digest(d: &str) -> &str {
@@ -90,15 +76,10 @@ impl Table {
         let headers: Vec<&str> = self.headers.iter().map(String::as_str).collect();
         line(w, &headers)?;
         for row in &self.rows {
-            let split: Vec<Vec<&str>> = (0..n)
-                .map(|i| row.get(i).map_or(vec![""], |c| c.lines().collect()))
-                .collect();
+            let split: Vec<Vec<&str>> = (0..n).map(|i| row.get(i).map_or(vec![""], |c| c.lines().collect())).collect();
             let height = split.iter().map(Vec::len).max().unwrap_or(1).max(1);
             for k in 0..height {
-                let cells: Vec<&str> = split
-                    .iter()
-                    .map(|c| c.get(k).copied().unwrap_or(""))
-                    .collect();
+                let cells: Vec<&str> = split.iter().map(|c| c.get(k).copied().unwrap_or("")).collect();
                 line(w, &cells)?;
             }
         }
@@ -120,11 +101,7 @@ mod tests {
 
     #[test]
     fn columns_align_and_multiline_cells_span_rows() {
-        let mut t = Table::new(&[
-            ("NAME", Align::Left),
-            ("SIZE", Align::Right),
-            ("PATHS", Align::Left),
-        ]);
+        let mut t = Table::new(&[("NAME", Align::Left), ("SIZE", Align::Right), ("PATHS", Align::Left)]);
         t.row(vec!["a".into(), "1 B".into(), "x\ny".into()]);
         t.row(vec!["longer".into(), "10.0 KiB".into(), String::new()]);
         let mut out = Vec::new();

@@ -49,13 +49,7 @@ pub struct Entry {
 
 impl Entry {
     pub fn dir(path: impl Into<String>, mode: u32) -> Self {
-        Self {
-            path: path.into(),
-            kind: Kind::Dir,
-            mode,
-            uid: 0,
-            gid: 0,
-        }
+        Self { path: path.into(), kind: Kind::Dir, mode, uid: 0, gid: 0 }
     }
 
     /// Content bytes this entry carries (0 for dirs and symlinks).
@@ -90,11 +84,7 @@ fn padded(n: u64) -> u64 {
 
 /// A GNU `././@LongLink` record (header + name + NUL, padded) when `len` overflows the field.
 fn long_record_size(len: usize) -> u64 {
-    if len > NAME_FIELD {
-        BLOCK + padded(len as u64 + 1)
-    } else {
-        0
-    }
+    if len > NAME_FIELD { BLOCK + padded(len as u64 + 1) } else { 0 }
 }
 
 /// The exact size of the tar stream [`write`] produces for `entries`.
@@ -132,75 +122,39 @@ pub fn store_prefix() -> [Entry; 2] {
 /// Errors name the file when it is missing or of a type a layer cannot hold (fifo, socket, device).
 pub fn list_store_path(store_root: &Path, path: &StorePath, out: &mut Vec<Entry>) -> Result<()> {
     let disk = store_root.join(path.base_name());
-    let meta = fs::symlink_metadata(&disk).with_context(|| {
-        format!(
-            "store path {path} is missing on disk (looked for {})",
-            disk.display()
-        )
-    })?;
+    let meta = fs::symlink_metadata(&disk)
+        .with_context(|| format!("store path {path} is missing on disk (looked for {})", disk.display()))?;
     list_node(&disk, path.in_image(), meta, out)
 }
 
-fn list_node(
-    disk: &Path,
-    image_path: String,
-    meta: fs::Metadata,
-    out: &mut Vec<Entry>,
-) -> Result<()> {
+fn list_node(disk: &Path, image_path: String, meta: fs::Metadata, out: &mut Vec<Entry>) -> Result<()> {
     let ft = meta.file_type();
     if ft.is_symlink() {
-        let target =
-            fs::read_link(disk).with_context(|| format!("reading symlink {}", disk.display()))?;
-        let target = target.into_os_string().into_string().map_err(|t| {
-            anyhow::anyhow!("symlink {} has a non-UTF-8 target {t:?}", disk.display())
-        })?;
-        out.push(Entry {
-            path: image_path,
-            kind: Kind::Symlink { target },
-            mode: 0o777,
-            uid: 0,
-            gid: 0,
-        });
+        let target = fs::read_link(disk).with_context(|| format!("reading symlink {}", disk.display()))?;
+        let target = target
+            .into_os_string()
+            .into_string()
+            .map_err(|t| anyhow::anyhow!("symlink {} has a non-UTF-8 target {t:?}", disk.display()))?;
+        out.push(Entry { path: image_path, kind: Kind::Symlink { target }, mode: 0o777, uid: 0, gid: 0 });
     } else if ft.is_file() {
-        let mode = if meta.permissions().mode() & 0o111 != 0 {
-            0o555
-        } else {
-            0o444
-        };
-        let kind = Kind::File {
-            size: meta.len(),
-            content: Content::Disk(disk.to_owned()),
-        };
-        out.push(Entry {
-            path: image_path,
-            kind,
-            mode,
-            uid: 0,
-            gid: 0,
-        });
+        let mode = if meta.permissions().mode() & 0o111 != 0 { 0o555 } else { 0o444 };
+        let kind = Kind::File { size: meta.len(), content: Content::Disk(disk.to_owned()) };
+        out.push(Entry { path: image_path, kind, mode, uid: 0, gid: 0 });
     } else if ft.is_dir() {
-        out.push(Entry {
-            path: image_path.clone(),
-            kind: Kind::Dir,
-            mode: 0o555,
-            uid: 0,
-            gid: 0,
-        });
+        out.push(Entry { path: image_path.clone(), kind: Kind::Dir, mode: 0o555, uid: 0, gid: 0 });
         let mut children: Vec<_> = fs::read_dir(disk)
             .with_context(|| format!("reading directory {}", disk.display()))?
             .collect::<io::Result<_>>()
             .with_context(|| format!("reading directory {}", disk.display()))?;
         children.sort_by_key(|c| c.file_name());
         for child in children {
-            let name = child.file_name().into_string().map_err(|n| {
-                anyhow::anyhow!(
-                    "{} holds a file with a non-UTF-8 name {n:?}",
-                    disk.display()
-                )
-            })?;
+            let name = child
+                .file_name()
+                .into_string()
+                .map_err(|n| anyhow::anyhow!("{} holds a file with a non-UTF-8 name {n:?}", disk.display()))?;
             let child_disk = child.path();
-            let meta = fs::symlink_metadata(&child_disk)
-                .with_context(|| format!("reading {}", child_disk.display()))?;
+            let meta =
+                fs::symlink_metadata(&child_disk).with_context(|| format!("reading {}", child_disk.display()))?;
             list_node(&child_disk, format!("{image_path}/{name}"), meta, out)?;
         }
     } else {
@@ -213,22 +167,14 @@ fn list_node(
         } else {
             "an unknown file type"
         };
-        bail!(
-            "{} is {what}: a store path may hold only files, directories and symlinks",
-            disk.display()
-        );
+        bail!("{} is {what}: a store path may hold only files, directories and symlinks", disk.display());
     }
     Ok(())
 }
 
 /// Writes `entries` (already [`normalize`]d) as a tar stream with every header field pinned.
 /// `on_data` is told how many content bytes were copied, for progress.
-pub fn write<W: Write>(
-    entries: &[Entry],
-    epoch: u64,
-    mut w: W,
-    on_data: &mut dyn FnMut(u64),
-) -> Result<W> {
+pub fn write<W: Write>(entries: &[Entry], epoch: u64, mut w: W, on_data: &mut dyn FnMut(u64)) -> Result<W> {
     let mut buf = vec![0u8; 256 * 1024];
     for e in entries {
         write_entry(e, epoch, &mut w, &mut buf, on_data)?;
@@ -319,35 +265,21 @@ pub fn write_padding<W: Write>(w: &mut W, size: u64) -> io::Result<()> {
 }
 
 /// Copies exactly `size` bytes of `file`; a file that changed size since it was listed is an error.
-fn copy_exact<W: Write>(
-    file: &Path,
-    size: u64,
-    w: &mut W,
-    buf: &mut [u8],
-    on_data: &mut dyn FnMut(u64),
-) -> Result<()> {
+fn copy_exact<W: Write>(file: &Path, size: u64, w: &mut W, buf: &mut [u8], on_data: &mut dyn FnMut(u64)) -> Result<()> {
     let mut f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let mut left = size;
     while left > 0 {
         let want = buf.len().min(left as usize);
-        let n = f
-            .read(&mut buf[..want])
-            .with_context(|| format!("reading {}", file.display()))?;
+        let n = f.read(&mut buf[..want]).with_context(|| format!("reading {}", file.display()))?;
         if n == 0 {
-            bail!(
-                "{} shrank while the layer was written (expected {size} bytes)",
-                file.display()
-            );
+            bail!("{} shrank while the layer was written (expected {size} bytes)", file.display());
         }
         w.write_all(&buf[..n])?;
         on_data(n as u64);
         left -= n as u64;
     }
     if f.read(&mut buf[..1])? != 0 {
-        bail!(
-            "{} grew while the layer was written (expected {size} bytes)",
-            file.display()
-        );
+        bail!("{} grew while the layer was written (expected {size} bytes)", file.display());
     }
     Ok(())
 }
@@ -358,11 +290,7 @@ mod tests {
 
     fn roundtrip(entries: &[Entry]) -> Vec<u8> {
         let bytes = write(entries, 1, Vec::new(), &mut |_| {}).unwrap();
-        assert_eq!(
-            bytes.len() as u64,
-            tar_size(entries),
-            "tar_size must predict the stream"
-        );
+        assert_eq!(bytes.len() as u64, tar_size(entries), "tar_size must predict the stream");
         bytes
     }
 
@@ -374,30 +302,13 @@ mod tests {
             Entry::dir("nix", 0o755),
             Entry {
                 path: long.clone(),
-                kind: Kind::File {
-                    size: 5,
-                    content: Content::Inline(b"hello".to_vec()),
-                },
+                kind: Kind::File { size: 5, content: Content::Inline(b"hello".to_vec()) },
                 mode: 0o444,
                 uid: 0,
                 gid: 0,
             },
-            Entry {
-                path: "nix/l".into(),
-                kind: Kind::Symlink {
-                    target: target.clone(),
-                },
-                mode: 0o777,
-                uid: 0,
-                gid: 0,
-            },
-            Entry {
-                path: "home/app".into(),
-                kind: Kind::Dir,
-                mode: 0o755,
-                uid: 1000,
-                gid: 1000,
-            },
+            Entry { path: "nix/l".into(), kind: Kind::Symlink { target: target.clone() }, mode: 0o777, uid: 0, gid: 0 },
+            Entry { path: "home/app".into(), kind: Kind::Dir, mode: 0o755, uid: 1000, gid: 1000 },
         ];
         normalize(&mut entries).unwrap();
         let bytes = roundtrip(&entries);
@@ -408,10 +319,7 @@ mod tests {
             let h = e.header().clone();
             assert_eq!(h.mtime().unwrap(), 1);
             let path = e.path().unwrap().to_string_lossy().into_owned();
-            let link = e
-                .link_name()
-                .unwrap()
-                .map(|l| l.to_string_lossy().into_owned());
+            let link = e.link_name().unwrap().map(|l| l.to_string_lossy().into_owned());
             let mut data = String::new();
             e.read_to_string(&mut data).unwrap();
             seen.push((path, h.mode().unwrap(), h.uid().unwrap(), link, data));
@@ -428,10 +336,7 @@ mod tests {
     fn duplicate_files_are_refused_duplicate_dirs_merged() {
         let f = Entry {
             path: "a".into(),
-            kind: Kind::File {
-                size: 0,
-                content: Content::Inline(vec![]),
-            },
+            kind: Kind::File { size: 0, content: Content::Inline(vec![]) },
             mode: 0o444,
             uid: 0,
             gid: 0,
@@ -440,12 +345,7 @@ mod tests {
         normalize(&mut v).unwrap();
         assert_eq!(v.len(), 1);
         let mut v = vec![f.clone(), f];
-        assert!(
-            normalize(&mut v)
-                .unwrap_err()
-                .to_string()
-                .contains("/a is defined twice")
-        );
+        assert!(normalize(&mut v).unwrap_err().to_string().contains("/a is defined twice"));
     }
 
     #[test]
@@ -455,16 +355,8 @@ mod tests {
         let root = dir.path().join(sp.base_name());
         fs::create_dir(&root).unwrap();
         let fifo = root.join("pipe");
-        assert!(
-            std::process::Command::new("mkfifo")
-                .arg(&fifo)
-                .status()
-                .unwrap()
-                .success()
-        );
-        let err = list_store_path(dir.path(), &sp, &mut Vec::new())
-            .unwrap_err()
-            .to_string();
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let err = list_store_path(dir.path(), &sp, &mut Vec::new()).unwrap_err().to_string();
         assert!(err.contains("pipe is a fifo"), "{err}");
     }
 }

@@ -26,20 +26,13 @@ fn make_store(dir: &Path) -> PathBuf {
         let mut n = 0u64;
         while data.len() < *size {
             data.extend_from_slice(
-                format!(
-                    "line {n} value {} of {name}\n",
-                    n.wrapping_mul(2654435761) % 1000003
-                )
-                .as_bytes(),
+                format!("line {n} value {} of {name}\n", n.wrapping_mul(2654435761) % 1000003).as_bytes(),
             );
             n += 1;
         }
         data.truncate(*size);
         fs::write(p.join("data"), &data).unwrap();
-        let refs: Vec<String> = paths[..i]
-            .iter()
-            .map(|(n, _)| format!("/nix/store/{n}"))
-            .collect();
+        let refs: Vec<String> = paths[..i].iter().map(|(n, _)| format!("/nix/store/{n}")).collect();
         let hash = format!(
             "sha256-{}",
             [
@@ -67,11 +60,7 @@ fn build(closure: &Path, cache: Option<&Path>, extra: &[&str]) -> Value {
     };
     cmd.args(extra);
     let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -87,40 +76,15 @@ fn same_digests_for_any_jobs_with_and_without_cache() {
         let mut seen = Vec::new();
         for jobs in ["1", "2", "8"] {
             let out = format!("oci:{}/{comp}-{jobs}", dir.path().display());
-            seen.push(
-                digest(&build(
-                    &closure,
-                    None,
-                    &["--compression", comp, "--jobs", jobs, "-o", &out],
-                ))
-                .to_owned(),
-            );
+            seen.push(digest(&build(&closure, None, &["--compression", comp, "--jobs", jobs, "-o", &out])).to_owned());
         }
         let cache = dir.path().join(format!("cache-{comp}"));
         let out = format!("oci:{}/{comp}-cached", dir.path().display());
-        seen.push(
-            digest(&build(
-                &closure,
-                Some(&cache),
-                &["--compression", comp, "-o", &out],
-            ))
-            .to_owned(),
-        );
+        seen.push(digest(&build(&closure, Some(&cache), &["--compression", comp, "-o", &out])).to_owned());
         let out = format!("oci-archive:{}/{comp}-cached.tar", dir.path().display());
-        seen.push(
-            digest(&build(
-                &closure,
-                Some(&cache),
-                &["--compression", comp, "-o", &out],
-            ))
-            .to_owned(),
-        );
+        seen.push(digest(&build(&closure, Some(&cache), &["--compression", comp, "-o", &out])).to_owned());
         seen.dedup();
-        assert_eq!(
-            seen.len(),
-            1,
-            "{comp}: digests differ across --jobs/cache: {seen:?}"
-        );
+        assert_eq!(seen.len(), 1, "{comp}: digests differ across --jobs/cache: {seen:?}");
     }
 }
 
@@ -138,10 +102,7 @@ fn warm_rebuild_reads_nothing() {
     assert_eq!(digest(&warm), digest(&cold));
     assert_eq!(warm["stats"]["bytes_read"], 0, "{warm:#}");
     assert_eq!(warm["stats"]["layers_built"], 0);
-    assert_eq!(
-        warm["stats"]["cache_hits"].as_u64().unwrap() as usize,
-        cold["layers"].as_array().unwrap().len()
-    );
+    assert_eq!(warm["stats"]["cache_hits"].as_u64().unwrap() as usize, cold["layers"].as_array().unwrap().len());
     // A new archive destination: the blobs come from the cache, still nothing read.
     let archive = format!("oci-archive:{}/a.tar", dir.path().display());
     let warm = build(&closure, Some(&cache), &["-o", &archive]);
@@ -167,16 +128,10 @@ fn damaged_cache_is_detected_and_rebuilt() {
     }
     let again = build(&closure, Some(&cache), &["-o", &out("blobs")]);
     assert_eq!(digest(&again), digest(&cold));
-    assert_eq!(
-        again["stats"]["cache_hits"], 0,
-        "a damaged blob was trusted: {again:#}"
-    );
+    assert_eq!(again["stats"]["cache_hits"], 0, "a damaged blob was trusted: {again:#}");
 
     // Garbage entries, and entries that lie about the digest.
-    let entries: Vec<PathBuf> = fs::read_dir(cache.join("layers"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let entries: Vec<PathBuf> = fs::read_dir(cache.join("layers")).unwrap().map(|e| e.unwrap().path()).collect();
     for (i, e) in entries.iter().enumerate() {
         if i % 2 == 0 {
             fs::write(e, b"{ not json").unwrap();
@@ -188,10 +143,7 @@ fn damaged_cache_is_detected_and_rebuilt() {
     }
     let again = build(&closure, Some(&cache), &["-o", &out("entries")]);
     assert_eq!(digest(&again), digest(&cold));
-    assert_eq!(
-        again["stats"]["cache_hits"], 0,
-        "a damaged entry was trusted: {again:#}"
-    );
+    assert_eq!(again["stats"]["cache_hits"], 0, "a damaged entry was trusted: {again:#}");
     // And the repaired cache works again.
     let warm = build(&closure, Some(&cache), &["-o", &out("warm")]);
     assert_eq!(warm["stats"]["bytes_read"], 0);

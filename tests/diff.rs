@@ -82,11 +82,7 @@ fn write_node(n: &Node, at: &Path) {
     match n {
         Node::File(data, exec) => {
             fs::write(at, data).unwrap();
-            fs::set_permissions(
-                at,
-                fs::Permissions::from_mode(if *exec { 0o755 } else { 0o644 }),
-            )
-            .unwrap();
+            fs::set_permissions(at, fs::Permissions::from_mode(if *exec { 0o755 } else { 0o644 })).unwrap();
         }
         Node::Link(t) => std::os::unix::fs::symlink(t, at).unwrap(),
         Node::Dir(entries) => {
@@ -131,21 +127,16 @@ impl StoreBuilder {
         let mut nar = Vec::new();
         nar_str(&mut nar, b"nix-archive-1");
         nar_node(&node, &mut nar);
-        let fp = Sha256::new()
-            .chain_update(name)
-            .chain_update(&nar)
-            .finalize();
-        let hash: String = fp
-            .iter()
-            .take(32)
-            .map(|b| NIX32[(*b % 32) as usize] as char)
-            .collect();
+        let fp = Sha256::new().chain_update(name).chain_update(&nar).finalize();
+        let hash: String = fp.iter().take(32).map(|b| NIX32[(*b % 32) as usize] as char).collect();
         let base = format!("{hash}-{name}");
         write_node(&node, &self.root.join(&base));
         let full = format!("/nix/store/{base}");
         let nar_hash = nixoci::closure::NarHash(Sha256::digest(&nar).into()).to_string();
         let references: Vec<String> = refs.iter().map(|r| self.paths[r].clone()).collect();
-        self.infos.push(serde_json::json!({"path": full, "narHash": nar_hash, "narSize": nar.len(), "references": references}));
+        self.infos.push(
+            serde_json::json!({"path": full, "narHash": nar_hash, "narSize": nar.len(), "references": references}),
+        );
         self.paths.insert(key, full.clone());
         full
     }
@@ -154,30 +145,17 @@ impl StoreBuilder {
 fn make_store(dir: &Path, variant: u8) -> Store {
     let root = dir.join("store");
     fs::create_dir_all(&root).unwrap();
-    let mut b = StoreBuilder {
-        root: root.clone(),
-        infos: Vec::new(),
-        paths: BTreeMap::new(),
-    };
+    let mut b = StoreBuilder { root: root.clone(), infos: Vec::new(), paths: BTreeMap::new() };
     let lib = b.add(
         "lib",
         "lib-2.3",
-        Node::Dir(vec![(
-            "lib",
-            Node::Dir(vec![("libfoo.so", Node::File(noise(40 << 10, 7), true))]),
-        )]),
+        Node::Dir(vec![("lib", Node::Dir(vec![("libfoo.so", Node::File(noise(40 << 10, 7), true))]))]),
         &[],
     );
     let stat = b.add(
         "static",
         "static-0.5",
-        Node::Dir(vec![(
-            "share",
-            Node::Dir(vec![(
-                "static.txt",
-                Node::File(b"static data\n".repeat(700), false),
-            )]),
-        )]),
+        Node::Dir(vec![("share", Node::Dir(vec![("static.txt", Node::File(b"static data\n".repeat(700), false))]))]),
         &[],
     );
     let data = if variant == 1 {
@@ -188,10 +166,7 @@ fn make_store(dir: &Path, variant: u8) -> Store {
                 "share",
                 Node::Dir(vec![
                     ("blob.bin", Node::File(noise(12 << 10, 1), false)),
-                    (
-                        "data.txt",
-                        Node::File(b"data version one\n".repeat(20), false),
-                    ),
+                    ("data.txt", Node::File(b"data version one\n".repeat(20), false)),
                     ("old.txt", Node::File(b"only in 1.0\n".to_vec(), false)),
                 ]),
             )]),
@@ -205,10 +180,7 @@ fn make_store(dir: &Path, variant: u8) -> Store {
                 "share",
                 Node::Dir(vec![
                     ("blob.bin", Node::File(noise(12 << 10, 2), false)),
-                    (
-                        "data.txt",
-                        Node::File(b"data version 1.1, longer\n".repeat(30), false),
-                    ),
+                    ("data.txt", Node::File(b"data version 1.1, longer\n".repeat(30), false)),
                     ("extra.txt", Node::File(b"new in 1.1\n".to_vec(), false)),
                 ]),
             )]),
@@ -219,10 +191,7 @@ fn make_store(dir: &Path, variant: u8) -> Store {
     let tool = b.add(
         "tool",
         "tool-1.0",
-        Node::Dir(vec![(
-            "bin",
-            Node::Dir(vec![("tool", Node::File(script.into_bytes(), true))]),
-        )]),
+        Node::Dir(vec![("bin", Node::Dir(vec![("tool", Node::File(script.into_bytes(), true))]))]),
         &["data", "lib"],
     );
     let profile = format!("export PATH={tool}/bin\nexport STATIC={stat}/share\n");
@@ -230,30 +199,16 @@ fn make_store(dir: &Path, variant: u8) -> Store {
         "env",
         "env",
         Node::Dir(vec![
-            (
-                "bin",
-                Node::Dir(vec![("tool", Node::Link(format!("{tool}/bin/tool")))]),
-            ),
-            (
-                "etc",
-                Node::Dir(vec![("profile", Node::File(profile.into_bytes(), false))]),
-            ),
+            ("bin", Node::Dir(vec![("tool", Node::Link(format!("{tool}/bin/tool")))])),
+            ("etc", Node::Dir(vec![("profile", Node::File(profile.into_bytes(), false))])),
         ]),
         &["tool", "static"],
     );
     let closure = dir.join("closure.json");
-    fs::write(
-        &closure,
-        serde_json::to_string_pretty(&Value::Array(b.infos)).unwrap(),
-    )
-    .unwrap();
+    fs::write(&closure, serde_json::to_string_pretty(&Value::Array(b.infos)).unwrap()).unwrap();
     let env = &b.paths["env"];
     let image_toml = dir.join("image.toml");
-    let label = if variant == 1 {
-        "one".to_owned()
-    } else {
-        r#"two <b>&amp; \"quoted\"</b>"#.to_owned()
-    };
+    let label = if variant == 1 { "one".to_owned() } else { r#"two <b>&amp; \"quoted\"</b>"#.to_owned() };
     fs::write(
         &image_toml,
         format!(
@@ -262,43 +217,26 @@ fn make_store(dir: &Path, variant: u8) -> Store {
         ),
     )
     .unwrap();
-    Store {
-        store_root: root,
-        closure,
-        image_toml,
-        paths: b.paths,
-    }
+    Store { store_root: root, closure, image_toml, paths: b.paths }
 }
 
 // ---- running things -------------------------------------------------------------------------------
 
 fn nixoci(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nixoci"))
-        .args(args)
-        .env("NIXOCI_LOG", "warn")
-        .output()
-        .unwrap()
+    Command::new(env!("CARGO_BIN_EXE_nixoci")).args(args).env("NIXOCI_LOG", "warn").output().unwrap()
 }
 
 /// Runs nixoci, asserts success, returns stdout.
 fn ok(args: &[&str]) -> String {
     let out = nixoci(args);
-    assert!(
-        out.status.success(),
-        "nixoci {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "nixoci {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// Runs nixoci, asserts failure, returns stderr.
 fn fails(args: &[&str]) -> String {
     let out = nixoci(args);
-    assert!(
-        !out.status.success(),
-        "nixoci {args:?} should fail; stdout:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(!out.status.success(), "nixoci {args:?} should fail; stdout:\n{}", String::from_utf8_lossy(&out.stdout));
     String::from_utf8(out.stderr).unwrap()
 }
 
@@ -308,13 +246,9 @@ fn json(args: &[&str]) -> Value {
 
 /// Whether `name` is installed; under CI a missing tool fails the test instead.
 fn have(name: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()));
+    let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()));
     if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{name} is not installed (CI must have it)"
-        );
+        assert!(std::env::var_os("CI").is_none(), "{name} is not installed (CI must have it)");
         eprintln!("SKIPPED: {name} is not installed");
     }
     found
@@ -322,11 +256,7 @@ fn have(name: &str) -> bool {
 
 fn run_tool(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     out
 }
 
@@ -348,18 +278,11 @@ fn run_with_timeout(cmd: &mut Command, limit: Duration) -> (bool, String, String
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "{cmd:?} ran past {limit:?}; stderr:\n{}",
-                fs::read_to_string(&e).unwrap_or_default()
-            );
+            panic!("{cmd:?} ran past {limit:?}; stderr:\n{}", fs::read_to_string(&e).unwrap_or_default());
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    (
-        status.success(),
-        fs::read_to_string(&o).unwrap(),
-        String::from_utf8_lossy(&fs::read(&e).unwrap()).into_owned(),
-    )
+    (status.success(), fs::read_to_string(&o).unwrap(), String::from_utf8_lossy(&fs::read(&e).unwrap()).into_owned())
 }
 
 // ---- the shared fixture ----------------------------------------------------------------------------
@@ -393,16 +316,7 @@ fn fixture() -> &'static Fixture {
                 s.store_root.display().to_string(),
                 s.image_toml.display().to_string(),
             );
-            let mut args = vec![
-                "build",
-                "-q",
-                "--closure",
-                &c,
-                "--store-root",
-                &r,
-                "--image",
-                &i,
-            ];
+            let mut args = vec!["build", "-q", "--closure", &c, "--store-root", &r, "--image", &i];
             args.extend(extra);
             for o in outs {
                 args.extend(["-o", o.as_str()]);
@@ -419,30 +333,15 @@ fn fixture() -> &'static Fixture {
                 format!("docker-archive:{d}/v1-docker.tar"),
             ],
         );
-        build(
-            &v1,
-            &["--max-layers", "4"],
-            &[format!("oci:{}:v1-regrouped", img.display())],
-        );
+        build(&v1, &["--max-layers", "4"], &[format!("oci:{}:v1-regrouped", img.display())]);
         build(&v2, &[], &[format!("oci:{}:v2", img.display())]);
-        Fixture {
-            _dir: tmp,
-            dir,
-            v1,
-            v2,
-        }
+        Fixture { _dir: tmp, dir, v1, v2 }
     })
 }
 
 /// The layers of `oci:DIR:TAG`'s manifest, read directly from the layout: (digest, size, paths).
 fn manifest_layers(dir: &Path, tag: &str) -> Vec<(String, u64, Vec<String>)> {
-    let blob = |d: &str| {
-        fs::read(
-            dir.join("blobs/sha256")
-                .join(d.trim_start_matches("sha256:")),
-        )
-        .unwrap()
-    };
+    let blob = |d: &str| fs::read(dir.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap();
     let index: Value = serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
     let m = index["manifests"]
         .as_array()
@@ -466,29 +365,17 @@ fn manifest_layers(dir: &Path, tag: &str) -> Vec<(String, u64, Vec<String>)> {
                 .lines()
                 .map(str::to_owned)
                 .collect();
-            (
-                l["digest"].as_str().unwrap().to_owned(),
-                l["size"].as_u64().unwrap(),
-                paths,
-            )
+            (l["digest"].as_str().unwrap().to_owned(), l["size"].as_u64().unwrap(), paths)
         })
         .collect()
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_str().unwrap().to_owned())
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_owned()).collect()
 }
 
 fn digests(v: &Value) -> BTreeSet<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap().to_owned())
-        .collect()
+    v.as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_owned()).collect()
 }
 
 // ---- the tests ----------------------------------------------------------------------------------
@@ -496,16 +383,10 @@ fn digests(v: &Value) -> BTreeSet<String> {
 #[test]
 fn diff_names_exactly_the_changed_paths_and_the_bytes_to_download() {
     let f = fixture();
-    let (old, new) = (
-        format!("oci:{}:v1", f.p("img")),
-        format!("oci:{}:v2", f.p("img")),
-    );
+    let (old, new) = (format!("oci:{}:v1", f.p("img")), format!("oci:{}:v2", f.p("img")));
     let out = nixoci(&["diff", &old, &new, "--json"]);
     assert!(out.status.success());
-    assert!(
-        !String::from_utf8_lossy(&out.stderr).contains("reading layer"),
-        "annotated images need no layer read"
-    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("reading layer"), "annotated images need no layer read");
     let d: Value = serde_json::from_slice(&out.stdout).unwrap();
 
     // Exactly data, tool and env changed; nothing added or removed.
@@ -520,21 +401,10 @@ fn diff_names_exactly_the_changed_paths_and_the_bytes_to_download() {
             (s("name"), s("old"), s("new"), s("change"))
         })
         .collect();
-    let exp = |k: &str, change: &str| {
-        (
-            k.to_owned(),
-            f.v1.paths[k].clone(),
-            f.v2.paths[k].clone(),
-            change.to_owned(),
-        )
-    };
+    let exp = |k: &str, change: &str| (k.to_owned(), f.v1.paths[k].clone(), f.v2.paths[k].clone(), change.to_owned());
     assert_eq!(
         changed,
-        [
-            exp("data", "version"),
-            exp("env", "same-version-new-hash"),
-            exp("tool", "same-version-new-hash")
-        ]
+        [exp("data", "version"), exp("env", "same-version-new-hash"), exp("tool", "same-version-new-hash")]
     );
     assert_eq!(d["paths"]["changed"][0]["old_version"], "1.0");
     assert_eq!(d["paths"]["changed"][0]["new_version"], "1.1");
@@ -543,69 +413,33 @@ fn diff_names_exactly_the_changed_paths_and_the_bytes_to_download() {
     // Shared layers are exactly those of lib, static and the customisation layer.
     let old_layers = manifest_layers(&f.dir.join("img"), "v1");
     let new_layers = manifest_layers(&f.dir.join("img"), "v2");
-    let changed_new: BTreeSet<&String> = ["data", "tool", "env"]
-        .iter()
-        .map(|k| &f.v2.paths[k])
-        .collect();
-    let holds_changed =
-        |l: &(String, u64, Vec<String>)| l.2.iter().any(|p| changed_new.contains(p));
-    let want_shared: BTreeSet<String> = new_layers
-        .iter()
-        .filter(|l| !holds_changed(l))
-        .map(|l| l.0.clone())
-        .collect();
+    let changed_new: BTreeSet<&String> = ["data", "tool", "env"].iter().map(|k| &f.v2.paths[k]).collect();
+    let holds_changed = |l: &(String, u64, Vec<String>)| l.2.iter().any(|p| changed_new.contains(p));
+    let want_shared: BTreeSet<String> = new_layers.iter().filter(|l| !holds_changed(l)).map(|l| l.0.clone()).collect();
     assert_eq!(want_shared.len(), 3, "lib, static, customisation");
     assert_eq!(digests(&d["layers"]["shared"]), want_shared);
-    let shared_paths: BTreeSet<String> = d["layers"]["shared"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|l| strings(&l["paths"]))
-        .collect();
-    assert_eq!(
-        shared_paths,
-        [f.v2.paths["lib"].clone(), f.v2.paths["static"].clone()].into()
-    );
+    let shared_paths: BTreeSet<String> =
+        d["layers"]["shared"].as_array().unwrap().iter().flat_map(|l| strings(&l["paths"])).collect();
+    assert_eq!(shared_paths, [f.v2.paths["lib"].clone(), f.v2.paths["static"].clone()].into());
     assert_eq!(
         digests(&d["layers"]["added"]),
-        new_layers
-            .iter()
-            .filter(|l| holds_changed(l))
-            .map(|l| l.0.clone())
-            .collect()
+        new_layers.iter().filter(|l| holds_changed(l)).map(|l| l.0.clone()).collect()
     );
-    let changed_old: BTreeSet<&String> = ["data", "tool", "env"]
-        .iter()
-        .map(|k| &f.v1.paths[k])
-        .collect();
-    let removed: BTreeSet<String> = old_layers
-        .iter()
-        .filter(|l| l.2.iter().any(|p| changed_old.contains(p)))
-        .map(|l| l.0.clone())
-        .collect();
+    let changed_old: BTreeSet<&String> = ["data", "tool", "env"].iter().map(|k| &f.v1.paths[k]).collect();
+    let removed: BTreeSet<String> =
+        old_layers.iter().filter(|l| l.2.iter().any(|p| changed_old.contains(p))).map(|l| l.0.clone()).collect();
     assert_eq!(digests(&d["layers"]["removed"]), removed);
 
     // Download bytes: the summed sizes of the changed layers; and NEW's total.
-    let want: u64 = new_layers
-        .iter()
-        .filter(|l| holds_changed(l))
-        .map(|l| l.1)
-        .sum();
+    let want: u64 = new_layers.iter().filter(|l| holds_changed(l)).map(|l| l.1).sum();
     assert!(want > 0);
     assert_eq!(d["download_bytes"], want);
-    assert_eq!(
-        d["new_total_bytes"],
-        new_layers.iter().map(|l| l.1).sum::<u64>()
-    );
+    assert_eq!(d["new_total_bytes"], new_layers.iter().map(|l| l.1).sum::<u64>());
     assert_eq!(d["identical"], false);
 
     // Config: entrypoint, env PATH and the label changed; nothing else.
-    let fields: Vec<String> = d["config"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["field"].as_str().unwrap().to_owned())
-        .collect();
+    let fields: Vec<String> =
+        d["config"].as_array().unwrap().iter().map(|c| c["field"].as_str().unwrap().to_owned()).collect();
     assert_eq!(fields, ["entrypoint", "env PATH", "label release"]);
 
     // The human report says the same, in tables.
@@ -625,35 +459,18 @@ fn diff_names_exactly_the_changed_paths_and_the_bytes_to_download() {
 #[test]
 fn files_diff_reads_only_the_changed_layers() {
     let f = fixture();
-    let (old, new) = (
-        format!("oci:{}:v1", f.p("img")),
-        format!("oci:{}:v2", f.p("img")),
-    );
+    let (old, new) = (format!("oci:{}:v1", f.p("img")), format!("oci:{}:v2", f.p("img")));
     let out = nixoci(&["diff", &old, &new, "--files", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        stderr.matches("for --files").count(),
-        6,
-        "3 layers of each image:\n{stderr}"
-    );
+    assert_eq!(stderr.matches("for --files").count(), 6, "3 layers of each image:\n{stderr}");
     let d: Value = serde_json::from_slice(&out.stdout).unwrap();
     let files = |i: usize, kind: &str| -> Vec<(String, Option<u64>, Option<u64>)> {
         d["paths"]["changed"][i]["files"][kind]
             .as_array()
             .unwrap()
             .iter()
-            .map(|c| {
-                (
-                    c["path"].as_str().unwrap().to_owned(),
-                    c["old_size"].as_u64(),
-                    c["new_size"].as_u64(),
-                )
-            })
+            .map(|c| (c["path"].as_str().unwrap().to_owned(), c["old_size"].as_u64(), c["new_size"].as_u64()))
             .collect()
     };
     // data
@@ -664,26 +481,15 @@ fn files_diff_reads_only_the_changed_layers() {
             ("share/data.txt".to_owned(), Some(17 * 20), Some(25 * 30))
         ]
     );
-    assert_eq!(
-        files(0, "added"),
-        [("share/extra.txt".to_owned(), None, Some(11))]
-    );
-    assert_eq!(
-        files(0, "removed"),
-        [("share/old.txt".to_owned(), Some(12), None)]
-    );
+    assert_eq!(files(0, "added"), [("share/extra.txt".to_owned(), None, Some(11))]);
+    assert_eq!(files(0, "removed"), [("share/old.txt".to_owned(), Some(12), None)]);
     // env and tool: their files differ only by the references to the rebuilt data and tool.
     let whats = |i: usize| -> Vec<(String, String)> {
         d["paths"]["changed"][i]["files"]["modified"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|c| {
-                (
-                    c["path"].as_str().unwrap().to_owned(),
-                    c["what"].as_str().unwrap().to_owned(),
-                )
-            })
+            .map(|c| (c["path"].as_str().unwrap().to_owned(), c["what"].as_str().unwrap().to_owned()))
             .collect()
     };
     let refs = |p: &str| (p.to_owned(), "references".to_owned());
@@ -691,10 +497,7 @@ fn files_diff_reads_only_the_changed_layers() {
     assert_eq!(whats(2), [refs("bin/tool")]);
     assert_eq!(d["paths"]["changed"][1]["cause"], "dependency");
     assert_eq!(d["paths"]["changed"][2]["cause"], "dependency");
-    assert!(
-        d["paths"]["changed"][0].get("cause").is_none(),
-        "a version change needs no cause"
-    );
+    assert!(d["paths"]["changed"][0].get("cause").is_none(), "a version change needs no cause");
     assert_eq!(whats(0)[0].1, "content");
 
     let text = ok(&["diff", &old, &new, "--files"]);
@@ -717,35 +520,21 @@ fn an_image_against_itself_and_through_two_transports_is_identical() {
         assert_eq!(d["layers"]["added"].as_array().unwrap().len(), 0);
         assert_eq!(d["layers"]["removed"].as_array().unwrap().len(), 0);
         assert_eq!(d["layers"]["shared"].as_array().unwrap().len(), 6);
-        assert!(
-            d["paths"]["changed"].as_array().unwrap().is_empty()
-                && d["config"].as_array().unwrap().is_empty()
-        );
+        assert!(d["paths"]["changed"].as_array().unwrap().is_empty() && d["config"].as_array().unwrap().is_empty());
         assert!(ok(&["diff", &oci, &other]).contains("identical"));
     }
     // docker-archive holds the same tars uncompressed: new blobs, same content.
-    let d = json(&[
-        "diff",
-        &oci,
-        &format!("docker-archive:{}", f.p("v1-docker.tar")),
-        "--json",
-    ]);
+    let d = json(&["diff", &oci, &format!("docker-archive:{}", f.p("v1-docker.tar")), "--json"]);
     assert_eq!(d["identical"], false);
     assert_eq!(d["layers"]["recompressed"].as_array().unwrap().len(), 6);
-    assert!(
-        d["paths"]["changed"].as_array().unwrap().is_empty()
-            && d["config"].as_array().unwrap().is_empty()
-    );
+    assert!(d["paths"]["changed"].as_array().unwrap().is_empty() && d["config"].as_array().unwrap().is_empty());
     assert_eq!(d["paths"]["unchanged"], 5);
 }
 
 #[test]
 fn layers_changed_only_by_grouping_are_called_regrouped() {
     let f = fixture();
-    let (old, new) = (
-        format!("oci:{}:v1", f.p("img")),
-        format!("oci:{}:v1-regrouped", f.p("img")),
-    );
+    let (old, new) = (format!("oci:{}:v1", f.p("img")), format!("oci:{}:v1-regrouped", f.p("img")));
     let d = json(&["diff", &old, &new, "--json"]);
     assert!(d["paths"]["changed"].as_array().unwrap().is_empty());
     let regrouped = d["layers"]["regrouped"].as_array().unwrap();
@@ -757,39 +546,22 @@ fn layers_changed_only_by_grouping_are_called_regrouped() {
         .map(|l| l.2.into_iter().collect())
         .collect();
     assert!(!merged.is_empty());
-    let got: BTreeSet<BTreeSet<String>> = regrouped
-        .iter()
-        .map(|r| strings(&r["paths"]).into_iter().collect())
-        .collect();
+    let got: BTreeSet<BTreeSet<String>> =
+        regrouped.iter().map(|r| strings(&r["paths"]).into_iter().collect()).collect();
     assert_eq!(got, merged, "{d:#}");
     for r in regrouped {
-        assert_eq!(
-            r["moved_from"].as_array().unwrap().len(),
-            r["paths"].as_array().unwrap().len()
-        );
+        assert_eq!(r["moved_from"].as_array().unwrap().len(), r["paths"].as_array().unwrap().len());
     }
-    let moved_from: BTreeSet<String> = regrouped
-        .iter()
-        .flat_map(|r| strings(&r["moved_from"]))
-        .collect();
+    let moved_from: BTreeSet<String> = regrouped.iter().flat_map(|r| strings(&r["moved_from"])).collect();
     assert_eq!(digests(&d["layers"]["removed"]), moved_from);
-    assert_eq!(
-        d["layers"]["regrouped_removed"].as_array().unwrap().len(),
-        moved_from.len()
-    );
+    assert_eq!(d["layers"]["regrouped_removed"].as_array().unwrap().len(), moved_from.len());
     let text = ok(&["diff", &old, &new]);
     assert!(
-        text.contains("changed only because the grouping moved store paths")
-            && text.contains("removed (regrouped)"),
+        text.contains("changed only because the grouping moved store paths") && text.contains("removed (regrouped)"),
         "{text}"
     );
     eprintln!("{text}");
-    let added: u64 = d["layers"]["added"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["size"].as_u64().unwrap())
-        .sum();
+    let added: u64 = d["layers"]["added"].as_array().unwrap().iter().map(|l| l["size"].as_u64().unwrap()).sum();
     assert_eq!(d["download_bytes"].as_u64().unwrap(), added);
 }
 
@@ -799,44 +571,21 @@ fn inspect_shows_config_layers_and_paths() {
     let r = format!("oci:{}:v2", f.p("img"));
     let ins = json(&["inspect", &r, "--json"]);
     assert_eq!(ins["platform"], "linux/amd64");
-    assert_eq!(
-        ins["config"]["entrypoint"][0],
-        format!("{}/bin/tool", f.v2.paths["tool"])
-    );
+    assert_eq!(ins["config"]["entrypoint"][0], format!("{}/bin/tool", f.v2.paths["tool"]));
     let layers = ins["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 6);
-    assert!(
-        layers
-            .iter()
-            .all(|l| l["paths_from"] == "annotation" && l["unpacked_size"].is_null())
-    );
+    assert!(layers.iter().all(|l| l["paths_from"] == "annotation" && l["unpacked_size"].is_null()));
     let all: BTreeSet<String> = layers.iter().flat_map(|l| strings(&l["paths"])).collect();
     assert_eq!(all, f.v2.paths.values().cloned().collect());
     // --read-layers reads and verifies them all, and knows their tar sizes.
     let ins = json(&["inspect", &r, "--json", "--read-layers"]);
-    assert!(
-        ins["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|l| l["unpacked_size"].as_u64().unwrap() > 0)
-    );
+    assert!(ins["layers"].as_array().unwrap().iter().all(|l| l["unpacked_size"].as_u64().unwrap() > 0));
     let text = ok(&["inspect", &r]);
-    for needle in [
-        "MANIFEST",
-        "ENTRYPOINT",
-        "tar+gzip",
-        &f.v2.paths["data"],
-        "customisation",
-    ] {
+    for needle in ["MANIFEST", "ENTRYPOINT", "tar+gzip", &f.v2.paths["data"], "customisation"] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
     // docker-archive: uncompressed layers, so the unpacked size is known without reading.
-    let ins = json(&[
-        "inspect",
-        &format!("docker-archive:{}", f.p("v1-docker.tar")),
-        "--json",
-    ]);
+    let ins = json(&["inspect", &format!("docker-archive:{}", f.p("v1-docker.tar")), "--json"]);
     let l = &ins["layers"][0];
     assert_eq!(l["unpacked_size"], l["size"]);
 }
@@ -874,107 +623,44 @@ fn an_image_nixoci_did_not_build_works_from_tar_headers() {
     mk("old", &[(&format!("nix/store/{foo1}/bin/foo"), "foo one")]);
     mk(
         "new",
-        &[
-            (&format!("nix/store/{foo2}/bin/foo"), "foo one point one"),
-            (&format!("nix/store/{foo2}/share/doc"), "doc"),
-        ],
+        &[(&format!("nix/store/{foo2}/bin/foo"), "foo one point one"), (&format!("nix/store/{foo2}/share/doc"), "doc")],
     );
     let layout = d.join("layout");
     let img = |tag: &str| format!("{}:{tag}", layout.display());
     let umoci = |args: &[&str]| run_tool(Command::new("umoci").args(args));
     umoci(&["init", "--layout", &layout.display().to_string()]);
     umoci(&["new", "--image", &img("base")]);
-    umoci(&[
-        "insert",
-        "--rootless",
-        "--image",
-        &img("base"),
-        &d.join("base").display().to_string(),
-        "/",
-    ]);
+    umoci(&["insert", "--rootless", "--image", &img("base"), &d.join("base").display().to_string(), "/"]);
     umoci(&["tag", "--image", &img("base"), "old"]);
     umoci(&["tag", "--image", &img("base"), "new"]);
-    umoci(&[
-        "insert",
-        "--rootless",
-        "--image",
-        &img("old"),
-        &d.join("old/nix").display().to_string(),
-        "/nix",
-    ]);
-    umoci(&[
-        "insert",
-        "--rootless",
-        "--image",
-        &img("new"),
-        &d.join("new/nix").display().to_string(),
-        "/nix",
-    ]);
-    umoci(&[
-        "insert",
-        "--rootless",
-        "--image",
-        &img("new"),
-        "--whiteout",
-        &format!("/nix/store/{gone}"),
-    ]);
+    umoci(&["insert", "--rootless", "--image", &img("old"), &d.join("old/nix").display().to_string(), "/nix"]);
+    umoci(&["insert", "--rootless", "--image", &img("new"), &d.join("new/nix").display().to_string(), "/nix"]);
+    umoci(&["insert", "--rootless", "--image", &img("new"), "--whiteout", &format!("/nix/store/{gone}")]);
 
     let (old, new) = (format!("oci:{}", img("old")), format!("oci:{}", img("new")));
     let ins = json(&["inspect", &new, "--json"]);
     let layers = ins["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 3);
     assert!(layers.iter().all(|l| l["paths_from"] == "tar-headers"));
-    assert_eq!(
-        strings(&layers[0]["paths"]),
-        [format!("/nix/store/{common}"), format!("/nix/store/{gone}")]
-    );
-    assert_eq!(
-        layers[0]["other_entries"].as_u64().unwrap(),
-        2,
-        "etc and etc/os-release"
-    );
+    assert_eq!(strings(&layers[0]["paths"]), [format!("/nix/store/{common}"), format!("/nix/store/{gone}")]);
+    assert_eq!(layers[0]["other_entries"].as_u64().unwrap(), 2, "etc and etc/os-release");
     assert_eq!(strings(&layers[1]["paths"]), [format!("/nix/store/{foo2}")]);
-    assert_eq!(
-        strings(&layers[2]["whiteouts"]),
-        [format!("/nix/store/{gone}")]
-    );
+    assert_eq!(strings(&layers[2]["whiteouts"]), [format!("/nix/store/{gone}")]);
     let text = ok(&["inspect", &new]);
-    assert!(
-        text.contains(&format!("(deletes /nix/store/{gone})")),
-        "{text}"
-    );
+    assert!(text.contains(&format!("(deletes /nix/store/{gone})")), "{text}");
 
     let d2 = json(&["diff", &old, &new, "--files", "--json"]);
     assert_eq!(d2["layers"]["shared"].as_array().unwrap().len(), 1);
-    assert_eq!(
-        d2["paths"]["removed"],
-        serde_json::json!([format!("/nix/store/{gone}")])
-    );
+    assert_eq!(d2["paths"]["removed"], serde_json::json!([format!("/nix/store/{gone}")]));
     let c = &d2["paths"]["changed"][0];
     assert_eq!(
-        (
-            c["name"].as_str(),
-            c["old_version"].as_str(),
-            c["new_version"].as_str()
-        ),
+        (c["name"].as_str(), c["old_version"].as_str(), c["new_version"].as_str()),
         (Some("foo"), Some("1.0"), Some("1.1"))
     );
     assert_eq!(c["files"]["modified"][0]["path"], "bin/foo");
     assert_eq!(c["files"]["modified"][0]["new_size"], 17);
-    assert_eq!(
-        c["files"]["added"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|f| f["path"] == "share/doc")
-            .count(),
-        1
-    );
-    let new_sizes: u64 = manifest_layers(&layout, "new")
-        .iter()
-        .skip(1)
-        .map(|l| l.1)
-        .sum();
+    assert_eq!(c["files"]["added"].as_array().unwrap().iter().filter(|f| f["path"] == "share/doc").count(), 1);
+    let new_sizes: u64 = manifest_layers(&layout, "new").iter().skip(1).map(|l| l.1).sum();
     assert_eq!(d2["download_bytes"], new_sizes);
 
     // The same image as a docker-archive made by skopeo reads the same.
@@ -985,48 +671,27 @@ fn an_image_nixoci_did_not_build_works_from_tar_headers() {
         &new,
         &format!("docker-archive:{}:localhost/new:1", archive.display()),
     ]));
-    let via = json(&[
-        "inspect",
-        &format!("docker-archive:{}", archive.display()),
-        "--json",
-    ]);
-    let paths = |v: &Value| {
-        v["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|l| strings(&l["paths"]))
-            .collect::<Vec<_>>()
-    };
+    let via = json(&["inspect", &format!("docker-archive:{}", archive.display()), "--json"]);
+    let paths =
+        |v: &Value| v["layers"].as_array().unwrap().iter().flat_map(|l| strings(&l["paths"])).collect::<Vec<_>>();
     assert_eq!(paths(&via), paths(&ins));
-    let d3 = json(&[
-        "diff",
-        &new,
-        &format!("docker-archive:{}", archive.display()),
-        "--json",
-    ]);
+    let d3 = json(&["diff", &new, &format!("docker-archive:{}", archive.display()), "--json"]);
     assert!(
-        d3["paths"]["changed"].as_array().unwrap().is_empty()
-            && d3["paths"]["added"].as_array().unwrap().is_empty()
+        d3["paths"]["changed"].as_array().unwrap().is_empty() && d3["paths"]["added"].as_array().unwrap().is_empty()
     );
 
     // A flipped byte in a layer nobody annotated is caught when its headers are read.
     let copy = d.join("broken");
     run_tool(Command::new("cp").arg("-a").arg(&layout).arg(&copy));
     let top = manifest_layers(&copy, "new")[1].0.clone();
-    let blob = copy
-        .join("blobs/sha256")
-        .join(top.trim_start_matches("sha256:"));
+    let blob = copy.join("blobs/sha256").join(top.trim_start_matches("sha256:"));
     let mut bytes = fs::read(&blob).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x55;
     fs::set_permissions(&blob, fs::Permissions::from_mode(0o644)).unwrap();
     fs::write(&blob, &bytes).unwrap();
     let err = fails(&["inspect", &format!("oci:{}:new", copy.display())]);
-    assert!(
-        err.contains("does not match its digest") && err.contains(&top) && err.contains("broken"),
-        "{err}"
-    );
+    assert!(err.contains("does not match its digest") && err.contains(&top) && err.contains("broken"), "{err}");
 }
 
 #[test]
@@ -1042,69 +707,38 @@ fn damaged_input_gives_a_clear_error() {
         fs::write(&cut, &bytes[..len]).unwrap();
         let r = format!("oci-archive:{}", cut.display());
         let err = fails(&["diff", &good, &r]);
-        assert!(
-            err.contains(&format!("reading image {r}")) && err.contains("is truncated"),
-            "{err}"
-        );
+        assert!(err.contains(&format!("reading image {r}")) && err.contains("is truncated"), "{err}");
     }
 
     // A layer blob cut short: found when it is read (--read-layers, --files).
     let copy = tmp.path().join("img");
-    run_tool(
-        Command::new("cp")
-            .arg("-a")
-            .arg(f.dir.join("img"))
-            .arg(&copy),
-    );
+    run_tool(Command::new("cp").arg("-a").arg(f.dir.join("img")).arg(&copy));
     let r = format!("oci:{}:v1", copy.display());
     let layers = manifest_layers(&copy, "v1");
-    let data_layer = layers
-        .iter()
-        .find(|l| l.2.contains(&f.v1.paths["data"]))
-        .unwrap()
-        .0
-        .clone();
-    let blob = copy
-        .join("blobs/sha256")
-        .join(data_layer.trim_start_matches("sha256:"));
+    let data_layer = layers.iter().find(|l| l.2.contains(&f.v1.paths["data"])).unwrap().0.clone();
+    let blob = copy.join("blobs/sha256").join(data_layer.trim_start_matches("sha256:"));
     let b = fs::read(&blob).unwrap();
     fs::write(&blob, &b[..b.len() - 10]).unwrap();
     let err = fails(&["inspect", &r, "--read-layers"]);
-    assert!(
-        err.contains("truncated") && err.contains(&data_layer) && err.contains(&r),
-        "{err}"
-    );
+    assert!(err.contains("truncated") && err.contains(&data_layer) && err.contains(&r), "{err}");
     let err = fails(&["diff", &r, &format!("oci:{}:v2", f.p("img")), "--files"]);
-    assert!(
-        err.contains("truncated") && err.contains(&data_layer),
-        "{err}"
-    );
+    assert!(err.contains("truncated") && err.contains(&data_layer), "{err}");
 
     // A layer whose tar does not match the config's diff_id (config and manifest rewritten so
     // that their own digests are right).
-    let other = layers
-        .iter()
-        .find(|l| l.2.contains(&f.v1.paths["lib"]))
-        .unwrap()
-        .0
-        .clone();
+    let other = layers.iter().find(|l| l.2.contains(&f.v1.paths["lib"])).unwrap().0.clone();
     rewrite_diff_id(&copy, "v1", &other);
     let err = fails(&["inspect", &r, "--read-layers"]);
     assert!(err.contains("diff_id") && err.contains(&other), "{err}");
 
     // A config blob that does not match its digest.
     let cfg = config_digest(&copy, "v1");
-    let path = copy
-        .join("blobs/sha256")
-        .join(cfg.trim_start_matches("sha256:"));
+    let path = copy.join("blobs/sha256").join(cfg.trim_start_matches("sha256:"));
     let mut c = fs::read(&path).unwrap();
     c[10] ^= 1;
     fs::write(&path, c).unwrap();
     let err = fails(&["inspect", &r]);
-    assert!(
-        err.contains("does not match its digest") && err.contains(&r),
-        "{err}"
-    );
+    assert!(err.contains("does not match its digest") && err.contains(&r), "{err}");
 }
 
 fn manifest_digest(dir: &Path, tag: &str) -> (usize, String) {
@@ -1121,8 +755,7 @@ fn manifest_digest(dir: &Path, tag: &str) -> (usize, String) {
 
 fn config_digest(dir: &Path, tag: &str) -> String {
     let (_, m) = manifest_digest(dir, tag);
-    let manifest: Value =
-        serde_json::from_slice(&fs::read(dir.join("blobs/sha256").join(&m[7..])).unwrap()).unwrap();
+    let manifest: Value = serde_json::from_slice(&fs::read(dir.join("blobs/sha256").join(&m[7..])).unwrap()).unwrap();
     manifest["config"]["digest"].as_str().unwrap().to_owned()
 }
 
@@ -1136,23 +769,16 @@ fn rewrite_diff_id(dir: &Path, tag: &str, layer: &str) {
     let (i, m) = manifest_digest(dir, tag);
     let mut manifest: Value =
         serde_json::from_slice(&fs::read(dir.join("blobs/sha256").join(&m[7..])).unwrap()).unwrap();
-    let pos = manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .position(|l| l["digest"] == layer)
-        .unwrap();
+    let pos = manifest["layers"].as_array().unwrap().iter().position(|l| l["digest"] == layer).unwrap();
     let cfg_digest = manifest["config"]["digest"].as_str().unwrap().to_owned();
     let mut config: Value =
-        serde_json::from_slice(&fs::read(dir.join("blobs/sha256").join(&cfg_digest[7..])).unwrap())
-            .unwrap();
+        serde_json::from_slice(&fs::read(dir.join("blobs/sha256").join(&cfg_digest[7..])).unwrap()).unwrap();
     config["rootfs"]["diff_ids"][pos] = Value::String(format!("sha256:{}", "ab".repeat(32)));
     let cfg_bytes = serde_json::to_vec(&config).unwrap();
     manifest["config"]["digest"] = Value::String(put(&cfg_bytes));
     manifest["config"]["size"] = cfg_bytes.len().into();
     let m_bytes = serde_json::to_vec(&manifest).unwrap();
-    let mut index: Value =
-        serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let mut index: Value = serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
     index["manifests"][i]["digest"] = Value::String(put(&m_bytes));
     index["manifests"][i]["size"] = m_bytes.len().into();
     fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
@@ -1165,44 +791,18 @@ fn html_report_is_self_contained_escaped_and_renders_the_bars() {
     let f = fixture();
     let tmp = tempfile::tempdir().unwrap();
     let report = tmp.path().join("report.html");
-    let (old, new) = (
-        format!("oci:{}:v1", f.p("img")),
-        format!("oci:{}:v2", f.p("img")),
-    );
-    ok(&[
-        "diff",
-        &old,
-        &new,
-        "--files",
-        "--html",
-        &report.display().to_string(),
-    ]);
+    let (old, new) = (format!("oci:{}:v1", f.p("img")), format!("oci:{}:v2", f.p("img")));
+    ok(&["diff", &old, &new, "--files", "--html", &report.display().to_string()]);
     let html = fs::read_to_string(&report).unwrap();
-    assert_eq!(
-        fs::metadata(&report).unwrap().permissions().mode() & 0o777,
-        0o644
-    );
+    assert_eq!(fs::metadata(&report).unwrap().permissions().mode() & 0o777, 0o644);
     for external in ["src=", "<link", "url(", "http://", "https://", "<script"] {
-        assert!(
-            !html.contains(external),
-            "the page must be self-contained: found {external:?}"
-        );
+        assert!(!html.contains(external), "the page must be self-contained: found {external:?}");
     }
     // The label `two <b>&amp; "quoted"</b>` arrives escaped, never as markup.
-    assert!(
-        html.contains("two &lt;b&gt;&amp;amp; &quot;quoted&quot;&lt;/b&gt;"),
-        "label not escaped"
-    );
+    assert!(html.contains("two &lt;b&gt;&amp;amp; &quot;quoted&quot;&lt;/b&gt;"), "label not escaped");
     assert!(!html.contains("<b>&amp;"));
-    assert_eq!(
-        html.matches("class=\"layer ").count(),
-        12,
-        "6 layers in each bar"
-    );
-    assert!(
-        html.contains("\ngroup: auto\nsha256:"),
-        "tooltips name the group"
-    );
+    assert_eq!(html.matches("class=\"layer ").count(), 12, "6 layers in each bar");
+    assert!(html.contains("\ngroup: auto\nsha256:"), "tooltips name the group");
     assert!(html.contains(&f.v2.paths["data"]));
 
     if !have("chromium") {
@@ -1234,15 +834,9 @@ fn html_report_is_self_contained_escaped_and_renders_the_bars() {
         out
     };
     let dom = chromium(&["--dump-dom"]);
-    assert!(
-        dom.contains("id=\"bar-old\"") && dom.contains("id=\"bar-new\""),
-        "the bars are not in the DOM"
-    );
+    assert!(dom.contains("id=\"bar-old\"") && dom.contains("id=\"bar-new\""), "the bars are not in the DOM");
     assert_eq!(dom.matches("class=\"layer ").count(), 12);
-    assert!(
-        dom.contains("title=\"layer 1 "),
-        "layers carry their tooltip"
-    );
+    assert!(dom.contains("title=\"layer 1 "), "layers carry their tooltip");
 
     let png = Path::new(env!("CARGO_TARGET_TMPDIR")).join("diff-report.png");
     let _ = fs::remove_file(&png);
@@ -1285,9 +879,7 @@ fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<[u8; 3]>) {
         pos += 12 + len;
     }
     let mut raw = Vec::new();
-    flate2::read::ZlibDecoder::new(&idat[..])
-        .read_to_end(&mut raw)
-        .unwrap();
+    flate2::read::ZlibDecoder::new(&idat[..]).read_to_end(&mut raw).unwrap();
     let stride = w as usize * channels;
     let mut prev = vec![0u8; stride];
     let mut pixels = Vec::with_capacity((w * h) as usize);
@@ -1295,17 +887,9 @@ fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<[u8; 3]>) {
         let (filter, line) = (row[0], &row[1..]);
         let mut cur = vec![0u8; stride];
         for i in 0..stride {
-            let a = if i >= channels {
-                cur[i - channels] as i16
-            } else {
-                0
-            };
+            let a = if i >= channels { cur[i - channels] as i16 } else { 0 };
             let b = prev[i] as i16;
-            let c = if i >= channels {
-                prev[i - channels] as i16
-            } else {
-                0
-            };
+            let c = if i >= channels { prev[i - channels] as i16 } else { 0 };
             let pred = match filter {
                 0 => 0,
                 1 => a,
@@ -1350,55 +934,24 @@ fn nix_test_closure_variants_diff_names_the_changed_paths() {
         fs::create_dir_all(&dir).unwrap();
         let spec = common::nix_image_toml(c, &dir);
         let r = format!("oci:{}:v", dir.join("oci").display());
-        let (closure, spec) = (
-            c.closure_json().display().to_string(),
-            spec.display().to_string(),
-        );
-        ok(&[
-            "build",
-            "-q",
-            "--closure",
-            &closure,
-            "--image",
-            &spec,
-            "--max-layers",
-            "100",
-            "-o",
-            &r,
-        ]);
+        let (closure, spec) = (c.closure_json().display().to_string(), spec.display().to_string());
+        ok(&["build", "-q", "--closure", &closure, "--image", &spec, "--max-layers", "100", "-o", &r]);
         refs.push((r, dir.join("oci")));
     }
     let d = json(&["diff", &refs[0].0, &refs[1].0, "--json", "--files"]);
 
-    let (a, b): (BTreeSet<&String>, BTreeSet<&String>) = (
-        c1.store_paths.iter().collect(),
-        c2.store_paths.iter().collect(),
-    );
+    let (a, b): (BTreeSet<&String>, BTreeSet<&String>) =
+        (c1.store_paths.iter().collect(), c2.store_paths.iter().collect());
     let old_only: BTreeSet<String> = a.difference(&b).map(|p| p.to_string()).collect();
     let new_only: BTreeSet<String> = b.difference(&a).map(|p| p.to_string()).collect();
     assert!(!old_only.is_empty() && old_only.len() == new_only.len());
     let changed = d["paths"]["changed"].as_array().unwrap();
-    let olds: BTreeSet<String> = changed
-        .iter()
-        .map(|c| c["old"].as_str().unwrap().to_owned())
-        .collect();
-    let news: BTreeSet<String> = changed
-        .iter()
-        .map(|c| c["new"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(
-        (olds, news),
-        (old_only, new_only.clone()),
-        "exactly the paths the variant changed, paired"
-    );
+    let olds: BTreeSet<String> = changed.iter().map(|c| c["old"].as_str().unwrap().to_owned()).collect();
+    let news: BTreeSet<String> = changed.iter().map(|c| c["new"].as_str().unwrap().to_owned()).collect();
+    assert_eq!((olds, news), (old_only, new_only.clone()), "exactly the paths the variant changed, paired");
+    assert!(d["paths"]["added"].as_array().unwrap().is_empty() && d["paths"]["removed"].as_array().unwrap().is_empty());
     assert!(
-        d["paths"]["added"].as_array().unwrap().is_empty()
-            && d["paths"]["removed"].as_array().unwrap().is_empty()
-    );
-    assert!(
-        changed
-            .iter()
-            .all(|c| c["old"].as_str().unwrap()[44..] == c["new"].as_str().unwrap()[44..]),
+        changed.iter().all(|c| c["old"].as_str().unwrap()[44..] == c["new"].as_str().unwrap()[44..]),
         "names are kept"
     );
     assert_eq!(d["paths"]["unchanged"], a.intersection(&b).count());
@@ -1408,48 +961,25 @@ fn nix_test_closure_variants_diff_names_the_changed_paths() {
     // sizes of the rest.
     let new_layers = manifest_layers(&refs[1].1, "v");
     let old_layers = manifest_layers(&refs[0].1, "v");
-    let custom =
-        |ls: &[(String, u64, Vec<String>)]| ls.iter().find(|l| l.2.is_empty()).unwrap().clone();
+    let custom = |ls: &[(String, u64, Vec<String>)]| ls.iter().find(|l| l.2.is_empty()).unwrap().clone();
     let (old_custom, new_custom) = (custom(&old_layers), custom(&new_layers));
     let unchanged = |l: &(String, u64, Vec<String>)| {
-        if l.2.is_empty() {
-            old_custom.0 == new_custom.0
-        } else {
-            !l.2.iter().any(|p| new_only.contains(p))
-        }
+        if l.2.is_empty() { old_custom.0 == new_custom.0 } else { !l.2.iter().any(|p| new_only.contains(p)) }
     };
-    let shared: BTreeSet<String> = new_layers
-        .iter()
-        .filter(|l| unchanged(l))
-        .map(|l| l.0.clone())
-        .collect();
+    let shared: BTreeSet<String> = new_layers.iter().filter(|l| unchanged(l)).map(|l| l.0.clone()).collect();
     assert_eq!(digests(&d["layers"]["shared"]), shared);
-    let want: u64 = new_layers
-        .iter()
-        .filter(|l| !unchanged(l))
-        .map(|l| l.1)
-        .sum();
+    let want: u64 = new_layers.iter().filter(|l| !unchanged(l)).map(|l| l.1).sum();
     assert_eq!(d["download_bytes"], want);
     // The data leaf's own content changed; hello only embeds data's new path.
     let by_name = |n: &str| changed.iter().find(|c| c["name"] == n).unwrap();
     assert_eq!(by_name("nixoci-test-data")["cause"], "content");
-    let hello = changed
-        .iter()
-        .find(|c| c["new"] == c2.hello.as_str())
-        .unwrap();
+    let hello = changed.iter().find(|c| c["new"] == c2.hello.as_str()).unwrap();
     assert_eq!(hello["cause"], "dependency", "{hello:#}");
     assert_eq!(hello["files"]["modified"][0]["path"], "bin/hello");
     // (Its bytes differ beyond the reference too: the linker's build ID hashes the content.)
-    let links = changed
-        .iter()
-        .find(|c| c["name"] == "nixoci-test-links")
-        .unwrap();
+    let links = changed.iter().find(|c| c["name"] == "nixoci-test-links").unwrap();
     assert!(
-        links["files"]["modified"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|f| f["what"] == "references"),
+        links["files"]["modified"].as_array().unwrap().iter().all(|f| f["what"] == "references"),
         "links only point at rebuilt paths: {links:#}"
     );
 }

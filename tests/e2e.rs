@@ -31,12 +31,7 @@ fn oci(dir: &Path, tag: &str) -> String {
 
 /// `--closure CLOSURE.json --image IMAGE.toml` for the Nix test closure.
 fn nix_args(c: &NixClosure, spec: &Path) -> Vec<String> {
-    vec![
-        "--closure".into(),
-        s(&c.closure_json()),
-        "--image".into(),
-        s(spec),
-    ]
+    vec!["--closure".into(), s(&c.closure_json()), "--image".into(), s(spec)]
 }
 
 fn with<I: IntoIterator<Item = S>, S: Into<String>>(mut base: Vec<String>, more: I) -> Vec<String> {
@@ -51,55 +46,27 @@ fn closure_set(c: &NixClosure) -> BTreeSet<String> {
 fn check_all_layers(image: &Image, media_type: &str, epoch: u64) {
     for (i, l) in image.layers.iter().enumerate() {
         assert_eq!(l.media_type, media_type, "layer {i} media type");
-        check_tar_rules(
-            &format!("layer {i} ({})", l.descriptor["digest"]),
-            &tar_entries(&l.tar),
-            epoch,
-        );
+        check_tar_rules(&format!("layer {i} ({})", l.descriptor["digest"]), &tar_entries(&l.tar), epoch);
     }
 }
 
 /// The config that `nix_image_toml` asks for.
 fn check_nix_config(config: &Value, c: &NixClosure) {
     let cfg = &config["config"];
-    assert_eq!(
-        cfg["Cmd"],
-        serde_json::json!([format!("{}/bin/hello", c.hello)]),
-        "Cmd: {cfg:#}"
-    );
-    assert!(
-        cfg["Entrypoint"].is_null() || cfg["Entrypoint"] == serde_json::json!([]),
-        "Entrypoint: {cfg:#}"
-    );
-    let env: Vec<&str> = cfg["Env"]
-        .as_array()
-        .expect("Env")
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    assert!(
-        env.contains(&format!("PATH={}/bin", c.root).as_str()),
-        "Env: {env:?}"
-    );
+    assert_eq!(cfg["Cmd"], serde_json::json!([format!("{}/bin/hello", c.hello)]), "Cmd: {cfg:#}");
+    assert!(cfg["Entrypoint"].is_null() || cfg["Entrypoint"] == serde_json::json!([]), "Entrypoint: {cfg:#}");
+    let env: Vec<&str> = cfg["Env"].as_array().expect("Env").iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(env.contains(&format!("PATH={}/bin", c.root).as_str()), "Env: {env:?}");
     assert!(env.contains(&"GREETING=nixoci e2e"), "Env: {env:?}");
     assert_eq!(cfg["WorkingDir"], "/home/app");
     assert_eq!(cfg["User"], "1000:1000");
-    assert_eq!(
-        cfg["Labels"]["org.opencontainers.image.title"],
-        "nixoci-e2e"
-    );
+    assert_eq!(cfg["Labels"]["org.opencontainers.image.title"], "nixoci-e2e");
     assert_eq!(cfg["Labels"]["org.example.empty"], "");
-    let ports: BTreeSet<&str> = cfg["ExposedPorts"]
-        .as_object()
-        .expect("ExposedPorts")
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let ports: BTreeSet<&str> =
+        cfg["ExposedPorts"].as_object().expect("ExposedPorts").keys().map(String::as_str).collect();
     assert_eq!(ports, BTreeSet::from(["8080/tcp", "9090/udp"]));
     assert_eq!(
-        config["created"]
-            .as_str()
-            .map(|c| c.starts_with("1970-01-01T00:00:01")),
+        config["created"].as_str().map(|c| c.starts_with("1970-01-01T00:00:01")),
         Some(true),
         "created: {config:#}"
     );
@@ -127,55 +94,25 @@ fn nix_closure_gzip_layout_passes_validators() {
     let t = tempdir();
     let spec = nix_image_toml(c, t.path());
     let layout = t.path().join("oci");
-    let built = build(&with(
-        nix_args(c, &spec),
-        [
-            "--compression".into(),
-            "gzip".into(),
-            "-o".into(),
-            oci(&layout, "e2e"),
-        ],
-    ));
+    let built =
+        build(&with(nix_args(c, &spec), ["--compression".into(), "gzip".into(), "-o".into(), oci(&layout, "e2e")]));
 
     let image = Layout::new(&layout).image(Some("e2e"));
     check_all_layers(&image, MT_LAYER_GZIP, 1);
     check_store_layers(&image, &built, &closure_set(c));
     check_nix_config(&image.config, c);
 
-    run_ok(
-        Command::new("oci-image-tool")
-            .args(["validate", "--type", "image"])
-            .arg(&layout),
-    );
+    run_ok(Command::new("oci-image-tool").args(["validate", "--type", "image"]).arg(&layout));
     umoci_unpack(&layout, "e2e", &t.path().join("bundle"));
 
-    let inspect: Value = serde_json::from_slice(&run_ok(
-        Command::new("skopeo")
-            .arg("inspect")
-            .arg(oci(&layout, "e2e")),
-    ))
-    .unwrap();
-    assert_eq!(
-        inspect["Digest"],
-        built.manifest_digest.as_str(),
-        "skopeo inspect: {inspect:#}"
-    );
-    assert_eq!(
-        inspect["Layers"].as_array().map(Vec::len),
-        Some(built.layers.len())
-    );
+    let inspect: Value =
+        serde_json::from_slice(&run_ok(Command::new("skopeo").arg("inspect").arg(oci(&layout, "e2e")))).unwrap();
+    assert_eq!(inspect["Digest"], built.manifest_digest.as_str(), "skopeo inspect: {inspect:#}");
+    assert_eq!(inspect["Layers"].as_array().map(Vec::len), Some(built.layers.len()));
     let other = t.path().join("copy");
-    run_ok(
-        Command::new("skopeo")
-            .args(["copy", "--quiet"])
-            .arg(oci(&layout, "e2e"))
-            .arg(oci(&other, "e2e")),
-    );
+    run_ok(Command::new("skopeo").args(["copy", "--quiet"]).arg(oci(&layout, "e2e")).arg(oci(&other, "e2e")));
     let copied = Layout::new(&other).image(Some("e2e"));
-    assert_eq!(
-        copied.manifest_digest, built.manifest_digest,
-        "skopeo copy oci→oci changed the manifest"
-    );
+    assert_eq!(copied.manifest_digest, built.manifest_digest, "skopeo copy oci→oci changed the manifest");
 }
 
 #[test]
@@ -187,10 +124,7 @@ fn nix_closure_rootfs_matches_the_store() {
     let t = tempdir();
     let spec = nix_image_toml(c, t.path());
     let layout = t.path().join("oci");
-    let built = build(&with(
-        nix_args(c, &spec),
-        ["-o".into(), oci(&layout, "e2e")],
-    ));
+    let built = build(&with(nix_args(c, &spec), ["-o".into(), oci(&layout, "e2e")]));
     let bundle = t.path().join("bundle");
     umoci_unpack(&layout, "e2e", &bundle);
     let rootfs = bundle.join("rootfs");
@@ -201,114 +135,53 @@ fn nix_closure_rootfs_matches_the_store() {
     for p in &c.store_paths {
         compare_store_path(Path::new(p), &in_image(p), &mut problems);
     }
-    assert!(
-        problems.is_empty(),
-        "the rootfs differs from the store:\n  {}",
-        problems.join("\n  ")
-    );
+    assert!(problems.is_empty(), "the rootfs differs from the store:\n  {}", problems.join("\n  "));
     let listed: BTreeSet<String> = fs::read_dir(rootfs.join("nix/store"))
         .unwrap()
         .map(|e| format!("/nix/store/{}", e.unwrap().file_name().to_string_lossy()))
         .collect();
-    assert_eq!(
-        listed,
-        closure_set(c),
-        "/nix/store of the image holds exactly the closure"
-    );
+    assert_eq!(listed, closure_set(c), "/nix/store of the image holds exactly the closure");
 
     // The nasty cases, one by one (compare_store_path covers them; these say which broke).
     let links = c.path_named("-nixoci-test-links");
     let data = c.path_named("-nixoci-test-data");
     let l = |rel: &str| in_image(&format!("{links}/{rel}"));
-    assert_eq!(
-        fs::read_link(l("share/doc/rel-same-dir")).unwrap(),
-        Path::new("real.txt")
-    );
-    assert_eq!(
-        fs::read_link(l("lib/rel-dir")).unwrap(),
-        Path::new("../share")
-    );
-    assert_eq!(
-        fs::read_to_string(l("lib/rel-up")).unwrap(),
-        "real file\n",
-        "relative symlink resolves in the rootfs"
-    );
-    assert_eq!(
-        fs::read_link(l("share/abs-file")).unwrap(),
-        Path::new(&format!("{data}/share/greeting.txt"))
-    );
-    assert_eq!(
-        fs::read_link(l("share/dangling")).unwrap(),
-        Path::new("does-not-exist")
-    );
+    assert_eq!(fs::read_link(l("share/doc/rel-same-dir")).unwrap(), Path::new("real.txt"));
+    assert_eq!(fs::read_link(l("lib/rel-dir")).unwrap(), Path::new("../share"));
+    assert_eq!(fs::read_to_string(l("lib/rel-up")).unwrap(), "real file\n", "relative symlink resolves in the rootfs");
+    assert_eq!(fs::read_link(l("share/abs-file")).unwrap(), Path::new(&format!("{data}/share/greeting.txt")));
+    assert_eq!(fs::read_link(l("share/dangling")).unwrap(), Path::new("does-not-exist"));
     let long_target = fs::read_link(l("share/long-target")).unwrap();
-    assert!(
-        long_target.as_os_str().len() > 500,
-        "long symlink target kept whole"
-    );
+    assert!(long_target.as_os_str().len() > 500, "long symlink target kept whole");
     for hl in ["share/hl-a", "share/hl-b"] {
         let m = fs::symlink_metadata(l(hl)).unwrap();
-        assert!(
-            m.is_file() && m.nlink() == 1,
-            "{hl}: the hardlink must become a plain regular file"
-        );
+        assert!(m.is_file() && m.nlink() == 1, "{hl}: the hardlink must become a plain regular file");
         assert_eq!(fs::read_to_string(l(hl)).unwrap(), "hardlinked content\n");
     }
     assert_eq!(fs::metadata(l("share/empty-file")).unwrap().len(), 0);
     assert_eq!(fs::read_dir(l("share/empty-subdir")).unwrap().count(), 0);
     assert!(l("share/name with spaces.txt").is_file());
     assert!(l("share/ünïcödé-ñame.txt").is_file());
-    assert_eq!(
-        fs::read_to_string(l("share/self-path")).unwrap().trim(),
-        links,
-        "self-reference"
-    );
-    assert_eq!(
-        fs::metadata(l("bin/tool")).unwrap().permissions().mode() & 0o7777,
-        0o555
-    );
-    assert_eq!(
-        fs::metadata(l("share/plain")).unwrap().permissions().mode() & 0o7777,
-        0o444
-    );
+    assert_eq!(fs::read_to_string(l("share/self-path")).unwrap().trim(), links, "self-reference");
+    assert_eq!(fs::metadata(l("bin/tool")).unwrap().permissions().mode() & 0o7777, 0o555);
+    assert_eq!(fs::metadata(l("share/plain")).unwrap().permissions().mode() & 0o7777, 0o444);
 
-    let long = c
-        .store_paths
-        .iter()
-        .find(|p| p.contains("-nixoci-test-long-name-"))
-        .unwrap();
-    assert_eq!(
-        base_name(long).len(),
-        33 + 180,
-        "the 180-character store path name"
-    );
+    let long = c.store_paths.iter().find(|p| p.contains("-nixoci-test-long-name-")).unwrap();
+    assert_eq!(base_name(long).len(), 33 + 180, "the 180-character store path name");
     let long_file = "f".to_string() + &"y".repeat(145) + ".txt";
+    assert!(in_image(&format!("{long}/{long_file}")).is_file(), "150-character file name");
+    let deep: Vec<PathBuf> =
+        walk(&in_image(long)).into_iter().map(|(p, _)| p).filter(|p| p.ends_with(&long_file)).collect();
     assert!(
-        in_image(&format!("{long}/{long_file}")).is_file(),
-        "150-character file name"
-    );
-    let deep: Vec<PathBuf> = walk(&in_image(long))
-        .into_iter()
-        .map(|(p, _)| p)
-        .filter(|p| p.ends_with(&long_file))
-        .collect();
-    assert!(
-        deep.iter()
-            .any(|p| p.strip_prefix(&rootfs).unwrap().as_os_str().len() > 256 + 256),
+        deep.iter().any(|p| p.strip_prefix(&rootfs).unwrap().as_os_str().len() > 256 + 256),
         "a path longer than 512 characters: {deep:?}"
     );
 
     let single_file = in_image(c.path_named("-nixoci-test-single-file"));
     let m = fs::symlink_metadata(&single_file).unwrap();
-    assert!(
-        m.is_file() && m.permissions().mode() & 0o7777 == 0o444,
-        "single-file output"
-    );
+    assert!(m.is_file() && m.permissions().mode() & 0o7777 == 0o444, "single-file output");
     let m = fs::symlink_metadata(in_image(c.path_named("-nixoci-test-single-exec"))).unwrap();
-    assert!(
-        m.is_file() && m.permissions().mode() & 0o7777 == 0o555,
-        "single executable output"
-    );
+    assert!(m.is_file() && m.permissions().mode() & 0o7777 == 0o555, "single executable output");
     let sym = in_image(c.path_named("-nixoci-test-single-symlink"));
     assert_eq!(
         fs::read_link(&sym).unwrap(),
@@ -316,86 +189,34 @@ fn nix_closure_rootfs_matches_the_store() {
         "single-symlink output"
     );
     let empty = in_image(c.path_named("-nixoci-test-empty-dir"));
-    assert!(
-        empty.is_dir() && fs::read_dir(&empty).unwrap().count() == 0,
-        "empty-directory output"
-    );
+    assert!(empty.is_dir() && fs::read_dir(&empty).unwrap().count() == 0, "empty-directory output");
 
     // The image spec's files.
-    assert_eq!(
-        fs::symlink_metadata(rootfs.join("tmp"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o7777,
-        0o1777,
-        "/tmp 1777"
-    );
-    assert_eq!(
-        fs::read_to_string(rootfs.join("etc/motd")).unwrap(),
-        "built by the nixoci e2e tests\n"
-    );
-    assert_eq!(
-        fs::read_link(rootfs.join("bin/hello")).unwrap(),
-        Path::new(&format!("{}/bin/hello", c.hello))
-    );
+    assert_eq!(fs::symlink_metadata(rootfs.join("tmp")).unwrap().permissions().mode() & 0o7777, 0o1777, "/tmp 1777");
+    assert_eq!(fs::read_to_string(rootfs.join("etc/motd")).unwrap(), "built by the nixoci e2e tests\n");
+    assert_eq!(fs::read_link(rootfs.join("bin/hello")).unwrap(), Path::new(&format!("{}/bin/hello", c.hello)));
     let passwd = fs::read_to_string(rootfs.join("etc/passwd")).unwrap();
     assert!(
-        passwd
-            .lines()
-            .any(|l| l.starts_with("app:x:1000:1000:") && l.ends_with(":/home/app:/sbin/nologin")),
+        passwd.lines().any(|l| l.starts_with("app:x:1000:1000:") && l.ends_with(":/home/app:/sbin/nologin")),
         "/etc/passwd:\n{passwd}"
     );
-    assert!(
-        passwd.lines().any(|l| l.starts_with("root:x:0:0:")),
-        "/etc/passwd:\n{passwd}"
-    );
+    assert!(passwd.lines().any(|l| l.starts_with("root:x:0:0:")), "/etc/passwd:\n{passwd}");
     let group = fs::read_to_string(rootfs.join("etc/group")).unwrap();
-    assert!(
-        group.lines().any(|l| l.starts_with("app:x:1000:")),
-        "/etc/group:\n{group}"
-    );
+    assert!(group.lines().any(|l| l.starts_with("app:x:1000:")), "/etc/group:\n{group}");
 
     // Ownership is in the tar headers (umoci --rootless does not chown).
     let image = Layout::new(&layout).image(Some("e2e"));
-    let custom: Vec<TarEntry> = image
-        .layers
-        .iter()
-        .flat_map(|l| tar_entries(&l.tar))
-        .filter(|e| !e.path.starts_with("nix"))
-        .collect();
-    let entry = |p: &str| {
-        custom
-            .iter()
-            .find(|e| e.path == p)
-            .unwrap_or_else(|| panic!("/{p} is in no layer"))
-    };
+    let custom: Vec<TarEntry> =
+        image.layers.iter().flat_map(|l| tar_entries(&l.tar)).filter(|e| !e.path.starts_with("nix")).collect();
+    let entry = |p: &str| custom.iter().find(|e| e.path == p).unwrap_or_else(|| panic!("/{p} is in no layer"));
     let home = entry("home/app");
-    assert_eq!(
-        (home.uid, home.gid, home.mode & 0o7777),
-        (1000, 1000, 0o755),
-        "/home/app"
-    );
+    assert_eq!((home.uid, home.gid, home.mode & 0o7777), (1000, 1000, 0o755), "/home/app");
     let profile = entry("home/app/.profile");
-    assert_eq!(
-        (profile.uid, profile.gid, profile.mode & 0o7777),
-        (1000, 1000, 0o600),
-        "/home/app/.profile"
-    );
+    assert_eq!((profile.uid, profile.gid, profile.mode & 0o7777), (1000, 1000, 0o600), "/home/app/.profile");
     let tmp = entry("tmp");
-    assert_eq!(
-        (tmp.uid, tmp.gid, tmp.mode & 0o7777),
-        (0, 0, 0o1777),
-        "/tmp"
-    );
+    assert_eq!((tmp.uid, tmp.gid, tmp.mode & 0o7777), (0, 0, 0o1777), "/tmp");
     assert_eq!(entry("etc/motd").mode & 0o7777, 0o644);
-    assert!(
-        built
-            .layers
-            .iter()
-            .any(|l| l["paths"].as_array().unwrap().is_empty()),
-        "a customisation layer"
-    );
+    assert!(built.layers.iter().any(|l| l["paths"].as_array().unwrap().is_empty()), "a customisation layer");
 }
 
 #[test]
@@ -412,15 +233,9 @@ fn nix_closure_runs_in_podman_from_every_archive_kind() {
         nix_args(c, &spec),
         [
             "-o".to_string(),
-            format!(
-                "oci-archive:{}:localhost/nixoci-e2e/oci-archive:1",
-                oa.display()
-            ),
+            format!("oci-archive:{}:localhost/nixoci-e2e/oci-archive:1", oa.display()),
             "-o".to_string(),
-            format!(
-                "docker-archive:{}:localhost/nixoci-e2e/docker-archive:1",
-                da.display()
-            ),
+            format!("docker-archive:{}:localhost/nixoci-e2e/docker-archive:1", da.display()),
         ],
     ));
     check_docker_archive(&da, &built, "localhost/nixoci-e2e/docker-archive:1");
@@ -429,118 +244,51 @@ fn nix_closure_runs_in_podman_from_every_archive_kind() {
     let podman = Podman::new();
     let hello = format!("{}/bin/hello", c.hello);
     let via_env = format!("{}/bin/hello", c.root);
-    for (file, name) in [
-        (&oa, "localhost/nixoci-e2e/oci-archive:1"),
-        (&da, "localhost/nixoci-e2e/docker-archive:1"),
-    ] {
+    for (file, name) in [(&oa, "localhost/nixoci-e2e/oci-archive:1"), (&da, "localhost/nixoci-e2e/docker-archive:1")] {
         let loaded = podman.load(file);
-        assert!(
-            loaded.contains(name),
-            "podman load -i {}: {loaded}",
-            file.display()
-        );
-        assert_eq!(
-            podman.run(name, &[&hello]),
-            c.expected_hello,
-            "podman run {name} {hello}"
-        );
-        assert_eq!(
-            podman.run(name, &[]),
-            c.expected_hello,
-            "podman run {name} (the image's cmd, as 1000:1000)"
-        );
-        assert_eq!(
-            podman.run(name, &[&via_env]),
-            c.expected_hello,
-            "podman run {name} {via_env} (absolute symlink)"
-        );
+        assert!(loaded.contains(name), "podman load -i {}: {loaded}", file.display());
+        assert_eq!(podman.run(name, &[&hello]), c.expected_hello, "podman run {name} {hello}");
+        assert_eq!(podman.run(name, &[]), c.expected_hello, "podman run {name} (the image's cmd, as 1000:1000)");
+        assert_eq!(podman.run(name, &[&via_env]), c.expected_hello, "podman run {name} {via_env} (absolute symlink)");
     }
 
     // nixoci build … -o - | podman load
     let mut cmd = nixoci();
-    cmd.arg("build")
-        .args(nix_args(c, &spec))
-        .args(["-q", "-o", "-"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.arg("build").args(nix_args(c, &spec)).args(["-q", "-o", "-"]).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut producer = cmd.spawn().expect("spawning nixoci");
-    let load = podman
-        .cmd()
-        .arg("load")
-        .stdin(producer.stdout.take().unwrap())
-        .output()
-        .expect("running podman load");
+    let load = podman.cmd().arg("load").stdin(producer.stdout.take().unwrap()).output().expect("running podman load");
     let produced = producer.wait_with_output().unwrap();
-    assert!(
-        produced.status.success(),
-        "nixoci -o - failed: {}",
-        String::from_utf8_lossy(&produced.stderr)
-    );
-    assert!(
-        load.status.success(),
-        "podman load from stdin failed: {}",
-        String::from_utf8_lossy(&load.stderr)
-    );
+    assert!(produced.status.success(), "nixoci -o - failed: {}", String::from_utf8_lossy(&produced.stderr));
+    assert!(load.status.success(), "podman load from stdin failed: {}", String::from_utf8_lossy(&load.stderr));
     let id = built.config_digest.strip_prefix("sha256:").unwrap();
-    assert_eq!(
-        podman.run(id, &[&hello]),
-        c.expected_hello,
-        "podman run of the image loaded from -o -"
-    );
+    assert_eq!(podman.run(id, &[&hello]), c.expected_hello, "podman run of the image loaded from -o -");
 }
 
 /// docker-archive: manifest.json names the config and layers; layers hash to the diff_ids.
 fn check_docker_archive(file: &Path, built: &Built, name: &str) {
     let t = tempdir();
-    run_ok(
-        Command::new("tar")
-            .arg("-xf")
-            .arg(file)
-            .arg("-C")
-            .arg(t.path()),
-    );
+    run_ok(Command::new("tar").arg("-xf").arg(file).arg("-C").arg(t.path()));
     let manifest = read_json(&t.path().join("manifest.json"));
     let m = &manifest.as_array().expect("manifest.json is an array")[0];
-    assert!(
-        m["RepoTags"].as_array().unwrap().iter().any(|r| r == name),
-        "RepoTags: {m:#}"
-    );
+    assert!(m["RepoTags"].as_array().unwrap().iter().any(|r| r == name), "RepoTags: {m:#}");
     let config = fs::read(t.path().join(m["Config"].as_str().unwrap())).unwrap();
-    assert_eq!(
-        sha256_digest(&config),
-        built.config_digest,
-        "docker-archive config vs --json config_digest"
-    );
+    assert_eq!(sha256_digest(&config), built.config_digest, "docker-archive config vs --json config_digest");
     let layers = m["Layers"].as_array().unwrap();
     assert_eq!(layers.len(), built.layers.len());
     for (l, j) in layers.iter().zip(&built.layers) {
         let data = fs::read(t.path().join(l.as_str().unwrap())).unwrap();
-        let tar = if data.starts_with(&[0x1f, 0x8b]) {
-            decompress(MT_LAYER_GZIP, &data)
-        } else {
-            data
-        };
-        assert_eq!(
-            sha256_digest(&tar),
-            j["diff_id"].as_str().unwrap(),
-            "docker-archive layer {l} vs diff_id"
-        );
+        let tar = if data.starts_with(&[0x1f, 0x8b]) { decompress(MT_LAYER_GZIP, &data) } else { data };
+        assert_eq!(sha256_digest(&tar), j["diff_id"].as_str().unwrap(), "docker-archive layer {l} vs diff_id");
     }
 }
 
 /// oci-archive: the tar of an OCI layout; same image as --json says.
 fn check_oci_archive(file: &Path, built: &Built, tmp: &Path) -> Image {
-    let dir = tmp.join(format!(
-        "unpacked-{}",
-        file.file_name().unwrap().to_string_lossy()
-    ));
+    let dir = tmp.join(format!("unpacked-{}", file.file_name().unwrap().to_string_lossy()));
     fs::create_dir_all(&dir).unwrap();
     run_ok(Command::new("tar").arg("-xf").arg(file).arg("-C").arg(&dir));
     let image = Layout::new(&dir).image(None);
-    assert_eq!(
-        image.manifest_digest, built.manifest_digest,
-        "oci-archive manifest vs --json"
-    );
+    assert_eq!(image.manifest_digest, built.manifest_digest, "oci-archive manifest vs --json");
     image
 }
 
@@ -570,53 +318,20 @@ fn nix_closure_zstd_image() {
     check_store_layers(&image, &built, &closure_set(c));
     check_oci_archive(&oa, &built, t.path());
     run_ok(
-        Command::new("skopeo")
-            .args(["copy", "--quiet"])
-            .arg(oci(&layout, "z"))
-            .arg(oci(&t.path().join("copy"), "z")),
+        Command::new("skopeo").args(["copy", "--quiet"]).arg(oci(&layout, "z")).arg(oci(&t.path().join("copy"), "z")),
     );
-    assert_eq!(
-        Layout::new(t.path().join("copy"))
-            .image(Some("z"))
-            .manifest_digest,
-        built.manifest_digest
-    );
+    assert_eq!(Layout::new(t.path().join("copy")).image(Some("z")).manifest_digest, built.manifest_digest);
 
     let podman = Podman::new();
     podman.load(&oa);
-    assert_eq!(
-        podman.run(
-            "localhost/nixoci-e2e/zstd:1",
-            &[&format!("{}/bin/hello", c.hello)]
-        ),
-        c.expected_hello
-    );
+    assert_eq!(podman.run("localhost/nixoci-e2e/zstd:1", &[&format!("{}/bin/hello", c.hello)]), c.expected_hello);
 
     // A level, and an uncompressed build of the same closure: same diff_ids, other digests.
-    let l19 = build(&with(
-        nix_args(c, &spec),
-        ["--compression", "zstd:19", "-o", &oci(&layout, "z19")],
-    ));
-    let none = build(&with(
-        nix_args(c, &spec),
-        ["--compression", "none", "-o", &oci(&layout, "none")],
-    ));
-    let diff_ids = |b: &Built| {
-        b.layers
-            .iter()
-            .map(|l| l["diff_id"].clone())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        diff_ids(&l19),
-        diff_ids(&built),
-        "diff_ids do not depend on the compression"
-    );
-    assert_eq!(
-        diff_ids(&none),
-        diff_ids(&built),
-        "diff_ids do not depend on the compression"
-    );
+    let l19 = build(&with(nix_args(c, &spec), ["--compression", "zstd:19", "-o", &oci(&layout, "z19")]));
+    let none = build(&with(nix_args(c, &spec), ["--compression", "none", "-o", &oci(&layout, "none")]));
+    let diff_ids = |b: &Built| b.layers.iter().map(|l| l["diff_id"].clone()).collect::<Vec<_>>();
+    assert_eq!(diff_ids(&l19), diff_ids(&built), "diff_ids do not depend on the compression");
+    assert_eq!(diff_ids(&none), diff_ids(&built), "diff_ids do not depend on the compression");
     check_all_layers(&Layout::new(&layout).image(Some("z19")), MT_LAYER_ZSTD, 1);
     check_all_layers(&Layout::new(&layout).image(Some("none")), MT_LAYER_TAR, 1);
 }
@@ -635,90 +350,48 @@ fn reproducible_across_runs_and_jobs() {
     let args = |dir: &str, extra: &[&str]| {
         with(
             nix_args(c, &spec),
-            extra
-                .iter()
-                .map(|x| x.to_string())
-                .chain(["-o".into(), oci(&t.path().join(dir), "r")]),
+            extra.iter().map(|x| x.to_string()).chain(["-o".into(), oci(&t.path().join(dir), "r")]),
         )
     };
     let first = build(&args("a", &[]));
     let second = build(&args("b", &[]));
     let jobs1 = build(&args("c", &["--jobs", "1"]));
     let jobs7 = build(&args("d", &["--jobs", "7"]));
-    for (what, b) in [
-        ("a second run", &second),
-        ("--jobs 1", &jobs1),
-        ("--jobs 7", &jobs7),
-    ] {
-        assert_eq!(
-            b.manifest_digest, first.manifest_digest,
-            "{what} gave another image"
-        );
+    for (what, b) in [("a second run", &second), ("--jobs 1", &jobs1), ("--jobs 7", &jobs7)] {
+        assert_eq!(b.manifest_digest, first.manifest_digest, "{what} gave another image");
     }
-    assert_eq!(
-        snapshot(&t.path().join("a")),
-        snapshot(&t.path().join("b")),
-        "two runs wrote different layouts"
-    );
-    assert_eq!(
-        snapshot(&t.path().join("a")),
-        snapshot(&t.path().join("c")),
-        "--jobs 1 wrote a different layout"
-    );
+    assert_eq!(snapshot(&t.path().join("a")), snapshot(&t.path().join("b")), "two runs wrote different layouts");
+    assert_eq!(snapshot(&t.path().join("a")), snapshot(&t.path().join("c")), "--jobs 1 wrote a different layout");
 
     // SOURCE_DATE_EPOCH sets every mtime and `created`.
     let mut cmd = nixoci();
-    cmd.arg("build")
-        .args(args("e", &[]))
-        .arg("--json")
-        .env("SOURCE_DATE_EPOCH", "1700000000");
+    cmd.arg("build").args(args("e", &[])).arg("--json").env("SOURCE_DATE_EPOCH", "1700000000");
     let epoch = build_with(&mut cmd);
-    assert_ne!(
-        epoch.manifest_digest, first.manifest_digest,
-        "SOURCE_DATE_EPOCH must change the image"
-    );
+    assert_ne!(epoch.manifest_digest, first.manifest_digest, "SOURCE_DATE_EPOCH must change the image");
     let image = Layout::new(t.path().join("e")).image(Some("r"));
     check_all_layers(&image, MT_LAYER_GZIP, 1700000000);
     assert!(
-        image.config["created"]
-            .as_str()
-            .unwrap()
-            .starts_with("2023-11-14T22:13:20"),
+        image.config["created"].as_str().unwrap().starts_with("2023-11-14T22:13:20"),
         "created: {}",
         image.config["created"]
     );
     let mut cmd = nixoci();
-    cmd.arg("build")
-        .args(args("f", &[]))
-        .arg("--json")
-        .env("SOURCE_DATE_EPOCH", "1700000000");
+    cmd.arg("build").args(args("f", &[])).arg("--json").env("SOURCE_DATE_EPOCH", "1700000000");
     assert_eq!(build_with(&mut cmd).manifest_digest, epoch.manifest_digest);
 }
 
 /// Builds from `/nix/store` and from `store` (via --store-root) must give the same image.
-fn build_from_store_root(
-    c: &NixClosure,
-    spec: &Path,
-    store: &Path,
-    out: &Path,
-    umask: Option<&str>,
-) -> Built {
+fn build_from_store_root(c: &NixClosure, spec: &Path, store: &Path, out: &Path, umask: Option<&str>) -> Built {
     let mut cmd = match umask {
         Some(u) => {
             let mut sh = Command::new("sh");
-            sh.arg("-c")
-                .arg(format!("umask {u} && exec \"$0\" \"$@\""))
-                .arg(bin());
+            sh.arg("-c").arg(format!("umask {u} && exec \"$0\" \"$@\"")).arg(bin());
             sh.env_remove("SOURCE_DATE_EPOCH").env("NO_COLOR", "1");
             sh
         }
         None => nixoci(),
     };
-    cmd.arg("build")
-        .args(nix_args(c, spec))
-        .arg("--store-root")
-        .arg(store)
-        .args(["-o", &oci(out, "r"), "--json"]);
+    cmd.arg("build").args(nix_args(c, spec)).arg("--store-root").arg(store).args(["-o", &oci(out, "r"), "--json"]);
     build_with(&mut cmd)
 }
 
@@ -729,23 +402,12 @@ fn reproducible_from_a_perturbed_store_copy() {
     };
     let t = tempdir();
     let spec = nix_image_toml(c, t.path());
-    let baseline = build(&with(
-        nix_args(c, &spec),
-        ["-o".into(), oci(&t.path().join("base"), "r")],
-    ));
+    let baseline = build(&with(nix_args(c, &spec), ["-o".into(), oci(&t.path().join("base"), "r")]));
 
     let store = t.path().join("store");
     copy_store_paths(&c.store_paths, Path::new("/nix/store"), &store, true);
     // Other mtimes, other owners, group/other write bits, writable directories.
-    run_ok(Command::new("find").arg(&store).args([
-        "-exec",
-        "touch",
-        "-h",
-        "-d",
-        "2001-02-03 04:05:06",
-        "{}",
-        "+",
-    ]));
+    run_ok(Command::new("find").arg(&store).args(["-exec", "touch", "-h", "-d", "2001-02-03 04:05:06", "{}", "+"]));
     let mut n = 0;
     for (p, m) in walk(&store) {
         if m.file_type().is_symlink() {
@@ -775,19 +437,9 @@ fn reproducible_from_a_perturbed_store_copy() {
     );
     let perturbed1 = build(&with(
         nix_args(c, &spec),
-        [
-            "--store-root".into(),
-            s(&store),
-            "--jobs".into(),
-            "1".into(),
-            "-o".into(),
-            oci(&t.path().join("copy1"), "r"),
-        ],
+        ["--store-root".into(), s(&store), "--jobs".into(), "1".into(), "-o".into(), oci(&t.path().join("copy1"), "r")],
     ));
-    assert_eq!(
-        perturbed1.manifest_digest, baseline.manifest_digest,
-        "the same with --jobs 1"
-    );
+    assert_eq!(perturbed1.manifest_digest, baseline.manifest_digest, "the same with --jobs 1");
 }
 
 #[test]
@@ -797,26 +449,15 @@ fn reproducible_whether_hardlinked_or_not() {
     };
     let t = tempdir();
     let spec = nix_image_toml(c, t.path());
-    let baseline = build(&with(
-        nix_args(c, &spec),
-        ["-o".into(), oci(&t.path().join("base"), "r")],
-    ));
+    let baseline = build(&with(nix_args(c, &spec), ["-o".into(), oci(&t.path().join("base"), "r")]));
 
     // cp -r breaks the closure's own hardlink (hl-a, hl-b).
     let plain = t.path().join("plain");
     copy_store_paths(&c.store_paths, Path::new("/nix/store"), &plain, false);
     let links = base_name(c.path_named("-nixoci-test-links"));
-    assert_eq!(
-        fs::metadata(plain.join(links).join("share/hl-a"))
-            .unwrap()
-            .nlink(),
-        1
-    );
+    assert_eq!(fs::metadata(plain.join(links).join("share/hl-a")).unwrap().nlink(), 1);
     let b1 = build_from_store_root(c, &spec, &plain, &t.path().join("o1"), None);
-    assert_eq!(
-        b1.manifest_digest, baseline.manifest_digest,
-        "a store copy without hardlinks"
-    );
+    assert_eq!(b1.manifest_digest, baseline.manifest_digest, "a store copy without hardlinks");
 
     // Every duplicate file hardlinked together, across store paths (like nix-store --optimise).
     let optimised = t.path().join("optimised");
@@ -824,10 +465,7 @@ fn reproducible_whether_hardlinked_or_not() {
     let made = hardlink_duplicates(&optimised);
     assert!(made > 0, "the test closure has duplicate files to hardlink");
     let b2 = build_from_store_root(c, &spec, &optimised, &t.path().join("o2"), None);
-    assert_eq!(
-        b2.manifest_digest, baseline.manifest_digest,
-        "a hardlink-optimised store copy ({made} links)"
-    );
+    assert_eq!(b2.manifest_digest, baseline.manifest_digest, "a hardlink-optimised store copy ({made} links)");
 }
 
 #[test]
@@ -840,41 +478,15 @@ fn every_closure_input_shape_gives_the_same_image() {
     let out = |n: &str| ["-o".to_string(), oci(&t.path().join(n), "r")];
     let image = ["--image".to_string(), s(&spec)];
     let json = build(&with(nix_args(c, &spec), out("json")));
-    let attrs = build(&with(
-        with(
-            vec!["--closure".into(), s(&c.dir.join("closure.attrs.json"))],
-            image.clone(),
-        ),
-        out("attrs"),
-    ));
-    let info = build(&with(
-        with(
-            vec!["--closure-info".into(), s(&c.dir.join("closure-info"))],
-            image.clone(),
-        ),
-        out("info"),
-    ));
-    let graph = build(&with(
-        with(
-            vec!["--closure".into(), s(&c.dir.join("graph"))],
-            image.clone(),
-        ),
-        out("graph"),
-    ));
-    assert_eq!(
-        attrs.manifest_digest, json.manifest_digest,
-        "structured-attrs exportReferencesGraph vs path-info JSON"
-    );
-    assert_eq!(
-        info.manifest_digest, json.manifest_digest,
-        "closureInfo vs path-info JSON"
-    );
+    let attrs =
+        build(&with(with(vec!["--closure".into(), s(&c.dir.join("closure.attrs.json"))], image.clone()), out("attrs")));
+    let info =
+        build(&with(with(vec!["--closure-info".into(), s(&c.dir.join("closure-info"))], image.clone()), out("info")));
+    let graph = build(&with(with(vec!["--closure".into(), s(&c.dir.join("graph"))], image.clone()), out("graph")));
+    assert_eq!(attrs.manifest_digest, json.manifest_digest, "structured-attrs exportReferencesGraph vs path-info JSON");
+    assert_eq!(info.manifest_digest, json.manifest_digest, "closureInfo vs path-info JSON");
     // The text graph has no NAR sizes, so its layering may differ; its store paths may not.
-    assert_eq!(
-        graph.all_paths(),
-        closure_set(c),
-        "the text graph gives every store path"
-    );
+    assert_eq!(graph.all_paths(), closure_set(c), "the text graph gives every store path");
     assert_eq!(json.all_paths(), closure_set(c));
 
     // ROOT given on the command line: nixoci asks `nix path-info` itself.
@@ -887,11 +499,7 @@ fn every_closure_input_shape_gives_the_same_image() {
         .env("NIX_CONF_DIR", c.dir.join("nix-conf"))
         .env_remove("NIX_PATH")
         .env_remove("NIX_REMOTE");
-    assert_eq!(
-        build_with(&mut cmd).manifest_digest,
-        json.manifest_digest,
-        "nixoci build ROOT vs --closure"
-    );
+    assert_eq!(build_with(&mut cmd).manifest_digest, json.manifest_digest, "nixoci build ROOT vs --closure");
 }
 
 #[test]
@@ -903,28 +511,12 @@ fn max_layers_is_a_limit_on_every_layer() {
     let spec = nix_image_toml(c, t.path());
     for n in [2usize, 5, 100] {
         let dir = t.path().join(format!("m{n}"));
-        let b = build(&with(
-            nix_args(c, &spec),
-            [
-                "--max-layers".into(),
-                n.to_string(),
-                "-o".into(),
-                oci(&dir, "m"),
-            ],
-        ));
-        assert!(
-            b.layers.len() <= n,
-            "--max-layers {n} gave {} layers",
-            b.layers.len()
-        );
+        let b = build(&with(nix_args(c, &spec), ["--max-layers".into(), n.to_string(), "-o".into(), oci(&dir, "m")]));
+        assert!(b.layers.len() <= n, "--max-layers {n} gave {} layers", b.layers.len());
         let image = Layout::new(&dir).image(Some("m"));
         check_store_layers(&image, &b, &closure_set(c));
         if n == 100 {
-            assert_eq!(
-                b.layers.len(),
-                c.store_paths.len() + 1,
-                "one layer per store path + the customisation layer"
-            );
+            assert_eq!(b.layers.len(), c.store_paths.len() + 1, "one layer per store path + the customisation layer");
         }
     }
     let dir = t.path().join("noimage");
@@ -950,18 +542,10 @@ fn variant_closure_changes_only_the_changed_paths() {
     };
     let a: BTreeSet<_> = closure_set(c1);
     let b: BTreeSet<_> = closure_set(c2);
-    let changed: BTreeSet<&str> = a
-        .symmetric_difference(&b)
-        .map(|p| p.split_once('-').unwrap().1)
-        .collect();
+    let changed: BTreeSet<&str> = a.symmetric_difference(&b).map(|p| p.split_once('-').unwrap().1).collect();
     assert_eq!(
         changed,
-        BTreeSet::from([
-            "nixoci-test-data",
-            "nixoci-test-links",
-            "nixoci-test-hello-1.0",
-            "nixoci-test-env"
-        ]),
+        BTreeSet::from(["nixoci-test-data", "nixoci-test-links", "nixoci-test-hello-1.0", "nixoci-test-env"]),
         "NIXOCI_TEST_VARIANT=2 changes the data leaf and its dependents only"
     );
     let t = tempdir();
@@ -976,12 +560,7 @@ fn variant_closure_changes_only_the_changed_paths() {
     ]);
     let b2 = build(&with(
         nix_args(c2, &spec2),
-        [
-            "--max-layers".into(),
-            "100".into(),
-            "-o".into(),
-            oci(&t.path().join("v2"), "v"),
-        ],
+        ["--max-layers".into(), "100".into(), "-o".into(), oci(&t.path().join("v2"), "v")],
     ));
     let digests = |b: &Built| -> BTreeSet<String> {
         b.layers
@@ -991,11 +570,7 @@ fn variant_closure_changes_only_the_changed_paths() {
             .collect()
     };
     let shared = digests(&b1).intersection(&digests(&b2)).count();
-    assert_eq!(
-        shared,
-        a.intersection(&b).count(),
-        "a layer per unchanged store path is shared between the variants"
-    );
+    assert_eq!(shared, a.intersection(&b).count(), "a layer per unchanged store path is shared between the variants");
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1012,12 +587,7 @@ fn example_golden_digests() {
         let dir = t.path().join(compression);
         let b = build(&with(
             example_args(),
-            [
-                "--compression".into(),
-                compression.into(),
-                "-o".into(),
-                oci(&dir, "golden"),
-            ],
+            ["--compression".into(), compression.into(), "-o".into(), oci(&dir, "golden")],
         ));
         let image = Layout::new(&dir).image(Some("golden"));
         assert_eq!(image.manifest_digest, b.manifest_digest);
@@ -1047,7 +617,11 @@ fn example_golden_digests() {
         Err(_) => {
             fs::create_dir_all(golden.parent().unwrap()).unwrap();
             let mut f = fs::File::create(&golden).unwrap();
-            writeln!(f, "# Manifest digests of `nixoci build` of examples/hello (see tests/e2e.rs example_golden_digests).").unwrap();
+            writeln!(
+                f,
+                "# Manifest digests of `nixoci build` of examples/hello (see tests/e2e.rs example_golden_digests)."
+            )
+            .unwrap();
             write!(f, "{got}").unwrap();
             panic!("{GOLDEN} was missing: written now; check and commit it, then rerun:\n{got}");
         }
@@ -1063,11 +637,7 @@ fn example_closure_json_matches_its_store_tree() {
         let dir = example_dir().join("store").join(base_name(path));
         let nar = run_ok(Command::new("nix-store").arg("--dump").arg(&dir));
         let hash = format!("sha256-{}", base64_encode(&sha2_digest(&nar)));
-        assert_eq!(
-            info["narHash"],
-            hash.as_str(),
-            "narHash of {path}: rerun scripts/make-example"
-        );
+        assert_eq!(info["narHash"], hash.as_str(), "narHash of {path}: rerun scripts/make-example");
         assert_eq!(info["narSize"], nar.len() as u64, "narSize of {path}");
     }
 }
@@ -1081,11 +651,7 @@ fn base64_encode(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for i in 0..4 {
             if i <= chunk.len() {
@@ -1115,24 +681,12 @@ fn example_passes_validators_and_runs_in_podman() {
     ));
     let image = Layout::new(&layout).image(Some("1.0"));
     let closure = read_json(&example_dir().join("closure.json"));
-    let paths: BTreeSet<String> = closure
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["path"].as_str().unwrap().to_string())
-        .collect();
+    let paths: BTreeSet<String> =
+        closure.as_array().unwrap().iter().map(|i| i["path"].as_str().unwrap().to_string()).collect();
     check_store_layers(&image, &built, &paths);
-    run_ok(
-        Command::new("oci-image-tool")
-            .args(["validate", "--type", "image"])
-            .arg(&layout),
-    );
+    run_ok(Command::new("oci-image-tool").args(["validate", "--type", "image"]).arg(&layout));
     umoci_unpack(&layout, "1.0", &t.path().join("bundle"));
-    run_ok(
-        Command::new("skopeo")
-            .arg("inspect")
-            .arg(oci(&layout, "1.0")),
-    );
+    run_ok(Command::new("skopeo").arg("inspect").arg(oci(&layout, "1.0")));
 
     let podman = Podman::new();
     podman.load(&oa);
@@ -1150,12 +704,8 @@ fn example_passes_validators_and_runs_in_podman() {
 
 /// Runs with a time limit (a fifo must not hang the build).
 fn output_with_timeout(cmd: &mut Command, limit: Duration) -> std::process::Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `{}`: {e}", describe(cmd)));
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run `{}`: {e}", describe(cmd)));
     let start = Instant::now();
     loop {
         if child.try_wait().unwrap().is_some() {
@@ -1175,10 +725,7 @@ fn output_with_timeout(cmd: &mut Command, limit: Duration) -> std::process::Outp
 }
 
 fn top_level(dir: &Path) -> BTreeSet<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
+    fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
 }
 
 /// `nixoci build INPUT_ARGS -o oci:EXISTING:new -o oci:ABSENT:new -o oci-archive:ABSENT.tar (+ extra
@@ -1188,10 +735,7 @@ fn assert_rejected(what: &str, input_args: Vec<String>, extra_dests: &[String], 
     let outs = t.path().join("outs");
     fs::create_dir(&outs).unwrap();
     let existing = outs.join("existing");
-    build(&with(
-        example_args(),
-        ["-o".to_string(), oci(&existing, "old")],
-    ));
+    build(&with(example_args(), ["-o".to_string(), oci(&existing, "old")]));
     let before = snapshot(&existing);
     let index_before = fs::read(existing.join("index.json")).unwrap();
     let listing_before = top_level(&outs);
@@ -1210,48 +754,23 @@ fn assert_rejected(what: &str, input_args: Vec<String>, extra_dests: &[String], 
     }
     let out = output_with_timeout(&mut cmd, Duration::from_secs(120));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "{what}: `{}` succeeded; stderr:\n{stderr}",
-        describe(&cmd)
-    );
-    assert_ne!(
-        out.status.code(),
-        Some(101),
-        "{what}: nixoci panicked:\n{stderr}"
-    );
-    assert!(
-        !stderr.contains("panicked"),
-        "{what}: nixoci panicked:\n{stderr}"
-    );
+    assert!(!out.status.success(), "{what}: `{}` succeeded; stderr:\n{stderr}", describe(&cmd));
+    assert_ne!(out.status.code(), Some(101), "{what}: nixoci panicked:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{what}: nixoci panicked:\n{stderr}");
     for c in culprits {
-        assert!(
-            stderr.contains(c),
-            "{what}: the error does not name {c:?}:\n{stderr}"
-        );
+        assert!(stderr.contains(c), "{what}: the error does not name {c:?}:\n{stderr}");
     }
     assert_eq!(
         fs::read(existing.join("index.json")).unwrap(),
         index_before,
         "{what}: index.json of the existing layout changed"
     );
-    assert_eq!(
-        snapshot(&existing),
-        before,
-        "{what}: the existing layout changed"
-    );
-    assert_eq!(
-        top_level(&outs),
-        listing_before,
-        "{what}: files appeared beside the destinations"
-    );
+    assert_eq!(snapshot(&existing), before, "{what}: the existing layout changed");
+    assert_eq!(top_level(&outs), listing_before, "{what}: files appeared beside the destinations");
 }
 
 fn example_closure() -> Vec<Value> {
-    read_json(&example_dir().join("closure.json"))
-        .as_array()
-        .unwrap()
-        .clone()
+    read_json(&example_dir().join("closure.json")).as_array().unwrap().clone()
 }
 
 /// The example's arguments, with its closure JSON replaced by `closure` (written into `dir`).
@@ -1280,10 +799,7 @@ fn rejects_dangling_reference() {
     let t = tempdir();
     let mut closure = example_closure();
     let dangling = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-missing-dependency-1.0";
-    closure[0]["references"]
-        .as_array_mut()
-        .unwrap()
-        .push(dangling.into());
+    closure[0]["references"].as_array_mut().unwrap().push(dangling.into());
     let (args, _) = example_with_closure(t.path(), &serde_json::to_vec(&closure).unwrap());
     assert_rejected("dangling reference", args, &[], &[dangling]);
 }
@@ -1292,15 +808,8 @@ fn rejects_dangling_reference() {
 fn rejects_store_path_missing_on_disk() {
     let t = tempdir();
     let closure = example_closure();
-    let paths: Vec<String> = closure
-        .iter()
-        .map(|i| i["path"].as_str().unwrap().to_string())
-        .collect();
-    let gone = paths
-        .iter()
-        .find(|p| p.ends_with("-hello-greeting-1.0"))
-        .unwrap()
-        .clone();
+    let paths: Vec<String> = closure.iter().map(|i| i["path"].as_str().unwrap().to_string()).collect();
+    let gone = paths.iter().find(|p| p.ends_with("-hello-greeting-1.0")).unwrap().clone();
     let store = t.path().join("store");
     let kept: Vec<String> = paths.iter().filter(|p| **p != gone).cloned().collect();
     copy_store_paths(&kept, &example_dir().join("store"), &store, true);
@@ -1335,16 +844,10 @@ fn rejects_invalid_store_path_names() {
 #[test]
 fn rejects_fifo_in_store_path() {
     let t = tempdir();
-    let paths: Vec<String> = example_closure()
-        .iter()
-        .map(|i| i["path"].as_str().unwrap().to_string())
-        .collect();
+    let paths: Vec<String> = example_closure().iter().map(|i| i["path"].as_str().unwrap().to_string()).collect();
     let store = t.path().join("store");
     copy_store_paths(&paths, &example_dir().join("store"), &store, true);
-    let greeting = paths
-        .iter()
-        .find(|p| p.ends_with("-hello-greeting-1.0"))
-        .unwrap();
+    let greeting = paths.iter().find(|p| p.ends_with("-hello-greeting-1.0")).unwrap();
     let fifo = store.join(base_name(greeting)).join("share/a-fifo");
     run_ok(Command::new("mkfifo").arg(&fifo));
     let mut args = example_args();
@@ -1376,17 +879,8 @@ fn rejects_unwritable_destinations() {
 #[test]
 fn rejects_two_stdout_destinations() {
     // stdout can carry one archive; two would be concatenated into a stream no loader reads whole.
-    let out = output(
-        nixoci()
-            .arg("build")
-            .args(example_args())
-            .args(["-q", "-o", "-", "-o", "-"]),
-    );
-    assert!(
-        !out.status.success(),
-        "-o - twice was accepted ({} bytes on stdout)",
-        out.stdout.len()
-    );
+    let out = output(nixoci().arg("build").args(example_args()).args(["-q", "-o", "-", "-o", "-"]));
+    assert!(!out.status.success(), "-o - twice was accepted ({} bytes on stdout)", out.stdout.len());
     assert!(out.stdout.is_empty(), "-o - twice: nothing may be written");
 }
 
@@ -1397,12 +891,7 @@ fn rejects_bad_image_spec() {
     fs::write(&spec, "entrypoint = [\"/bin/x\"]\nno_such_key = 1\n").unwrap();
     let mut args = example_args();
     args[5] = s(&spec);
-    assert_rejected(
-        "an unknown key in the image spec",
-        args,
-        &[],
-        &[&s(&spec), "no_such_key"],
-    );
+    assert_rejected("an unknown key in the image spec", args, &[], &[&s(&spec), "no_such_key"]);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1412,55 +901,22 @@ fn rejects_bad_image_spec() {
 #[test]
 fn quiet_prints_nothing_and_json_is_alone_on_stdout() {
     let t = tempdir();
-    let out = output(nixoci().arg("build").args(example_args()).args([
-        "-q",
-        "-o",
-        &oci(&t.path().join("q"), "q"),
-    ]));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.stdout.is_empty(),
-        "-q: stdout {:?}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(
-        out.stderr.is_empty(),
-        "-q: stderr {:?}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = output(nixoci().arg("build").args(example_args()).args([
-        "--json",
-        "-o",
-        &oci(&t.path().join("j"), "j"),
-    ]));
+    let out = output(nixoci().arg("build").args(example_args()).args(["-q", "-o", &oci(&t.path().join("q"), "q")]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty(), "-q: stdout {:?}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.stderr.is_empty(), "-q: stderr {:?}", String::from_utf8_lossy(&out.stderr));
+    let out = output(nixoci().arg("build").args(example_args()).args(["--json", "-o", &oci(&t.path().join("j"), "j")]));
     assert!(out.status.success());
-    serde_json::from_slice::<Value>(&out.stdout)
-        .expect("--json: stdout is exactly one JSON document");
+    serde_json::from_slice::<Value>(&out.stdout).expect("--json: stdout is exactly one JSON document");
     // -o - writes the archive alone on stdout: a docker-archive tar.
-    let out = output(
-        nixoci()
-            .arg("build")
-            .args(example_args())
-            .args(["-q", "-o", "-"]),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = output(nixoci().arg("build").args(example_args()).args(["-q", "-o", "-"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let names: Vec<String> = tar::Archive::new(&out.stdout[..])
         .entries()
         .unwrap()
         .map(|e| e.unwrap().path().unwrap().display().to_string())
         .collect();
-    assert!(
-        names.iter().any(|n| n == "manifest.json"),
-        "-o - is a docker-archive: {names:?}"
-    );
+    assert!(names.iter().any(|n| n == "manifest.json"), "-o - is a docker-archive: {names:?}");
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1475,53 +931,21 @@ fn oci_dir_keeps_earlier_tags() {
     // (not zstd: Debian's oci-image-tool rejects zstd layers)
     let plain = build(&with(
         example_args(),
-        [
-            "--compression".to_string(),
-            "none".to_string(),
-            "-o".to_string(),
-            oci(&dir, "b"),
-        ],
+        ["--compression".to_string(), "none".to_string(), "-o".to_string(), oci(&dir, "b")],
     ));
     let layout = Layout::new(&dir);
-    assert_eq!(
-        layout.image(Some("a")).manifest_digest,
-        gzip.manifest_digest,
-        "tag a survives adding b"
-    );
-    assert_eq!(
-        layout.image(Some("b")).manifest_digest,
-        plain.manifest_digest
-    );
+    assert_eq!(layout.image(Some("a")).manifest_digest, gzip.manifest_digest, "tag a survives adding b");
+    assert_eq!(layout.image(Some("b")).manifest_digest, plain.manifest_digest);
     // Re-using a tag moves it: still one manifest per tag, and the other tag is untouched.
     let level1 = build(&with(
         example_args(),
-        [
-            "--compression".to_string(),
-            "gzip:1".to_string(),
-            "-o".to_string(),
-            oci(&dir, "a"),
-        ],
+        ["--compression".to_string(), "gzip:1".to_string(), "-o".to_string(), oci(&dir, "a")],
     ));
-    assert_ne!(
-        level1.manifest_digest, gzip.manifest_digest,
-        "gzip:1 gives other bytes than gzip:6"
-    );
-    assert_eq!(
-        layout.image(Some("a")).manifest_digest,
-        level1.manifest_digest,
-        "tag a moved"
-    );
-    assert_eq!(
-        layout.image(Some("b")).manifest_digest,
-        plain.manifest_digest,
-        "tag b untouched"
-    );
+    assert_ne!(level1.manifest_digest, gzip.manifest_digest, "gzip:1 gives other bytes than gzip:6");
+    assert_eq!(layout.image(Some("a")).manifest_digest, level1.manifest_digest, "tag a moved");
+    assert_eq!(layout.image(Some("b")).manifest_digest, plain.manifest_digest, "tag b untouched");
     if have_tools(test_name!(), &["oci-image-tool"]) {
-        run_ok(
-            Command::new("oci-image-tool")
-                .args(["validate", "--type", "image"])
-                .arg(&dir),
-        );
+        run_ok(Command::new("oci-image-tool").args(["validate", "--type", "image"]).arg(&dir));
     }
 }
 
@@ -1533,10 +957,7 @@ fn oci_dir_concurrent_writers_lose_no_tag() {
     let dir = t.path().join("oci");
     for round in ["absent", "existing"] {
         if round == "existing" {
-            build(&with(
-                example_args(),
-                ["-o".to_string(), oci(&dir, "first")],
-            ));
+            build(&with(example_args(), ["-o".to_string(), oci(&dir, "first")]));
         }
         let children: Vec<(String, std::process::Child)> = (1..=7)
             .map(|level| {
@@ -1544,13 +965,7 @@ fn oci_dir_concurrent_writers_lose_no_tag() {
                 let mut cmd = nixoci();
                 cmd.arg("build")
                     .args(example_args())
-                    .args([
-                        "-q",
-                        "--compression",
-                        &format!("gzip:{level}"),
-                        "-o",
-                        &oci(&dir, &tag),
-                    ])
+                    .args(["-q", "--compression", &format!("gzip:{level}"), "-o", &oci(&dir, &tag)])
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped());
@@ -1559,14 +974,7 @@ fn oci_dir_concurrent_writers_lose_no_tag() {
             .collect();
         let succeeded: Vec<String> = children
             .into_iter()
-            .filter_map(|(tag, child)| {
-                child
-                    .wait_with_output()
-                    .unwrap()
-                    .status
-                    .success()
-                    .then_some(tag)
-            })
+            .filter_map(|(tag, child)| child.wait_with_output().unwrap().status.success().then_some(tag))
             .collect();
         // Refusing to write is allowed; reporting success and losing the tag is not.
         let ok = succeeded.len();
@@ -1574,11 +982,7 @@ fn oci_dir_concurrent_writers_lose_no_tag() {
             .as_array()
             .unwrap()
             .iter()
-            .filter_map(|m| {
-                m["annotations"]["org.opencontainers.image.ref.name"]
-                    .as_str()
-                    .map(str::to_string)
-            })
+            .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str().map(str::to_string))
             .collect();
         let lost: Vec<&String> = succeeded.iter().filter(|t| !names.contains(*t)).collect();
         assert!(ok > 0, "{round}: no concurrent build succeeded");
@@ -1626,10 +1030,7 @@ fn harness_catches_corrupt_images() {
     // A flipped byte in a layer blob.
     let dir = fresh("flip");
     let layout = Layout::new(&dir);
-    let first = layout.image(None).layers[0].descriptor["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let first = layout.image(None).layers[0].descriptor["digest"].as_str().unwrap().to_string();
     let blob = layout.blob_path(&first);
     let mut bytes = fs::read(&blob).unwrap();
     let n = bytes.len();
@@ -1667,16 +1068,8 @@ fn harness_catches_corrupt_images() {
     for (path, kind, mode) in [
         ("nix/", tar::EntryType::Directory, 0o755),
         ("nix/store/", tar::EntryType::Directory, 0o755),
-        (
-            "nix/store/0123456789abcdfghijklmnpqrsvwxyz-x/",
-            tar::EntryType::Directory,
-            0o555,
-        ),
-        (
-            "nix/store/0123456789abcdfghijklmnpqrsvwxyz-x/f",
-            tar::EntryType::Regular,
-            0o664,
-        ),
+        ("nix/store/0123456789abcdfghijklmnpqrsvwxyz-x/", tar::EntryType::Directory, 0o555),
+        ("nix/store/0123456789abcdfghijklmnpqrsvwxyz-x/f", tar::EntryType::Regular, 0o664),
     ] {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
@@ -1688,8 +1081,7 @@ fn harness_catches_corrupt_images() {
         tar.append_data(&mut h, path, &[][..]).unwrap();
     }
     let entries = tar_entries(&tar.into_inner().unwrap());
-    let msg =
-        caught(|| check_tar_rules("hand-made", &entries, 1)).expect("mode 664 must be caught");
+    let msg = caught(|| check_tar_rules("hand-made", &entries, 1)).expect("mode 664 must be caught");
     assert!(msg.contains("mode 664"), "{msg}");
     let msg = caught(|| check_tar_rules("hand-made", &entries, 2)).expect("mtime must be caught");
     assert!(msg.contains("mtime 1"), "{msg}");

@@ -26,14 +26,18 @@ fn have_tools(tools: &[&str]) -> bool {
             if t.starts_with('/') {
                 !Path::new(t).exists()
             } else {
-                Command::new("sh").args(["-c", &format!("command -v {t}")]).output().map_or(true, |o| !o.status.success())
+                Command::new("sh")
+                    .args(["-c", &format!("command -v {t}")])
+                    .output()
+                    .map_or(true, |o| !o.status.success())
             }
         })
         .collect();
     if missing.is_empty() {
         return true;
     }
-    let msg = format!("missing tools: {} (apt-get install nix-bin patchelf jq python3.11 podman runc)", missing.join(", "));
+    let msg =
+        format!("missing tools: {} (apt-get install nix-bin patchelf jq python3.11 podman runc)", missing.join(", "));
     if std::env::var_os("CI").is_some() {
         panic!("{msg}");
     }
@@ -55,8 +59,16 @@ fn python_closure() -> &'static PyClosure {
     ONCE.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-closure");
         let t = std::time::Instant::now();
-        let out = Command::new(repo().join("scripts/python-closure")).arg(&dir).output().expect("running scripts/python-closure");
-        assert!(out.status.success(), "scripts/python-closure failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(repo().join("scripts/python-closure"))
+            .arg(&dir)
+            .output()
+            .expect("running scripts/python-closure");
+        assert!(
+            out.status.success(),
+            "scripts/python-closure failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         eprintln!("python-closure: {:.1}s", t.elapsed().as_secs_f64());
         let root = std::fs::read_to_string(dir.join("root")).unwrap().trim().to_owned();
         PyClosure { dir, root }
@@ -118,14 +130,21 @@ impl Podman {
         .unwrap();
         std::fs::write(
             d.join("storage.conf"),
-            format!("[storage]\ndriver = \"vfs\"\ngraphroot = \"{}/root\"\nrunroot = \"{}/run\"\n", d.display(), d.display()),
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}/root\"\nrunroot = \"{}/run\"\n",
+                d.display(),
+                d.display()
+            ),
         )
         .unwrap();
         Self { dir }
     }
 
     fn envs(&self) -> Vec<(&'static str, PathBuf)> {
-        vec![("CONTAINERS_CONF", self.dir.path().join("containers.conf")), ("CONTAINERS_STORAGE_CONF", self.dir.path().join("storage.conf"))]
+        vec![
+            ("CONTAINERS_CONF", self.dir.path().join("containers.conf")),
+            ("CONTAINERS_STORAGE_CONF", self.dir.path().join("storage.conf")),
+        ]
     }
 
     fn smoke(&self, args: &[&str]) -> Output {
@@ -269,7 +288,8 @@ fn smoke_cpu_reports_pass_fail_timeout_and_skip() {
     let secs = t.elapsed().as_secs_f64();
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "a failed check exits 1:\n{stderr}");
-    let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{stderr}", text(&out.stdout)));
+    let json: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{stderr}", text(&out.stdout)));
     assert_eq!(json["passed"], false);
     assert_eq!(json["runtime"], "podman");
     let checks = json["checks"].as_array().unwrap();
@@ -304,7 +324,10 @@ fn smoke_cpu_reports_pass_fail_timeout_and_skip() {
     let el = parse_xml(&xml);
     let suites = &el[0];
     assert_eq!(suites.name, "testsuites");
-    assert_eq!((suites.attr("tests"), suites.attr("failures"), suites.attr("skipped")), (Some("5"), Some("3"), Some("1")));
+    assert_eq!(
+        (suites.attr("tests"), suites.attr("failures"), suites.attr("skipped")),
+        (Some("5"), Some("3"), Some("1"))
+    );
     let cases: Vec<(usize, &Element)> = el.iter().enumerate().filter(|(_, e)| e.name == "testcase").collect();
     assert_eq!(cases.len(), 5);
     let child = |case: usize, name: &str| el.iter().find(|e| e.parent == Some(case) && e.name == name);
@@ -432,7 +455,10 @@ fn check_passes_and_fails_policies() {
     let (code, v, _) = check(&root_img, &fail);
     assert_eq!(code, Some(1));
     let nr = rule(&v, "non_root_user");
-    assert_eq!((nr["passed"].as_bool(), nr["detail"].as_str()), (Some(false), Some("no User is set: the container runs as root")));
+    assert_eq!(
+        (nr["passed"].as_bool(), nr["detail"].as_str()),
+        (Some(false), Some("no User is set: the container runs as root"))
+    );
     assert_eq!(rule(&v, "forbid")["offenders"].as_array().unwrap().len(), 1, "store paths from tar headers: {v:#}");
 
     // setuid and world-writable entries, judged from the tar headers.
@@ -448,21 +474,33 @@ fn check_passes_and_fails_policies() {
     let (code, v, stderr) = check(&bad_img, &pass);
     assert_eq!(code, Some(1));
     assert_eq!(rule(&v, "no_setuid")["offenders"], serde_json::json!(["/usr/bin/su (mode 4755)"]));
-    assert_eq!(rule(&v, "no_world_writable")["offenders"], serde_json::json!(["/srv/drop (mode 0777)"]), "/tmp 1777 is allowed");
+    assert_eq!(
+        rule(&v, "no_world_writable")["offenders"],
+        serde_json::json!(["/srv/drop (mode 0777)"]),
+        "/tmp 1777 is allowed"
+    );
     assert_eq!(rule(&v, "max_layers")["passed"], true);
     assert!(stderr.is_empty(), "--json keeps the table off stderr: {stderr}");
 
     // Without --json, the table goes to stderr and names the offenders.
     let out = nixoci(&["check", &bad_img, "--policy", pass.to_str().unwrap()], &[]);
     let table = text(&out.stderr);
-    assert!(table.contains("FAIL  no_setuid") && table.contains("/usr/bin/su (mode 4755)") && table.contains("result: FAIL (2 of 8 rules failed)"), "{table}");
+    assert!(
+        table.contains("FAIL  no_setuid")
+            && table.contains("/usr/bin/su (mode 4755)")
+            && table.contains("result: FAIL (2 of 8 rules failed)"),
+        "{table}"
+    );
 
     // A policy with a typo names the file and line.
     let typo = w.join("typo.toml");
     std::fs::write(&typo, "max_layers = 3\nno_setuidd = true\n").unwrap();
     let out = nixoci(&["check", &oci, "--policy", typo.to_str().unwrap()], &[]);
     let err = text(&out.stderr);
-    assert!(!out.status.success() && err.contains("typo.toml") && err.contains("line 2") && err.contains("no_setuidd"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("typo.toml") && err.contains("line 2") && err.contains("no_setuidd"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -501,16 +539,28 @@ fn build_with_a_failing_policy_writes_nothing() {
     let out = nixoci(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
     let err = text(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("fails policy") && err.contains("nothing was written") && err.contains("FAIL  forbid"), "{err}");
+    assert!(
+        err.contains("fails policy") && err.contains("nothing was written") && err.contains("FAIL  forbid"),
+        "{err}"
+    );
     for dest in [&oci, &archive, &docker] {
         assert!(!dest.exists(), "{} was written", dest.display());
     }
-    let leftovers: Vec<_> = std::fs::read_dir(w.join("out")).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(w.join("out")).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
 
     // docker-archive alone takes the streaming path: refused before a byte is written too.
     let out = nixoci(
-        &["build", "--closure", closure.to_str().unwrap(), "--policy", fail.to_str().unwrap(), "-o", &format!("docker-archive:{}", docker.display())],
+        &[
+            "build",
+            "--closure",
+            closure.to_str().unwrap(),
+            "--policy",
+            fail.to_str().unwrap(),
+            "-o",
+            &format!("docker-archive:{}", docker.display()),
+        ],
         &[],
     );
     assert!(!out.status.success() && text(&out.stderr).contains("no User is set"), "{}", text(&out.stderr));
@@ -534,17 +584,41 @@ fn shipped_policies_checks_and_specs_load() {
     assert!(comfy.require.iter().any(|g| g.pattern == "python3.*-flash-attn-*"));
     let checks = Checks::load(&repo().join("policies/smoke-comfyui.toml")).unwrap();
     let names: Vec<&str> = checks.check.iter().map(|c| c.name.as_str()).collect();
-    for want in ["libcuda resolves", "torch sees the GPU", "CUDA matmul matches the CPU", "flash-attn forward", "sageattention forward"] {
+    for want in [
+        "libcuda resolves",
+        "torch sees the GPU",
+        "CUDA matmul matches the CPU",
+        "flash-attn forward",
+        "sageattention forward",
+    ] {
         assert!(names.contains(&want), "{names:?}");
         assert!(checks.check.iter().find(|c| c.name == want).unwrap().gpu, "{want} is a GPU check");
     }
     let imports = &checks.check.iter().find(|c| c.name.starts_with("imports")).unwrap().command[2];
-    for m in ["torch", "torchvision", "torchaudio", "diffusers", "transformers", "accelerate", "timm", "cv2", "insightface", "facexlib", "clip"] {
+    for m in [
+        "torch",
+        "torchvision",
+        "torchaudio",
+        "diffusers",
+        "transformers",
+        "accelerate",
+        "timm",
+        "cv2",
+        "insightface",
+        "facexlib",
+        "clip",
+    ] {
         assert!(imports.contains(&format!("\"{m}\"")), "imports lack {m}");
     }
     let spec = nixoci::image::ImageSpec::load(&repo().join("examples/comfyui/image.toml")).unwrap();
     assert!(spec.gpu);
     let env = spec.effective_env();
-    assert!(env.contains(&"LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu:/usr/lib64:/run/opengl-driver/lib".to_owned()), "{env:?}");
-    assert!(env.contains(&"NVIDIA_VISIBLE_DEVICES=all".to_owned()) && env.contains(&"NVIDIA_DRIVER_CAPABILITIES=compute,utility".to_owned()));
+    assert!(
+        env.contains(&"LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu:/usr/lib64:/run/opengl-driver/lib".to_owned()),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&"NVIDIA_VISIBLE_DEVICES=all".to_owned())
+            && env.contains(&"NVIDIA_DRIVER_CAPABILITIES=compute,utility".to_owned())
+    );
 }

@@ -57,10 +57,7 @@ impl Registry {
         if setup == Setup::Basic {
             let out = run_ok(Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]));
             fs::write(d.join("htpasswd"), out).unwrap();
-            extra = format!(
-                "auth: {{htpasswd: {{realm: nixoci-test, path: {}}}}}\n",
-                d.join("htpasswd").display()
-            );
+            extra = format!("auth: {{htpasswd: {{realm: nixoci-test, path: {}}}}}\n", d.join("htpasswd").display());
         }
         if let Setup::Bearer { realm, bundle } = &setup {
             extra = format!(
@@ -114,18 +111,10 @@ impl Registry {
                 std::thread::sleep(Duration::from_millis(50));
             };
             if up {
-                return Registry {
-                    child,
-                    port,
-                    dir,
-                    setup,
-                };
+                return Registry { child, port, dir, setup };
             }
             let _ = child.wait();
-            eprintln!(
-                "docker-registry exited:\n{}",
-                fs::read_to_string(d.join("registry.log")).unwrap_or_default()
-            );
+            eprintln!("docker-registry exited:\n{}", fs::read_to_string(d.join("registry.log")).unwrap_or_default());
         }
         panic!("could not start docker-registry");
     }
@@ -141,11 +130,7 @@ impl Registry {
 
     /// skopeo's flags to reach this registry (`src`/`dest`/none prefix).
     fn skopeo_flags(&self, prefix: &str) -> Vec<String> {
-        let p = if prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{prefix}-")
-        };
+        let p = if prefix.is_empty() { String::new() } else { format!("{prefix}-") };
         let mut v = match self.setup {
             Setup::Tls => vec![format!("--{p}cert-dir={}", self.ca_dir().display())],
             _ => vec![format!("--{p}tls-verify=false")],
@@ -195,11 +180,7 @@ impl Drop for Registry {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A CA and a server certificate it signed for IP 127.0.0.1 (ECDSA P-256: quick to make).
@@ -344,13 +325,7 @@ impl TokenServer {
                 }
             }
         });
-        TokenServer {
-            port,
-            dir,
-            log,
-            stop,
-            thread: Some(thread),
-        }
+        TokenServer { port, dir, log, stop, thread: Some(thread) }
     }
 
     fn setup(&self) -> Setup {
@@ -393,12 +368,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn answer_token(
-    c: TcpStream,
-    key: &Path,
-    cert_der: &[u8],
-    log: &Mutex<TokenLog>,
-) -> std::io::Result<()> {
+fn answer_token(c: TcpStream, key: &Path, cert_der: &[u8], log: &Mutex<TokenLog>) -> std::io::Result<()> {
     use base64::Engine as _;
     c.set_nonblocking(false)?;
     c.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -413,17 +383,12 @@ fn answer_token(
     }
     let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
     let query = target.split_once('?').map(|x| x.1).unwrap_or("");
-    let scopes: Vec<String> = query
-        .split('&')
-        .filter_map(|kv| kv.strip_prefix("scope="))
-        .map(percent_decode)
-        .collect();
+    let scopes: Vec<String> = query.split('&').filter_map(|kv| kv.strip_prefix("scope=")).map(percent_decode).collect();
     let b64 = base64::engine::general_purpose::STANDARD;
     let want = format!("Basic {}", b64.encode(format!("{USER}:{PASSWORD}")));
-    let authorized = head.lines().any(|l| {
-        l.split_once(':')
-            .is_some_and(|(k, v)| k.eq_ignore_ascii_case("authorization") && v.trim() == want)
-    });
+    let authorized = head
+        .lines()
+        .any(|l| l.split_once(':').is_some_and(|(k, v)| k.eq_ignore_ascii_case("authorization") && v.trim() == want));
     let mut c = c;
     if !authorized {
         log.lock().unwrap().requests.push("-".into());
@@ -448,29 +413,17 @@ fn answer_token(
             })
             .collect()
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [b64.encode(cert_der)]});
     let claims = serde_json::json!({
         "iss": ISSUER, "sub": USER, "aud": SERVICE, "exp": now + 300, "nbf": now - 10,
         "iat": now, "jti": format!("{now}-{}", scopes.len()), "access": access,
     });
-    let signing_input = format!(
-        "{}.{}",
-        url.encode(header.to_string()),
-        url.encode(claims.to_string())
-    );
+    let signing_input = format!("{}.{}", url.encode(header.to_string()), url.encode(claims.to_string()));
     let input_file = key.with_file_name(format!("input-{}", std::process::id()));
     fs::write(&input_file, &signing_input)?;
-    let sig = run_ok(
-        Command::new("openssl")
-            .args(["dgst", "-sha256", "-binary", "-sign"])
-            .arg(key)
-            .arg(&input_file),
-    );
+    let sig = run_ok(Command::new("openssl").args(["dgst", "-sha256", "-binary", "-sign"]).arg(key).arg(&input_file));
     let token = format!("{signing_input}.{}", url.encode(sig));
     {
         let mut l = log.lock().unwrap();
@@ -547,13 +500,7 @@ impl Proxy {
                 }
             }
         });
-        Proxy {
-            port,
-            log,
-            faults,
-            stop,
-            thread: Some(thread),
-        }
+        Proxy { port, log, faults, stop, thread: Some(thread) }
     }
 
     fn host(&self) -> String {
@@ -579,12 +526,7 @@ impl Drop for Proxy {
 }
 
 /// One client connection: parse each request head, apply a fault or forward it.
-fn serve(
-    client: TcpStream,
-    upstream: u16,
-    log: &ProxyLog,
-    faults: &Mutex<Vec<Fault>>,
-) -> std::io::Result<()> {
+fn serve(client: TcpStream, upstream: u16, log: &ProxyLog, faults: &Mutex<Vec<Fault>>) -> std::io::Result<()> {
     client.set_nonblocking(false)?;
     client.set_read_timeout(Some(Duration::from_secs(60)))?;
     let up = TcpStream::connect(("127.0.0.1", upstream))?;
@@ -627,31 +569,18 @@ fn serve(
         let text = String::from_utf8_lossy(&head).into_owned();
         let mut words = text.split_whitespace();
         let method = words.next().unwrap_or("").to_owned();
-        let path = words
-            .next()
-            .unwrap_or("")
-            .split('?')
-            .next()
-            .unwrap_or("")
-            .to_owned();
+        let path = words.next().unwrap_or("").split('?').next().unwrap_or("").to_owned();
         let len: u64 = text
             .lines()
             .find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
+                k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
             })
             .unwrap_or(0);
-        log.requests
-            .lock()
-            .unwrap()
-            .push(format!("{method} {path}"));
+        log.requests.lock().unwrap().push(format!("{method} {path}"));
         let fault = {
             let mut fs = faults.lock().unwrap();
-            match fs
-                .iter()
-                .position(|f| f.method == method && path.contains(f.path))
-            {
+            match fs.iter().position(|f| f.method == method && path.contains(f.path)) {
                 Some(i) if fs[i].skip > 0 => {
                     fs[i].skip -= 1;
                     None
@@ -667,11 +596,7 @@ fn serve(
                 let body = format!(
                     r#"{{"errors":[{{"code":"INJECTED","message":"fault injected by the test proxy ({status})"}}]}}"#
                 );
-                let retry = if status == 429 {
-                    "Retry-After: 1\r\n"
-                } else {
-                    ""
-                };
+                let retry = if status == 429 { "Retry-After: 1\r\n" } else { "" };
                 let mut c = &client;
                 write!(
                     c,
@@ -680,10 +605,7 @@ fn serve(
                     body.len()
                 )?;
                 c.flush()?;
-                log.fired
-                    .lock()
-                    .unwrap()
-                    .push(format!("{status} {method} {path}"));
+                log.fired.lock().unwrap().push(format!("{status} {method} {path}"));
                 std::thread::sleep(Duration::from_millis(50));
                 close();
                 return Ok(());
@@ -694,10 +616,7 @@ fn serve(
                 if is_upload {
                     log.upload_bytes.fetch_add(n, Ordering::Relaxed);
                 }
-                log.fired
-                    .lock()
-                    .unwrap()
-                    .push(format!("drop after {n} bytes: {method} {path}"));
+                log.fired.lock().unwrap().push(format!("drop after {n} bytes: {method} {path}"));
                 close();
                 return Ok(());
             }
@@ -729,26 +648,14 @@ impl Run {
     }
 
     fn ok(self) -> Value {
-        assert!(
-            self.out.status.success(),
-            "`{}` failed ({}):\n{}",
-            self.cmd,
-            self.out.status,
-            self.stderr()
-        );
+        assert!(self.out.status.success(), "`{}` failed ({}):\n{}", self.cmd, self.out.status, self.stderr());
         self.no_secret();
-        serde_json::from_slice(&self.out.stdout)
-            .unwrap_or_else(|e| panic!("`{}`: no JSON on stdout ({e})", self.cmd))
+        serde_json::from_slice(&self.out.stdout).unwrap_or_else(|e| panic!("`{}`: no JSON on stdout ({e})", self.cmd))
     }
 
     /// Fails; returns stderr.
     fn fails(self) -> String {
-        assert!(
-            !self.out.status.success(),
-            "`{}` should have failed:\n{}",
-            self.cmd,
-            self.stderr()
-        );
+        assert!(!self.out.status.success(), "`{}` should have failed:\n{}", self.cmd, self.stderr());
         self.no_secret();
         self.stderr()
     }
@@ -756,11 +663,7 @@ impl Run {
     fn no_secret(&self) {
         for (name, s) in [("stdout", &self.out.stdout), ("stderr", &self.out.stderr)] {
             let text = String::from_utf8_lossy(s);
-            assert!(
-                !text.contains(PASSWORD),
-                "`{}` printed the password on {name}:\n{text}",
-                self.cmd
-            );
+            assert!(!text.contains(PASSWORD), "`{}` printed the password on {name}:\n{text}", self.cmd);
         }
     }
 }
@@ -780,10 +683,7 @@ fn nixoci(args: &[String], env: &[(&str, &str)]) -> Run {
         c.env(k, v);
     }
     let cmd = describe(&c);
-    Run {
-        out: output(&mut c),
-        cmd,
-    }
+    Run { out: output(&mut c), cmd }
 }
 
 fn s(v: &[&str]) -> Vec<String> {
@@ -799,12 +699,7 @@ fn build_args(dest: &[String], cache: &Path, image_toml: Option<&Path>) -> Vec<S
         ex[i + 1] = t.display().to_string();
     }
     a.extend(ex);
-    a.extend(s(&[
-        "--cache-dir",
-        &cache.display().to_string(),
-        "--jobs",
-        "2",
-    ]));
+    a.extend(s(&["--cache-dir", &cache.display().to_string(), "--jobs", "2"]));
     for d in dest {
         a.push("-o".into());
         a.push(d.clone());
@@ -815,10 +710,7 @@ fn build_args(dest: &[String], cache: &Path, image_toml: Option<&Path>) -> Vec<S
 /// examples/hello's image spec with another environment: same store layers, other config.
 fn other_spec(dir: &Path, marker: &str) -> PathBuf {
     let mut t = fs::read_to_string(common::example_dir().join("image.toml")).unwrap();
-    t = t.replace(
-        "LANG=C.UTF-8",
-        &format!("LANG=C.UTF-8\", \"MARKER={marker}"),
-    );
+    t = t.replace("LANG=C.UTF-8", &format!("LANG=C.UTF-8\", \"MARKER={marker}"));
     let p = dir.join(format!("image-{marker}.toml"));
     fs::write(&p, t).unwrap();
     p
@@ -859,10 +751,7 @@ fn big_store(dir: &Path) -> Vec<String> {
 }
 
 fn stat(v: &Value, k: &str) -> u64 {
-    v["stats"][k]
-        .as_u64()
-        .or_else(|| v[k].as_u64())
-        .unwrap_or_else(|| panic!("no {k} in {v:#}"))
+    v["stats"][k].as_u64().or_else(|| v[k].as_u64()).unwrap_or_else(|| panic!("no {k} in {v:#}"))
 }
 
 // ---- tests ----------------------------------------------------------------------------------------
@@ -896,18 +785,10 @@ fn plain_push_repush_tags_and_copy() {
     let second = nixoci(&build_args(std::slice::from_ref(&dest), &cache, None), &[]).ok();
     let second_secs = started.elapsed().as_secs_f64();
     assert_eq!(second["manifest_digest"], first["manifest_digest"]);
-    assert_eq!(
-        proxy.upload_bytes(),
-        before,
-        "a no-change push uploaded bytes"
-    );
+    assert_eq!(proxy.upload_bytes(), before, "a no-change push uploaded bytes");
     assert_eq!(stat(&second, "bytes_uploaded"), 0);
     assert_eq!(stat(&second, "blobs_skipped"), layers + 1);
-    assert_eq!(
-        stat(&second, "bytes_read"),
-        0,
-        "a warm re-push read store files"
-    );
+    assert_eq!(stat(&second, "bytes_read"), 0, "a warm re-push read store files");
     let again = proxy.requests()[n0..].to_vec();
     assert!(
         again.iter().all(|r| r.starts_with("HEAD ")
@@ -918,17 +799,10 @@ fn plain_push_repush_tags_and_copy() {
     eprintln!("examples/hello: first push {first_secs:.2}s, no-change re-push {second_secs:.2}s");
 
     // Several tags: -o twice.
-    let tags = [
-        format!("docker://{}/hello:1.1", reg.host()),
-        format!("docker://{}/hello:latest", reg.host()),
-    ];
+    let tags = [format!("docker://{}/hello:1.1", reg.host()), format!("docker://{}/hello:latest", reg.host())];
     nixoci(&build_args(&tags, &cache, None), &[]).ok();
     for tag in ["hello:1.1", "hello:latest"] {
-        assert_eq!(
-            reg.digest_of(tag).as_deref(),
-            Some(digest.as_str()),
-            "{tag}"
-        );
+        assert_eq!(reg.digest_of(tag).as_deref(), Some(digest.as_str()), "{tag}");
     }
 
     // copy: registry → oci: and oci-archive:, then back to another repository with a mount.
@@ -944,53 +818,25 @@ fn plain_push_repush_tags_and_copy() {
     assert_eq!(stat(&m, "blobs_mounted"), layers + 1, "{m:#}");
     assert_eq!(stat(&m, "bytes_uploaded"), 0);
     assert_eq!(stat(&m, "bytes_read"), 0, "a mounted blob was read");
-    assert_eq!(
-        reg.digest_of("hello-copy:1.0").as_deref(),
-        Some(digest.as_str())
-    );
+    assert_eq!(reg.digest_of("hello-copy:1.0").as_deref(), Some(digest.as_str()));
     // oci-archive → registry (no mount: uploads).
     let again = format!("docker://{}/hello-archive:1.0", reg.host());
     let a = nixoci(&s(&["copy", &archive, &again]), &[]).ok();
     assert_eq!(stat(&a, "blobs_uploaded"), layers + 1);
-    assert_eq!(
-        reg.digest_of("hello-archive:1.0").as_deref(),
-        Some(digest.as_str())
-    );
+    assert_eq!(reg.digest_of("hello-archive:1.0").as_deref(), Some(digest.as_str()));
     // docker-archive → registry: its synthesised manifest goes up as it is.
     let da = t.path().join("hello-docker.tar");
-    nixoci(
-        &build_args(&[format!("docker-archive:{}", da.display())], &cache, None),
-        &[],
-    )
-    .ok();
+    nixoci(&build_args(&[format!("docker-archive:{}", da.display())], &cache, None), &[]).ok();
     let d = nixoci(
-        &s(&[
-            "copy",
-            &format!("docker-archive:{}", da.display()),
-            &format!("docker://{}/hello-docker:1", reg.host()),
-        ]),
+        &s(&["copy", &format!("docker-archive:{}", da.display()), &format!("docker://{}/hello-docker:1", reg.host())]),
         &[],
     )
     .ok();
     let dd = d["manifest_digest"].as_str().unwrap().to_owned();
-    assert_eq!(
-        reg.digest_of("hello-docker:1").as_deref(),
-        Some(dd.as_str())
-    );
-    assert_eq!(
-        reg.copy_back("hello-docker:1", &t.path().join("back-docker")),
-        dd
-    );
+    assert_eq!(reg.digest_of("hello-docker:1").as_deref(), Some(dd.as_str()));
+    assert_eq!(reg.copy_back("hello-docker:1", &t.path().join("back-docker")), dd);
     // docker-archive as a copy destination is refused clearly.
-    let e = nixoci(
-        &s(&[
-            "copy",
-            &src,
-            &format!("docker-archive:{}", t.path().join("x.tar").display()),
-        ]),
-        &[],
-    )
-    .fails();
+    let e = nixoci(&s(&["copy", &src, &format!("docker-archive:{}", t.path().join("x.tar").display())]), &[]).fails();
     assert!(e.contains("not supported"), "{e}");
 }
 
@@ -1002,38 +848,13 @@ fn chunked_push_survives_faults() {
     require_tools!("docker-registry", "skopeo");
     let reg = Registry::start(Setup::Plain);
     let faults = vec![
-        Fault {
-            method: "POST",
-            path: "/blobs/uploads/",
-            skip: 0,
-            action: Action::Status(429),
-        },
-        Fault {
-            method: "HEAD",
-            path: "/blobs/",
-            skip: 0,
-            action: Action::Status(500),
-        },
+        Fault { method: "POST", path: "/blobs/uploads/", skip: 0, action: Action::Status(429) },
+        Fault { method: "HEAD", path: "/blobs/", skip: 0, action: Action::Status(500) },
         // The first chunk dies after 1 MiB: the server's session is unusable, so it restarts.
-        Fault {
-            method: "PATCH",
-            path: "/blobs/uploads/",
-            skip: 0,
-            action: Action::Drop(1 << 20),
-        },
+        Fault { method: "PATCH", path: "/blobs/uploads/", skip: 0, action: Action::Drop(1 << 20) },
         // Then the second chunk fails: resume from the server's Range (no resend of chunk 1).
-        Fault {
-            method: "PATCH",
-            path: "/blobs/uploads/",
-            skip: 1,
-            action: Action::Status(500),
-        },
-        Fault {
-            method: "PUT",
-            path: "/manifests/",
-            skip: 0,
-            action: Action::Status(503),
-        },
+        Fault { method: "PATCH", path: "/blobs/uploads/", skip: 1, action: Action::Status(500) },
+        Fault { method: "PUT", path: "/manifests/", skip: 0, action: Action::Status(503) },
     ];
     let proxy = Proxy::start(reg.port, faults);
     let t = tempdir();
@@ -1057,46 +878,27 @@ fn chunked_push_survives_faults() {
     assert!(log.contains("starting it again"), "{log}");
     assert!(log.contains(&format!("at byte {} of", 16 << 20)), "{log}");
     let fired = proxy.log.fired.lock().unwrap().clone();
-    assert!(
-        proxy.faults.lock().unwrap().is_empty(),
-        "faults left: {fired:?}"
-    );
+    assert!(proxy.faults.lock().unwrap().is_empty(), "faults left: {fired:?}");
     let digest = first["manifest_digest"].as_str().unwrap().to_owned();
-    let big = first["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["size"].as_u64().unwrap())
-        .max()
-        .unwrap();
-    assert!(
-        big > 16 << 20,
-        "the big layer must take the chunked path ({big} bytes)"
-    );
+    let big = first["layers"].as_array().unwrap().iter().map(|l| l["size"].as_u64().unwrap()).max().unwrap();
+    assert!(big > 16 << 20, "the big layer must take the chunked path ({big} bytes)");
     let reqs = proxy.requests();
     assert!(
-        reqs.iter()
-            .any(|r| r.starts_with("GET ") && r.contains("/blobs/uploads/")),
+        reqs.iter().any(|r| r.starts_with("GET ") && r.contains("/blobs/uploads/")),
         "no upload status request after the failed chunk: {reqs:?}"
     );
     // Resumed, not restarted, after the 500: at most the big blob twice plus 1 MiB was sent.
     let sent = stat(&first, "bytes_uploaded");
     assert!(sent > big, "{sent} <= {big}");
     // Restarting instead of resuming would resend the whole blob: > big + 16 MiB in all.
-    assert!(
-        sent < big + (16 << 20),
-        "sent {sent} bytes for a {big}-byte blob: the resume resent too much"
-    );
+    assert!(sent < big + (16 << 20), "sent {sent} bytes for a {big}-byte blob: the resume resent too much");
     assert_eq!(reg.digest_of("big:1").as_deref(), Some(digest.as_str()));
     assert_eq!(reg.copy_back("big:1", &t.path().join("back")), digest);
 
     let before = proxy.upload_bytes();
     let started = Instant::now();
     let second = nixoci(&args, &[]).ok();
-    eprintln!(
-        "20 MiB image: no-change re-push {:.2}s",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("20 MiB image: no-change re-push {:.2}s", started.elapsed().as_secs_f64());
     assert_eq!(proxy.upload_bytes(), before);
     assert_eq!(stat(&second, "bytes_read"), 0);
 
@@ -1108,10 +910,7 @@ fn chunked_push_survives_faults() {
     let d = nixoci(&direct, &[]).ok();
     let secs = started.elapsed().as_secs_f64();
     let bytes = stat(&d, "bytes_uploaded");
-    eprintln!(
-        "20 MiB image pushed in {secs:.2}s (warm layer cache): {:.0} MB/s",
-        bytes as f64 / secs / 1e6
-    );
+    eprintln!("20 MiB image pushed in {secs:.2}s (warm layer cache): {:.0} MB/s", bytes as f64 / secs / 1e6);
 }
 
 /// Two processes push images that share layers to one registry at once: both succeed, both
@@ -1139,10 +938,7 @@ fn concurrent_pushes_share_layers() {
     for (i, r) in results.iter().enumerate() {
         let d = r["manifest_digest"].as_str().unwrap();
         assert_eq!(reg.digest_of(&format!("shared:{i}")).as_deref(), Some(d));
-        assert_eq!(
-            reg.copy_back(&format!("shared:{i}"), &t.path().join(format!("back{i}"))),
-            d
-        );
+        assert_eq!(reg.copy_back(&format!("shared:{i}"), &t.path().join(format!("back{i}"))), d);
     }
 }
 
@@ -1170,17 +966,10 @@ fn basic_auth_credentials() {
     let mut a = build_args(std::slice::from_ref(&dest), &cache, Some(&other));
     a.extend(s(&["--creds", &format!("{USER}:wrong-{PASSWORD}")]));
     let e = nixoci(&a, &[]).fails();
-    assert!(
-        e.contains(&reg.host()) && e.contains("refused the credentials"),
-        "{e}"
-    );
+    assert!(e.contains(&reg.host()) && e.contains("refused the credentials"), "{e}");
     assert_eq!(reg.digest_of("auth:1").as_deref(), Some(digest.as_str()));
     // No credentials at all: the error says where to put them.
-    let e = nixoci(
-        &build_args(std::slice::from_ref(&dest), &cache, Some(&other)),
-        &[],
-    )
-    .fails();
+    let e = nixoci(&build_args(std::slice::from_ref(&dest), &cache, Some(&other)), &[]).fails();
     assert!(e.contains(&reg.host()) && e.contains("--creds"), "{e}");
     assert_eq!(reg.digest_of("auth:1").as_deref(), Some(digest.as_str()));
 
@@ -1188,21 +977,13 @@ fn basic_auth_credentials() {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(&creds);
     let authfile = t.path().join("auth.json");
-    fs::write(
-        &authfile,
-        format!(r#"{{"auths":{{"{}":{{"auth":"{b64}"}}}}}}"#, reg.host()),
-    )
-    .unwrap();
+    fs::write(&authfile, format!(r#"{{"auths":{{"{}":{{"auth":"{b64}"}}}}}}"#, reg.host())).unwrap();
     let mut a = build_args(std::slice::from_ref(&dest), &cache, None);
     a.extend(s(&["--authfile", &authfile.display().to_string()]));
     let r = nixoci(&a, &[]).ok();
     assert_eq!(stat(&r, "bytes_uploaded"), 0);
     let a = build_args(&[format!("docker://{}/auth:2", reg.host())], &cache, None);
-    nixoci(
-        &a,
-        &[("REGISTRY_AUTH_FILE", &authfile.display().to_string())],
-    )
-    .ok();
+    nixoci(&a, &[("REGISTRY_AUTH_FILE", &authfile.display().to_string())]).ok();
     assert_eq!(reg.digest_of("auth:2").as_deref(), Some(digest.as_str()));
 
     let bin = t.path().join("bin");
@@ -1221,16 +1002,8 @@ fn basic_auth_credentials() {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
     let helper_auth = t.path().join("helper.json");
-    fs::write(
-        &helper_auth,
-        format!(r#"{{"credHelpers":{{"{}":"nixoci-test"}}}}"#, reg.host()),
-    )
-    .unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    fs::write(&helper_auth, format!(r#"{{"credHelpers":{{"{}":"nixoci-test"}}}}"#, reg.host())).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let mut a = build_args(&[format!("docker://{}/auth:3", reg.host())], &cache, None);
     a.extend(s(&["--authfile", &helper_auth.display().to_string()]));
     nixoci(&a, &[("PATH", &path)]).ok();
@@ -1242,10 +1015,7 @@ fn basic_auth_credentials() {
     assert_eq!(oci_manifest_digest(&t.path().join("copied"), "c"), digest);
     let back = format!("docker://{}/auth-copy:1", reg.host());
     nixoci(&s(&["copy", "--creds", &creds, &oci, &back]), &[]).ok();
-    assert_eq!(
-        reg.digest_of("auth-copy:1").as_deref(),
-        Some(digest.as_str())
-    );
+    assert_eq!(reg.digest_of("auth-copy:1").as_deref(), Some(digest.as_str()));
 }
 
 /// Token (bearer) auth, as GHCR, Docker Hub and Harbor do it: the `WWW-Authenticate`
@@ -1267,47 +1037,23 @@ fn bearer_token_auth() {
     let out = run.out.clone();
     let first = run.ok();
     let ours: Vec<String> = tokens.log.lock().unwrap().requests.clone();
-    assert!(
-        ours.len() >= 2 && ours.iter().all(|r| r == "repository:team/app:pull,push"),
-        "token requests: {ours:?}"
-    );
+    assert!(ours.len() >= 2 && ours.iter().all(|r| r == "repository:team/app:pull,push"), "token requests: {ours:?}");
     let digest = first["manifest_digest"].as_str().unwrap().to_owned();
-    assert_eq!(
-        reg.digest_of("team/app:1").as_deref(),
-        Some(digest.as_str())
-    );
+    assert_eq!(reg.digest_of("team/app:1").as_deref(), Some(digest.as_str()));
     assert_eq!(reg.copy_back("team/app:1", &t.path().join("back")), digest);
     {
         let l = tokens.log.lock().unwrap();
         // The first token granted nothing: the registry said 401 and the client refreshed it.
         for tok in &l.tokens {
             for stream in [&out.stdout, &out.stderr] {
-                assert!(
-                    !String::from_utf8_lossy(stream).contains(tok.as_str()),
-                    "a token was printed"
-                );
+                assert!(!String::from_utf8_lossy(stream).contains(tok.as_str()), "a token was printed");
             }
         }
     }
     // A mount from another repository asks for both scopes in one token.
     let copy_dest = format!("docker://{}/team/app-copy:1", reg.host());
-    let m = nixoci(
-        &s(&[
-            "copy",
-            "--creds",
-            &creds,
-            "--mount-from",
-            "team/app",
-            &dest,
-            &copy_dest,
-        ]),
-        &[],
-    )
-    .ok();
-    assert_eq!(
-        stat(&m, "blobs_mounted"),
-        first["layers"].as_array().unwrap().len() as u64 + 1
-    );
+    let m = nixoci(&s(&["copy", "--creds", &creds, "--mount-from", "team/app", &dest, &copy_dest]), &[]).ok();
+    assert_eq!(stat(&m, "blobs_mounted"), first["layers"].as_array().unwrap().len() as u64 + 1);
     assert!(
         tokens
             .log
@@ -1319,23 +1065,14 @@ fn bearer_token_auth() {
         "{:?}",
         tokens.log.lock().unwrap().requests
     );
-    assert_eq!(
-        reg.digest_of("team/app-copy:1").as_deref(),
-        Some(digest.as_str())
-    );
+    assert_eq!(reg.digest_of("team/app-copy:1").as_deref(), Some(digest.as_str()));
     // Wrong password: the token endpoint refuses; the error names the registry.
     let other = other_spec(t.path(), "other");
     let mut a = build_args(std::slice::from_ref(&dest), &cache, Some(&other));
     a.extend(s(&["--creds", &format!("{USER}:wrong-{PASSWORD}")]));
     let e = nixoci(&a, &[]).fails();
-    assert!(
-        e.contains(&reg.host()) && e.contains("refused the credentials"),
-        "{e}"
-    );
-    assert_eq!(
-        reg.digest_of("team/app:1").as_deref(),
-        Some(digest.as_str())
-    );
+    assert!(e.contains(&reg.host()) && e.contains("refused the credentials"), "{e}");
+    assert_eq!(reg.digest_of("team/app:1").as_deref(), Some(digest.as_str()));
 }
 
 /// TLS with a private CA: --cert-dir works; without it the certificate is refused clearly and
@@ -1353,29 +1090,14 @@ fn tls_with_private_ca() {
     assert_eq!(reg.digest_of("tls:1").as_deref(), Some(digest.as_str()));
     assert_eq!(reg.copy_back("tls:1", &t.path().join("back")), digest);
 
-    let e = nixoci(
-        &build_args(
-            &[format!("docker://{}/tls:untrusted", reg.host())],
-            &cache,
-            None,
-        ),
-        &[],
-    )
-    .fails();
+    let e = nixoci(&build_args(&[format!("docker://{}/tls:untrusted", reg.host())], &cache, None), &[]).fails();
     assert!(e.contains(&reg.host()) && e.contains("certificate"), "{e}");
     assert_eq!(reg.digest_of("tls:untrusted"), None);
 
-    let mut a = build_args(
-        &[format!("docker://{}/tls:insecure", reg.host())],
-        &cache,
-        None,
-    );
+    let mut a = build_args(&[format!("docker://{}/tls:insecure", reg.host())], &cache, None);
     a.push("--tls-verify=false".into());
     nixoci(&a, &[]).ok();
-    assert_eq!(
-        reg.digest_of("tls:insecure").as_deref(),
-        Some(digest.as_str())
-    );
+    assert_eq!(reg.digest_of("tls:insecure").as_deref(), Some(digest.as_str()));
 
     // Reading over TLS: copy back into an OCI layout.
     let oci = format!("oci:{}:c", t.path().join("copied").display());
@@ -1398,11 +1120,7 @@ fn tls_with_private_ca() {
 fn registry_down_fails_clearly() {
     let port = free_port();
     let t = tempdir();
-    let mut a = build_args(
-        &[format!("docker://127.0.0.1:{port}/down:1")],
-        &t.path().join("cache"),
-        None,
-    );
+    let mut a = build_args(&[format!("docker://127.0.0.1:{port}/down:1")], &t.path().join("cache"), None);
     a.extend(s(&["--retry-times", "1"]));
     let started = Instant::now();
     let e = nixoci(&a, &[]).fails();
@@ -1430,11 +1148,7 @@ fn nix_test_closure_push_and_update() {
         let mut a = s(&["build", "--closure"]);
         a.push(c.closure_json().display().to_string());
         a.extend(s(&["--image"]));
-        a.push(
-            common::nix_image_toml(c, &t.path().join(tag))
-                .display()
-                .to_string(),
-        );
+        a.push(common::nix_image_toml(c, &t.path().join(tag)).display().to_string());
         a.extend(s(&["--cache-dir", &cache.display().to_string(), "-o"]));
         a.push(format!("docker://{}/nix:{tag}", reg.host()));
         a
@@ -1460,18 +1174,11 @@ fn nix_test_closure_push_and_update() {
 
     // Variant 2: only the layers whose paths changed (and the config) go up.
     let second = nixoci(&args(v2, "v2"), &[]).ok();
-    let old: std::collections::BTreeSet<&str> = first["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap())
-        .collect();
-    let changed = second["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| !old.contains(l["digest"].as_str().unwrap()))
-        .count() as u64;
+    let old: std::collections::BTreeSet<&str> =
+        first["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap()).collect();
+    let changed =
+        second["layers"].as_array().unwrap().iter().filter(|l| !old.contains(l["digest"].as_str().unwrap())).count()
+            as u64;
     assert!(changed >= 1);
     assert_eq!(stat(&second, "blobs_uploaded"), changed + 1, "{second:#}");
     let d2 = second["manifest_digest"].as_str().unwrap();

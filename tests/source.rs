@@ -57,24 +57,15 @@ fn every_transport_reads_back_the_same_image() {
     let tars: Vec<_> = imgs.iter().map(read_all_layers).collect();
     assert_eq!(tars[0], tars[1]);
     assert_eq!(tars[0], tars[2]);
-    assert!(imgs[0].layers.iter().any(|l| {
-        l.annotations
-            .contains_key(nixoci::image::ANNOTATION_STORE_PATHS)
-    }));
+    assert!(imgs[0].layers.iter().any(|l| { l.annotations.contains_key(nixoci::image::ANNOTATION_STORE_PATHS) }));
 }
 
 #[test]
 fn corrupt_and_truncated_blobs_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let oci = dir.path().join("oci");
-    build_example(vec![ImageRef::OciDir {
-        dir: oci.clone(),
-        tag: None,
-    }]);
-    let r = ImageRef::OciDir {
-        dir: oci.clone(),
-        tag: None,
-    };
+    build_example(vec![ImageRef::OciDir { dir: oci.clone(), tag: None }]);
+    let r = ImageRef::OciDir { dir: oci.clone(), tag: None };
     let img = SourceImage::open(&r).unwrap();
     let l = &img.layers[0];
     let blob = oci.join("blobs/sha256").join(l.digest.hex());
@@ -83,38 +74,18 @@ fn corrupt_and_truncated_blobs_are_refused() {
     bytes[last] ^= 0xff;
     std::fs::write(&blob, &bytes).unwrap();
     let mut sink = Vec::new();
-    let err = img
-        .open_blob(&l.digest, l.size)
-        .unwrap()
-        .read_to_end(&mut sink)
-        .unwrap_err()
-        .to_string();
+    let err = img.open_blob(&l.digest, l.size).unwrap().read_to_end(&mut sink).unwrap_err().to_string();
     assert!(err.contains("does not match its digest"), "{err}");
     std::fs::write(&blob, &bytes[..10]).unwrap();
-    let err = img
-        .open_blob(&l.digest, l.size)
-        .unwrap()
-        .read_to_end(&mut sink)
-        .unwrap_err()
-        .to_string();
+    let err = img.open_blob(&l.digest, l.size).unwrap().read_to_end(&mut sink).unwrap_err().to_string();
     assert!(err.contains("truncated"), "{err}");
 
     // A truncated archive is refused when it is opened.
     let archive = dir.path().join("o.tar");
-    build_example(vec![ImageRef::OciArchive {
-        file: archive.clone(),
-        reference: None,
-    }]);
+    build_example(vec![ImageRef::OciArchive { file: archive.clone(), reference: None }]);
     let bytes = std::fs::read(&archive).unwrap();
     std::fs::write(&archive, &bytes[..bytes.len() / 2]).unwrap();
-    let err = format!(
-        "{:#}",
-        SourceImage::open(&ImageRef::OciArchive {
-            file: archive,
-            reference: None
-        })
-        .err()
-        .unwrap()
-    );
+    let err =
+        format!("{:#}", SourceImage::open(&ImageRef::OciArchive { file: archive, reference: None }).err().unwrap());
     assert!(err.contains("o.tar"), "{err}");
 }

@@ -73,26 +73,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
         store_root: args.inputs.store_root.clone(),
         spec,
         compression: args.compression,
-        jobs: args
-            .jobs
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         epoch: source_date_epoch()?,
         outputs: args.registry.apply(args.outputs)?,
-        cache_dir: if args.no_cache {
-            None
-        } else {
-            args.cache_dir.or_else(nixoci::cache::Cache::default_dir)
-        },
+        cache_dir: if args.no_cache { None } else { args.cache_dir.or_else(nixoci::cache::Cache::default_dir) },
         policy: args.policy.as_deref().map(nixoci::policy::Policy::load).transpose()?,
     };
     let reporter = CliReporter::new(args.quiet);
     let mut report = build::build(&closure, &plan, &opts, &reporter)?;
     report.stats.seconds.insert("closure".into(), closure_secs);
     report.stats.seconds.insert("plan".into(), plan_secs);
-    report
-        .stats
-        .seconds
-        .insert("total".into(), started.elapsed().as_secs_f64());
+    report.stats.seconds.insert("total".into(), started.elapsed().as_secs_f64());
     reporter.finish();
     if args.json {
         super::print_json(&report)?;
@@ -122,10 +113,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
 /// `SOURCE_DATE_EPOCH`, or 1 (not 0: some tools treat a zero mtime as "unset").
 pub(super) fn source_date_epoch() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => v
-            .trim()
-            .parse()
-            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        Ok(v) if !v.is_empty() => {
+            v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))
+        }
         _ => Ok(1),
     }
 }

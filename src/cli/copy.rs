@@ -10,8 +10,7 @@ use nixoci::copy::{self, CopyOptions};
 use nixoci::transport::ImageRef;
 
 #[derive(Debug, clap::Args)]
-#[command(
-    after_help = "SOURCES: oci:DIR[:TAG], oci-archive:FILE[:REF], docker-archive:FILE[:REF], \
+#[command(after_help = "SOURCES: oci:DIR[:TAG], oci-archive:FILE[:REF], docker-archive:FILE[:REF], \
 docker://HOST[:PORT]/REPO[:TAG|@DIGEST]
 DESTINATIONS: oci:DIR[:TAG], oci-archive:FILE[:REF], docker://HOST[:PORT]/REPO[:TAG|@DIGEST]
 The manifest is copied byte for byte: the image keeps its digest. Registry options apply to
@@ -20,8 +19,7 @@ both sides.
 EXAMPLES:
   nixoci copy oci:out:1.4 docker://registry.example.com/acme/app:1.4
   nixoci copy docker://registry.example.com/acme/app:1.4 oci:app:1.4
-  nixoci copy --mount-from acme/app docker://r.example.com/acme/app:1.4 docker://r.example.com/acme/app-staging:1.4"
-)]
+  nixoci copy --mount-from acme/app docker://r.example.com/acme/app:1.4 docker://r.example.com/acme/app-staging:1.4")]
 pub struct Args {
     /// The image to copy.
     #[arg(value_name = "SRC", value_parser = ImageRef::parse)]
@@ -44,14 +42,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let mut refs = args.registry.apply(vec![args.src, args.dest])?.into_iter();
-    let (Some(src), Some(dest)) = (refs.next(), refs.next()) else {
-        unreachable!("two references in, two out")
-    };
+    let (Some(src), Some(dest)) = (refs.next(), refs.next()) else { unreachable!("two references in, two out") };
     let reporter = CliReporter::new(args.quiet);
-    let opts = CopyOptions {
-        jobs: args.jobs.max(1),
-        epoch: super::build::source_date_epoch()?,
-    };
+    let opts = CopyOptions { jobs: args.jobs.max(1), epoch: super::build::source_date_epoch()? };
     let report = copy::copy(&src, &dest, &opts, &reporter)?;
     reporter.finish();
     if args.json {

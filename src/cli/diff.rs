@@ -11,12 +11,10 @@ use nixoci::transport::ImageRef;
 use nixoci::transport::source::SourceImage;
 
 #[derive(Debug, clap::Args)]
-#[command(
-    after_help = "OLD, NEW: oci:DIR[:TAG], oci-archive:FILE[:REF] or docker-archive:FILE[:REF].
+#[command(after_help = "OLD, NEW: oci:DIR[:TAG], oci-archive:FILE[:REF] or docker-archive:FILE[:REF].
 
 Download bytes are the compressed sizes of NEW's layers that OLD lacks. Exits 0 whether or not
-the images differ."
-)]
+the images differ.")]
 pub struct Args {
     /// The image a node holds.
     #[arg(value_name = "OLD", value_parser = ImageRef::parse)]

@@ -56,7 +56,7 @@ pub struct Inputs {
 const MIN_LAYER_SIZE: u64 = 64 * 1024;
 
 fn parse_layer_size(s: &str) -> Result<u64> {
-    let n = layering::size::parse_size(s)?;
+    let n = nixoci::size::parse_size(s)?;
     if n < MIN_LAYER_SIZE {
         bail!("{s:?} is below the smallest layer size cap, 64KiB");
     }

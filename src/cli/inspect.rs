@@ -10,12 +10,10 @@ use nixoci::transport::ImageRef;
 use nixoci::transport::source::SourceImage;
 
 #[derive(Debug, clap::Args)]
-#[command(
-    after_help = "IMAGE: oci:DIR[:TAG], oci-archive:FILE[:REF] or docker-archive:FILE[:REF].
+#[command(after_help = "IMAGE: oci:DIR[:TAG], oci-archive:FILE[:REF] or docker-archive:FILE[:REF].
 
 Store paths come from nixoci's layer annotations when nixoci built the image (no layer is read),
-otherwise from each layer's tar headers (streamed, never extracted)."
-)]
+otherwise from each layer's tar headers (streamed, never extracted).")]
 pub struct Args {
     /// The image to inspect.
     #[arg(value_name = "IMAGE", value_parser = ImageRef::parse)]
@@ -32,13 +30,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<ExitCode> {
     let img = SourceImage::open(&args.image)?;
     let reporter = CliReporter::new(false);
-    let ins = inspect::inspect(
-        &img,
-        &InspectOptions {
-            read_layers: args.read_layers,
-        },
-        &reporter,
-    )?;
+    let ins = inspect::inspect(&img, &InspectOptions { read_layers: args.read_layers }, &reporter)?;
     reporter.finish();
     if args.json {
         super::print_json(&ins)?;

@@ -2,8 +2,8 @@
 
 mod build;
 mod check;
-mod diff;
 mod copy;
+mod diff;
 mod inputs;
 mod inspect;
 mod plan;
@@ -66,11 +66,7 @@ pub fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("NIXOCI_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .without_time()
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().try_init();
 }
 
 /// Prints `value` as the one JSON document on stdout.

@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use super::inputs::Inputs;
 use nixoci::closure::StorePath;
-use nixoci::layering::size::human;
 use nixoci::layering::{PreviousReport, Split};
+use nixoci::size::human;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -49,9 +49,7 @@ impl RegistryArgs {
     pub fn options(&self) -> Result<Arc<RegistryOptions>> {
         let creds = match &self.creds {
             Some(s) => Some(
-                s.expose()
-                    .parse::<Credentials>()
-                    .map_err(|_| anyhow::anyhow!("--creds: expected USER:PASSWORD"))?,
+                s.expose().parse::<Credentials>().map_err(|_| anyhow::anyhow!("--creds: expected USER:PASSWORD"))?,
             ),
             None => None,
         };
@@ -61,19 +59,13 @@ impl RegistryArgs {
             cert_dir: self.cert_dir.clone(),
             insecure: !self.tls_verify,
             mount_from: self.mount_from.clone(),
-            retry: RetryPolicy {
-                retries: self.retry_times,
-                ..RetryPolicy::default()
-            },
+            retry: RetryPolicy { retries: self.retry_times, ..RetryPolicy::default() },
         }))
     }
 
     /// `refs` with these options where they are registry references.
     pub fn apply(&self, refs: Vec<ImageRef>) -> Result<Vec<ImageRef>> {
         let options = self.options()?;
-        Ok(refs
-            .into_iter()
-            .map(|r| r.with_registry_options(&options))
-            .collect())
+        Ok(refs.into_iter().map(|r| r.with_registry_options(&options)).collect())
     }
 }

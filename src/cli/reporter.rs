@@ -30,10 +30,7 @@ const LINE_EVERY: Duration = Duration::from_secs(5);
 enum Mode {
     Quiet,
     Lines(Mutex<Vec<(String, usize)>>),
-    Bars {
-        multi: MultiProgress,
-        bars: Mutex<Vec<Option<ProgressBar>>>,
-    },
+    Bars { multi: MultiProgress, bars: Mutex<Vec<Option<ProgressBar>>> },
 }
 
 impl CliReporter {
@@ -48,10 +45,7 @@ impl CliReporter {
         } else {
             Mode::Lines(Mutex::new(Vec::new()))
         };
-        Self {
-            mode,
-            uploads: Mutex::new(BTreeMap::new()),
-        }
+        Self { mode, uploads: Mutex::new(BTreeMap::new()) }
     }
 
     pub fn finish(&self) {
@@ -75,11 +69,9 @@ impl Reporter for CliReporter {
             Mode::Bars { multi, bars } => {
                 let bar = multi.add(ProgressBar::new(bytes));
                 bar.set_style(
-                    ProgressStyle::with_template(
-                        "{prefix:>7} {wide_msg} {bytes:>10}/{total_bytes:<10} {bar:30}",
-                    )
-                    .unwrap()
-                    .progress_chars("=> "),
+                    ProgressStyle::with_template("{prefix:>7} {wide_msg} {bytes:>10}/{total_bytes:<10} {bar:30}")
+                        .unwrap()
+                        .progress_chars("=> "),
                 );
                 bar.set_prefix(format!("{}/{}", index + 1, total));
                 bar.set_message(label.to_owned());
@@ -93,10 +85,10 @@ impl Reporter for CliReporter {
     }
 
     fn layer_progress(&self, index: usize, bytes: u64) {
-        if let Mode::Bars { bars, .. } = &self.mode {
-            if let Some(Some(bar)) = bars.lock().unwrap().get(index) {
-                bar.inc(bytes);
-            }
+        if let Mode::Bars { bars, .. } = &self.mode
+            && let Some(Some(bar)) = bars.lock().unwrap().get(index)
+        {
+            bar.inc(bytes);
         }
     }
 
@@ -139,15 +131,10 @@ impl Reporter for CliReporter {
                 Some(bar)
             }
         };
-        self.uploads.lock().unwrap().insert(
-            id,
-            Upload {
-                label: label.to_owned(),
-                total: bytes,
-                last_line: Instant::now(),
-                bar,
-            },
-        );
+        self.uploads
+            .lock()
+            .unwrap()
+            .insert(id, Upload { label: label.to_owned(), total: bytes, last_line: Instant::now(), bar });
     }
 
     fn upload_progress(&self, id: usize, position: u64) {
@@ -159,12 +146,7 @@ impl Reporter for CliReporter {
             Some(bar) => bar.set_position(position),
             None if u.last_line.elapsed() >= LINE_EVERY => {
                 u.last_line = Instant::now();
-                eprintln!(
-                    "uploading {}: {} of {}",
-                    u.label,
-                    human(position),
-                    human(u.total)
-                );
+                eprintln!("uploading {}: {} of {}", u.label, human(position), human(u.total));
             }
             None => {}
         }
@@ -198,18 +180,4 @@ fn short(digest: &str) -> &str {
     &digest[..digest.len().min(19)]
 }
 
-/// `1.5 GiB`, `120 MiB`, `512 B`.
-pub fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use nixoci::size::human;

@@ -69,15 +69,8 @@ impl Closure {
 
     /// Paths no other path refers to.
     pub fn roots(&self) -> Vec<&StorePath> {
-        let referenced: BTreeSet<&StorePath> = self
-            .paths
-            .values()
-            .flat_map(|i| i.references.iter())
-            .collect();
-        self.paths
-            .keys()
-            .filter(|p| !referenced.contains(p))
-            .collect()
+        let referenced: BTreeSet<&StorePath> = self.paths.values().flat_map(|i| i.references.iter()).collect();
+        self.paths.keys().filter(|p| !referenced.contains(p)).collect()
     }
 
     /// The NAR size, or 0 where it is unknown.
@@ -86,17 +79,14 @@ impl Closure {
     }
 
     /// `start` and everything it refers to, directly or not.
-    pub fn closure_of<'a>(
-        &'a self,
-        start: impl IntoIterator<Item = &'a StorePath>,
-    ) -> BTreeSet<&'a StorePath> {
+    pub fn closure_of<'a>(&'a self, start: impl IntoIterator<Item = &'a StorePath>) -> BTreeSet<&'a StorePath> {
         let mut seen = BTreeSet::new();
         let mut stack: Vec<&StorePath> = start.into_iter().collect();
         while let Some(p) = stack.pop() {
-            if let Some((key, info)) = self.paths.get_key_value(p) {
-                if seen.insert(key) {
-                    stack.extend(info.references.iter());
-                }
+            if let Some((key, info)) = self.paths.get_key_value(p)
+                && seen.insert(key)
+            {
+                stack.extend(info.references.iter());
             }
         }
         seen
@@ -139,9 +129,7 @@ mod tests {
 
     #[test]
     fn dangling_reference_names_both_paths() {
-        let err = Closure::new([info("a", 1, &["b"])])
-            .unwrap_err()
-            .to_string();
+        let err = Closure::new([info("a", 1, &["b"])]).unwrap_err().to_string();
         assert!(err.contains("-a refers to") && err.contains("-b"), "{err}");
     }
 

@@ -18,8 +18,7 @@ use super::{Closure, NarHash, PathInfo, StorePath};
 
 /// Reads `--closure FILE`, whatever its shape.
 pub fn closure_file(file: &Path) -> Result<Closure> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("reading closure file {}", file.display()))?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading closure file {}", file.display()))?;
     parse(&text).with_context(|| format!("reading closure file {}", file.display()))
 }
 
@@ -28,23 +27,13 @@ pub fn closure_info(dir: &Path) -> Result<Closure> {
     let file = dir.join("registration");
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("reading closureInfo registration {}", file.display()))?;
-    let closure =
-        parse_registration(&text).with_context(|| format!("reading {}", file.display()))?;
+    let closure = parse_registration(&text).with_context(|| format!("reading {}", file.display()))?;
     let listed = dir.join("store-paths");
     if let Ok(paths) = std::fs::read_to_string(&listed) {
-        for (n, line) in paths
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let p = StorePath::parse(line.trim())
-                .with_context(|| format!("{}:{}", listed.display(), n + 1))?;
+        for (n, line) in paths.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let p = StorePath::parse(line.trim()).with_context(|| format!("{}:{}", listed.display(), n + 1))?;
             if closure.get(&p).is_none() {
-                bail!(
-                    "{}:{}: {p} is not in the registration",
-                    listed.display(),
-                    n + 1
-                );
+                bail!("{}:{}: {p} is not in the registration", listed.display(), n + 1);
             }
         }
     }
@@ -84,33 +73,19 @@ pub fn parse(text: &str) -> Result<Closure> {
 
 fn parse_json(value: &Value) -> Result<Closure> {
     let infos: Vec<PathInfo> = match value {
-        Value::Array(items) => items
-            .iter()
-            .map(|v| path_info(None, v))
-            .collect::<Result<_>>()?,
+        Value::Array(items) => items.iter().map(|v| path_info(None, v)).collect::<Result<_>>()?,
         Value::Object(map)
-            if map.contains_key("info")
-                && (map.contains_key("version") || map.contains_key("storeDir")) =>
+            if map.contains_key("info") && (map.contains_key("version") || map.contains_key("storeDir")) =>
         {
-            let info = map["info"]
-                .as_object()
-                .ok_or_else(|| anyhow!("\"info\" is not an object"))?;
-            info.iter()
-                .map(|(k, v)| path_info(Some(k), v))
-                .collect::<Result<_>>()?
+            let info = map["info"].as_object().ok_or_else(|| anyhow!("\"info\" is not an object"))?;
+            info.iter().map(|(k, v)| path_info(Some(k), v)).collect::<Result<_>>()?
         }
         Value::Object(map) if map.len() == 1 && map.values().all(Value::is_array) => {
             // structured-attrs exportReferencesGraph: {"closure": [...]}, whatever the attribute name
             let items = map.values().next().and_then(Value::as_array).unwrap();
-            items
-                .iter()
-                .map(|v| path_info(None, v))
-                .collect::<Result<_>>()?
+            items.iter().map(|v| path_info(None, v)).collect::<Result<_>>()?
         }
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| path_info(Some(k), v))
-            .collect::<Result<_>>()?,
+        Value::Object(map) => map.iter().map(|(k, v)| path_info(Some(k), v)).collect::<Result<_>>()?,
         _ => bail!("expected a JSON array or object of store path information"),
     };
     Closure::new(infos)
@@ -119,10 +94,7 @@ fn parse_json(value: &Value) -> Result<Closure> {
 fn path_info(key: Option<&str>, v: &Value) -> Result<PathInfo> {
     let obj = match v {
         Value::Object(o) => o,
-        Value::Null => bail!(
-            "store path {} is not valid (Nix reports it as null: is it built?)",
-            key.unwrap_or("?")
-        ),
+        Value::Null => bail!("store path {} is not valid (Nix reports it as null: is it built?)", key.unwrap_or("?")),
         _ => bail!("expected an object for store path {}", key.unwrap_or("?")),
     };
     let path_str = match (obj.get("path").and_then(Value::as_str), key) {
@@ -136,9 +108,7 @@ fn path_info(key: Option<&str>, v: &Value) -> Result<PathInfo> {
     }
     let nar_hash = match obj.get("narHash") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => {
-            Some(NarHash::parse(s).with_context(|| format!("store path {path}"))?)
-        }
+        Some(Value::String(s)) => Some(NarHash::parse(s).with_context(|| format!("store path {path}"))?),
         // 2.33+ may spell hashes as {"algorithm": "sha256", "hash": "…", …}
         Some(Value::Object(h)) => {
             let s = h
@@ -151,42 +121,25 @@ fn path_info(key: Option<&str>, v: &Value) -> Result<PathInfo> {
     };
     let nar_size = match obj.get("narSize") {
         None | Some(Value::Null) => None,
-        Some(n) => Some(
-            n.as_u64()
-                .ok_or_else(|| anyhow!("store path {path}: narSize {n} is not a size"))?,
-        ),
+        Some(n) => Some(n.as_u64().ok_or_else(|| anyhow!("store path {path}: narSize {n} is not a size"))?),
     };
     let references = match obj.get("references") {
         None | Some(Value::Null) => BTreeSet::new(),
         Some(Value::Array(refs)) => refs
             .iter()
             .map(|r| {
-                let s = r
-                    .as_str()
-                    .ok_or_else(|| anyhow!("store path {path}: reference {r} is not a string"))?;
+                let s = r.as_str().ok_or_else(|| anyhow!("store path {path}: reference {r} is not a string"))?;
                 StorePath::parse(s).with_context(|| format!("store path {path}: bad reference"))
             })
             .collect::<Result<_>>()?,
-        Some(other) => bail!(
-            "store path {path}: references must be an array, not {}",
-            short(other)
-        ),
+        Some(other) => bail!("store path {path}: references must be an array, not {}", short(other)),
     };
-    Ok(PathInfo {
-        path,
-        nar_hash,
-        nar_size,
-        references,
-    })
+    Ok(PathInfo { path, nar_hash, nar_size, references })
 }
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 80 {
-        format!("{}…", &s[..80])
-    } else {
-        s
-    }
+    if s.len() > 80 { format!("{}…", &s[..80]) } else { s }
 }
 
 /// The classic exportReferencesGraph file: blocks of path, deriver, count, references.
@@ -198,29 +151,18 @@ fn parse_graph(text: &str) -> Result<Closure> {
             continue;
         }
         let path = StorePath::parse(line).with_context(|| format!("line {n}"))?;
-        let _deriver = lines
-            .next()
-            .ok_or_else(|| anyhow!("line {n}: {path} ends before its deriver line"))?;
-        let (cn, count) = lines
-            .next()
-            .ok_or_else(|| anyhow!("line {n}: {path} ends before its reference count"))?;
-        let count: usize = count
-            .trim()
-            .parse()
-            .with_context(|| format!("line {cn}: reference count {count:?} of {path}"))?;
+        let _deriver = lines.next().ok_or_else(|| anyhow!("line {n}: {path} ends before its deriver line"))?;
+        let (cn, count) = lines.next().ok_or_else(|| anyhow!("line {n}: {path} ends before its reference count"))?;
+        let count: usize =
+            count.trim().parse().with_context(|| format!("line {cn}: reference count {count:?} of {path}"))?;
         let mut references = BTreeSet::new();
         for _ in 0..count {
-            let (rn, r) = lines.next().ok_or_else(|| {
-                anyhow!("line {cn}: {path} lists {count} references, the file ends first")
-            })?;
+            let (rn, r) = lines
+                .next()
+                .ok_or_else(|| anyhow!("line {cn}: {path} lists {count} references, the file ends first"))?;
             references.insert(StorePath::parse(r).with_context(|| format!("line {rn}"))?);
         }
-        infos.push(PathInfo {
-            path,
-            nar_hash: None,
-            nar_size: None,
-            references,
-        });
+        infos.push(PathInfo { path, nar_hash: None, nar_size: None, references });
     }
     Closure::new(infos)
 }
@@ -232,9 +174,7 @@ fn parse_registration(text: &str) -> Result<Closure> {
     let mut i = 0;
     let mut infos = Vec::new();
     let take = |i: &mut usize, what: &str, path: &StorePath| -> Result<(usize, &str)> {
-        let line = lines
-            .get(*i)
-            .ok_or_else(|| anyhow!("{path}: the file ends before its {what}"))?;
+        let line = lines.get(*i).ok_or_else(|| anyhow!("{path}: the file ends before its {what}"))?;
         *i += 1;
         Ok((*i, *line))
     };
@@ -248,27 +188,16 @@ fn parse_registration(text: &str) -> Result<Closure> {
         let (hn, hash) = take(&mut i, "NAR hash", &path)?;
         let nar_hash = NarHash::parse(hash.trim()).with_context(|| format!("line {hn}"))?;
         let (sn, size) = take(&mut i, "NAR size", &path)?;
-        let nar_size: u64 = size
-            .trim()
-            .parse()
-            .with_context(|| format!("line {sn}: NAR size {size:?}"))?;
+        let nar_size: u64 = size.trim().parse().with_context(|| format!("line {sn}: NAR size {size:?}"))?;
         take(&mut i, "deriver", &path)?;
         let (cn, count) = take(&mut i, "reference count", &path)?;
-        let count: usize = count
-            .trim()
-            .parse()
-            .with_context(|| format!("line {cn}: reference count {count:?}"))?;
+        let count: usize = count.trim().parse().with_context(|| format!("line {cn}: reference count {count:?}"))?;
         let mut references = BTreeSet::new();
         for _ in 0..count {
             let (rn, r) = take(&mut i, "references", &path)?;
             references.insert(StorePath::parse(r).with_context(|| format!("line {rn}"))?);
         }
-        infos.push(PathInfo {
-            path,
-            nar_hash: Some(nar_hash),
-            nar_size: Some(nar_size),
-            references,
-        });
+        infos.push(PathInfo { path, nar_hash: Some(nar_hash), nar_size: Some(nar_size), references });
     }
     Closure::new(infos)
 }
@@ -285,13 +214,7 @@ mod tests {
     fn check(c: &Closure) {
         assert_eq!(c.len(), 2);
         let a = c.get(&StorePath::parse(A).unwrap()).unwrap();
-        assert_eq!(
-            a.references
-                .iter()
-                .map(|r| r.to_string())
-                .collect::<Vec<_>>(),
-            [B]
-        );
+        assert_eq!(a.references.iter().map(|r| r.to_string()).collect::<Vec<_>>(), [B]);
         assert_eq!(c.roots().len(), 1);
     }
 
@@ -336,9 +259,7 @@ mod tests {
 
     #[test]
     fn graph_text_shape() {
-        let text = format!(
-            "{A}\n\n2\n{A}\n{B}\n{B}\n/nix/store/2a9p07z77phvv2hf6gm9f28syp39f1ag-lib.drv\n0\n"
-        );
+        let text = format!("{A}\n\n2\n{A}\n{B}\n{B}\n/nix/store/2a9p07z77phvv2hf6gm9f28syp39f1ag-lib.drv\n0\n");
         check(&parse(&text).unwrap());
         let err = format!("{:#}", parse(&format!("{A}\n\n3\n{B}\n")).unwrap_err());
         assert!(err.contains("lists 3 references"), "{err}");
@@ -349,14 +270,7 @@ mod tests {
         let text = format!("{A}\n{HEX}\n10\n\n2\n{A}\n{B}\n{B}\n{HEX}\n20\n\n0\n");
         let c = parse_registration(&text).unwrap();
         check(&c);
-        assert_eq!(
-            c.get(&StorePath::parse(A).unwrap())
-                .unwrap()
-                .nar_hash
-                .unwrap()
-                .to_hex(),
-            HEX
-        );
+        assert_eq!(c.get(&StorePath::parse(A).unwrap()).unwrap().nar_hash.unwrap().to_hex(), HEX);
     }
 
     #[test]
@@ -367,10 +281,7 @@ mod tests {
 
     #[test]
     fn invalid_name_is_named() {
-        let err = format!(
-            "{:#}",
-            parse(r#"[{"path":"/nix/store/tooshort-x","references":[]}]"#).unwrap_err()
-        );
+        let err = format!("{:#}", parse(r#"[{"path":"/nix/store/tooshort-x","references":[]}]"#).unwrap_err());
         assert!(err.contains("/nix/store/tooshort-x"), "{err}");
     }
 }

@@ -33,9 +33,7 @@ impl StorePath {
     /// Parses a full path (`/nix/store/…`) or a base name (`<hash>-<name>`).
     pub fn parse(s: &str) -> Result<Self, StorePathError> {
         let base = match s.strip_prefix(STORE_DIR) {
-            Some(rest) => rest
-                .strip_prefix('/')
-                .ok_or_else(|| StorePathError::NotInStore(s.to_owned()))?,
+            Some(rest) => rest.strip_prefix('/').ok_or_else(|| StorePathError::NotInStore(s.to_owned()))?,
             None if s.starts_with('/') => return Err(StorePathError::NotInStore(s.to_owned())),
             None => s,
         };
@@ -49,18 +47,14 @@ impl StorePath {
     /// Parses `<hash>-<name>`.
     pub fn from_base_name(base: &str) -> Result<Self, StorePathError> {
         let bytes = base.as_bytes();
-        if bytes.len() < HASH_LEN + 2
-            || bytes[HASH_LEN] != b'-'
-            || !bytes[..HASH_LEN].iter().all(|b| NIX32.contains(b))
+        if bytes.len() < HASH_LEN + 2 || bytes[HASH_LEN] != b'-' || !bytes[..HASH_LEN].iter().all(|b| NIX32.contains(b))
         {
             return Err(StorePathError::BadHash(base.to_owned()));
         }
         let name = &base[HASH_LEN + 1..];
         let name_ok = name.len() <= MAX_NAME_LEN
             && !name.starts_with('.')
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b));
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b));
         if !name_ok {
             return Err(StorePathError::BadName(base.to_owned()));
         }
@@ -129,38 +123,20 @@ mod tests {
         let p = StorePath::parse(&format!("/nix/store/{H}-python3.14-torch-2.10.0")).unwrap();
         assert_eq!(p.name(), "python3.14-torch-2.10.0");
         assert_eq!(p.hash_part(), H);
-        assert_eq!(
-            p,
-            StorePath::parse(&format!("{H}-python3.14-torch-2.10.0")).unwrap()
-        );
-        assert_eq!(
-            p.in_image(),
-            format!("nix/store/{H}-python3.14-torch-2.10.0")
-        );
+        assert_eq!(p, StorePath::parse(&format!("{H}-python3.14-torch-2.10.0")).unwrap());
+        assert_eq!(p.in_image(), format!("nix/store/{H}-python3.14-torch-2.10.0"));
     }
 
     #[test]
     fn rejects_bad_paths() {
-        assert!(matches!(
-            StorePath::parse("/usr/lib/x"),
-            Err(StorePathError::NotInStore(_))
-        ));
+        assert!(matches!(StorePath::parse("/usr/lib/x"), Err(StorePathError::NotInStore(_))));
         assert!(matches!(
             StorePath::parse("/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x"),
             Err(StorePathError::BadHash(_))
         ));
-        assert!(matches!(
-            StorePath::parse(&format!("/nix/store/{H}-a/b")),
-            Err(StorePathError::BadName(_))
-        ));
-        assert!(matches!(
-            StorePath::parse(&format!("/nix/store/{H}-")),
-            Err(StorePathError::BadHash(_))
-        ));
-        assert!(matches!(
-            StorePath::parse(&format!("{H}-.hidden")),
-            Err(StorePathError::BadName(_))
-        ));
+        assert!(matches!(StorePath::parse(&format!("/nix/store/{H}-a/b")), Err(StorePathError::BadName(_))));
+        assert!(matches!(StorePath::parse(&format!("/nix/store/{H}-")), Err(StorePathError::BadHash(_))));
+        assert!(matches!(StorePath::parse(&format!("{H}-.hidden")), Err(StorePathError::BadName(_))));
         let long = "a".repeat(212);
         assert!(StorePath::parse(&format!("{H}-{long}")).is_err());
         assert!(StorePath::parse(&format!("{H}-{}", &long[..211])).is_ok());

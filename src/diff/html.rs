@@ -106,11 +106,7 @@ pub fn render(d: &Diff) -> String {
 
 /// The class of a layer: shared, changed (only one image has it) or regrouped.
 fn class(d: &Diff, side_is_new: bool, l: &LayerInfo) -> &'static str {
-    let other = if side_is_new {
-        &d.old_image
-    } else {
-        &d.new_image
-    };
+    let other = if side_is_new { &d.old_image } else { &d.new_image };
     if other.layers.iter().any(|o| o.digest == l.digest) {
         "shared"
     } else if (side_is_new && d.layers.regrouped.iter().any(|r| r.digest == l.digest))
@@ -163,22 +159,14 @@ fn bars(h: &mut String, d: &Diff) {
             name.to_lowercase()
         );
         push_layers(h, d, ins, is_new, total);
-        let _ = writeln!(
-            h,
-            "</div></div><div class=\"bartotal\">{}</div></div>",
-            human_size(ins.compressed_size)
-        );
+        let _ = writeln!(h, "</div></div><div class=\"bartotal\">{}</div></div>", human_size(ins.compressed_size));
     }
     let _ = writeln!(h, "</div>");
 }
 
 fn push_layers(h: &mut String, d: &Diff, ins: &Inspection, is_new: bool, total: u64) {
     for (i, l) in ins.layers.iter().enumerate() {
-        let pct = if total == 0 {
-            0.0
-        } else {
-            l.size as f64 / total as f64 * 100.0
-        };
+        let pct = if total == 0 { 0.0 } else { l.size as f64 / total as f64 * 100.0 };
         let _ = writeln!(
             h,
             "<div class=\"layer {}\" style=\"flex:0 0 {pct:.4}%\" title=\"{}\" data-digest=\"{}\">{}</div>",
@@ -233,11 +221,7 @@ fn layers_table(h: &mut String, d: &Diff) {
         d.layers.added.len(),
         d.layers.removed.len()
     );
-    table_start(
-        h,
-        "layers",
-        &["", "status", "#", "digest", "size", "group", "store paths"],
-    );
+    table_start(h, "layers", &["", "status", "#", "digest", "size", "group", "store paths"]);
     let regrouped = |dg| d.layers.regrouped.iter().any(|r| &r.digest == dg);
     let rows = d
         .layers
@@ -245,11 +229,7 @@ fn layers_table(h: &mut String, d: &Diff) {
         .iter()
         .map(|l| ("shared", "shared", l))
         .chain(d.layers.added.iter().map(|l| {
-            if regrouped(&l.digest) {
-                ("regrouped", "added (regrouped)", l)
-            } else {
-                ("changed", "added", l)
-            }
+            if regrouped(&l.digest) { ("regrouped", "added (regrouped)", l) } else { ("changed", "added", l) }
         }))
         .chain(d.layers.removed.iter().map(|l| {
             if d.layers.regrouped_removed.contains(&l.digest) {
@@ -269,11 +249,7 @@ fn layers_table(h: &mut String, d: &Diff) {
                 mono(short_digest(l.digest.as_str())),
                 num(&human_size(l.size)),
                 td(l.group.as_deref().unwrap_or("-")),
-                if paths.is_empty() {
-                    "<td class=\"none\">none</td>".to_owned()
-                } else {
-                    lines(&paths)
-                },
+                if paths.is_empty() { "<td class=\"none\">none</td>".to_owned() } else { lines(&paths) },
             ],
         );
     }
@@ -296,15 +272,7 @@ fn paths_table(h: &mut String, d: &Diff) {
     }
     table_start(h, "paths", &["name", "change", "old", "new"]);
     for c in &p.changed {
-        table_row(
-            h,
-            &[
-                td(&c.name),
-                td(&c.describe()),
-                mono(&c.old.full()),
-                mono(&c.new.full()),
-            ],
-        );
+        table_row(h, &[td(&c.name), td(&c.describe()), mono(&c.old.full()), mono(&c.new.full())]);
     }
     for a in &p.added {
         table_row(h, &[td(a.name()), td("added"), td("-"), mono(&a.full())]);
@@ -348,35 +316,14 @@ fn files_tables(h: &mut String, d: &Diff) {
         if f.modified.is_empty() && f.added.is_empty() && f.removed.is_empty() {
             continue;
         }
-        table_start(
-            h,
-            "files",
-            &["change", "path", "type", "old size", "new size"],
-        );
+        table_start(h, "files", &["change", "path", "type", "old size", "new size"]);
         let size = |s: Option<u64>| s.map_or_else(|| "-".to_owned(), human_size);
         let row = |h: &mut String, status: String, fc: &FileChange| {
-            let path = if fc.path.is_empty() {
-                ".".to_owned()
-            } else {
-                fc.path.clone()
-            };
-            table_row(
-                h,
-                &[
-                    td(&status),
-                    mono(&path),
-                    td(&fc.kind),
-                    num(&size(fc.old_size)),
-                    num(&size(fc.new_size)),
-                ],
-            );
+            let path = if fc.path.is_empty() { ".".to_owned() } else { fc.path.clone() };
+            table_row(h, &[td(&status), mono(&path), td(&fc.kind), num(&size(fc.old_size)), num(&size(fc.new_size))]);
         };
         for fc in &f.modified {
-            row(
-                h,
-                format!("modified ({})", fc.what.as_deref().unwrap_or("?")),
-                fc,
-            );
+            row(h, format!("modified ({})", fc.what.as_deref().unwrap_or("?")), fc);
         }
         for fc in &f.added {
             row(h, "added".to_owned(), fc);
@@ -394,9 +341,6 @@ mod tests {
 
     #[test]
     fn escapes_everything_that_matters() {
-        assert_eq!(
-            escape(r#"<a href="x">'&'</a>"#),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
-        );
+        assert_eq!(escape(r#"<a href="x">'&'</a>"#), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
     }
 }

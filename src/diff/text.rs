@@ -8,13 +8,8 @@ use crate::table::{Align, Table, human_size, short_digest};
 
 /// Writes the human report.
 pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
-    let mut head = Table::new(&[
-        ("", Align::Left),
-        ("", Align::Left),
-        ("", Align::Left),
-        ("", Align::Right),
-        ("", Align::Right),
-    ]);
+    let mut head =
+        Table::new(&[("", Align::Left), ("", Align::Left), ("", Align::Left), ("", Align::Right), ("", Align::Right)]);
     for (k, s) in [("OLD", &d.old), ("NEW", &d.new)] {
         head.row(vec![
             k.to_owned(),
@@ -27,10 +22,7 @@ pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
     write_kv(&head, w)?;
     writeln!(w)?;
     if d.identical {
-        writeln!(
-            w,
-            "The images are identical: same config, same layers. Nothing to download."
-        )?;
+        writeln!(w, "The images are identical: same config, same layers. Nothing to download.")?;
         return Ok(());
     }
     let added = d.layers.added.len();
@@ -44,13 +36,7 @@ pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
     )?;
     writeln!(w)?;
 
-    writeln!(
-        w,
-        "LAYERS  {} shared, {} added, {} removed",
-        d.layers.shared.len(),
-        added,
-        d.layers.removed.len()
-    )?;
+    writeln!(w, "LAYERS  {} shared, {} added, {} removed", d.layers.shared.len(), added, d.layers.removed.len())?;
     let mut t = Table::new(&[
         ("STATUS", Align::Left),
         ("#", Align::Right),
@@ -85,29 +71,14 @@ pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
         row(status, l);
     }
     for l in &d.layers.removed {
-        row(
-            if d.layers.regrouped_removed.contains(&l.digest) {
-                "removed (regrouped)"
-            } else {
-                "removed"
-            },
-            l,
-        );
+        row(if d.layers.regrouped_removed.contains(&l.digest) { "removed (regrouped)" } else { "removed" }, l);
     }
     t.write(w, 2)?;
     if !d.layers.regrouped.is_empty() {
-        writeln!(
-            w,
-            "  {} layer(s) changed only because the grouping moved store paths:",
-            d.layers.regrouped.len()
-        )?;
+        writeln!(w, "  {} layer(s) changed only because the grouping moved store paths:", d.layers.regrouped.len())?;
         for r in &d.layers.regrouped {
             let names: Vec<&str> = r.paths.iter().map(|p| p.name()).collect();
-            let from: Vec<&str> = r
-                .moved_from
-                .iter()
-                .map(|x| short_digest(x.as_str()))
-                .collect();
+            let from: Vec<&str> = r.moved_from.iter().map(|x| short_digest(x.as_str())).collect();
             writeln!(
                 w,
                 "    {} ({}): {} (from {})",
@@ -132,12 +103,8 @@ pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
     if p.changed.is_empty() && p.added.is_empty() && p.removed.is_empty() {
         writeln!(w, "  (none changed)")?;
     } else {
-        let mut t = Table::new(&[
-            ("NAME", Align::Left),
-            ("CHANGE", Align::Left),
-            ("OLD", Align::Left),
-            ("NEW", Align::Left),
-        ]);
+        let mut t =
+            Table::new(&[("NAME", Align::Left), ("CHANGE", Align::Left), ("OLD", Align::Left), ("NEW", Align::Left)]);
         for c in &p.changed {
             t.row(vec![
                 c.name.clone(),
@@ -147,20 +114,10 @@ pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
             ]);
         }
         for a in &p.added {
-            t.row(vec![
-                a.name().to_owned(),
-                "added".to_owned(),
-                "-".to_owned(),
-                a.hash_part()[..8].to_owned(),
-            ]);
+            t.row(vec![a.name().to_owned(), "added".to_owned(), "-".to_owned(), a.hash_part()[..8].to_owned()]);
         }
         for r in &p.removed {
-            t.row(vec![
-                r.name().to_owned(),
-                "removed".to_owned(),
-                r.hash_part()[..8].to_owned(),
-                "-".to_owned(),
-            ]);
+            t.row(vec![r.name().to_owned(), "removed".to_owned(), r.hash_part()[..8].to_owned(), "-".to_owned()]);
         }
         t.write(w, 2)?;
     }
@@ -168,11 +125,7 @@ pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
 
     writeln!(w, "CONFIG  {} change(s)", d.config.len())?;
     if !d.config.is_empty() {
-        let mut t = Table::new(&[
-            ("FIELD", Align::Left),
-            ("OLD", Align::Left),
-            ("NEW", Align::Left),
-        ]);
+        let mut t = Table::new(&[("FIELD", Align::Left), ("OLD", Align::Left), ("NEW", Align::Left)]);
         let v = |x: &Option<String>| x.clone().unwrap_or_else(|| "-".to_owned());
         for c in &d.config {
             t.row(vec![c.field.clone(), v(&c.old), v(&c.new)]);
@@ -206,24 +159,11 @@ pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
             ]);
             let size = |s: Option<u64>| s.map_or_else(|| "-".to_owned(), human_size);
             let mut add = |status: String, fc: &FileChange| {
-                let path = if fc.path.is_empty() {
-                    ".".to_owned()
-                } else {
-                    fc.path.clone()
-                };
-                t.row(vec![
-                    status,
-                    path,
-                    fc.kind.clone(),
-                    size(fc.old_size),
-                    size(fc.new_size),
-                ]);
+                let path = if fc.path.is_empty() { ".".to_owned() } else { fc.path.clone() };
+                t.row(vec![status, path, fc.kind.clone(), size(fc.old_size), size(fc.new_size)]);
             };
             for fc in &f.modified {
-                add(
-                    format!("modified ({})", fc.what.as_deref().unwrap_or("?")),
-                    fc,
-                );
+                add(format!("modified ({})", fc.what.as_deref().unwrap_or("?")), fc);
             }
             for fc in &f.added {
                 add("added".to_owned(), fc);
@@ -242,9 +182,5 @@ fn label(l: &LayerRef) -> String {
     if l.paths.is_empty() {
         return "-".to_owned();
     }
-    l.paths
-        .iter()
-        .map(|p| p.name())
-        .collect::<Vec<_>>()
-        .join("\n")
+    l.paths.iter().map(|p| p.name()).collect::<Vec<_>>().join("\n")
 }

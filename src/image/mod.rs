@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use anyhow::{Context, Result};
 use canon_json::CanonJsonSerialize;
 use oci_spec::image::{
-    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfigurationBuilder,
-    ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder,
+    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfigurationBuilder, ImageIndexBuilder,
+    ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder,
 };
 use serde::Serialize;
 
@@ -43,10 +43,7 @@ pub struct JsonBlob {
 impl JsonBlob {
     fn of<T: Serialize>(value: &T) -> Result<Self> {
         let bytes = value.to_canon_json_vec().context("serialising JSON")?;
-        Ok(Self {
-            digest: Digest::of(&bytes),
-            bytes,
-        })
+        Ok(Self { digest: Digest::of(&bytes), bytes })
     }
 }
 
@@ -88,12 +85,7 @@ pub fn rfc3339(epoch: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 /// The image config: what the image spec asks for, plus rootfs diff_ids and history.
@@ -117,12 +109,7 @@ pub fn config(spec: &ImageSpec, layers: &[LayerDesc], epoch: u64) -> Result<Json
         cfg = cfg.user(u.clone());
     }
     if !spec.labels.is_empty() {
-        cfg = cfg.labels(
-            spec.labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<HashMap<_, _>>(),
-        );
+        cfg = cfg.labels(spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>());
     }
     if !spec.exposed_ports.is_empty() {
         cfg = cfg.exposed_ports(spec.exposed_ports.clone());
@@ -135,20 +122,12 @@ pub fn config(spec: &ImageSpec, layers: &[LayerDesc], epoch: u64) -> Result<Json
             } else {
                 format!("nixoci: group {}, {} store path(s)", l.group, l.paths.len())
             };
-            HistoryBuilder::default()
-                .created(created.clone())
-                .created_by(what)
-                .build()
+            HistoryBuilder::default().created(created.clone()).created_by(what).build()
         })
         .collect::<Result<Vec<_>, _>>()?;
     let rootfs = RootFsBuilder::default()
         .typ("layers")
-        .diff_ids(
-            layers
-                .iter()
-                .map(|l| l.blob.diff_id.to_string())
-                .collect::<Vec<_>>(),
-        )
+        .diff_ids(layers.iter().map(|l| l.blob.diff_id.to_string()).collect::<Vec<_>>())
         .build()?;
     let config = ImageConfigurationBuilder::default()
         .created(created)
@@ -163,12 +142,7 @@ pub fn config(spec: &ImageSpec, layers: &[LayerDesc], epoch: u64) -> Result<Json
 
 /// The OCI manifest for `layers` (already compressed as they will be stored).
 pub fn manifest(config: &JsonBlob, layers: &[LayerDesc]) -> Result<JsonBlob> {
-    let config_desc = descriptor(
-        MediaType::ImageConfig,
-        &config.digest,
-        config.bytes.len() as u64,
-        None,
-    )?;
+    let config_desc = descriptor(MediaType::ImageConfig, &config.digest, config.bytes.len() as u64, None)?;
     let layer_descs = layers
         .iter()
         .map(|l| {
@@ -177,19 +151,10 @@ pub fn manifest(config: &JsonBlob, layers: &[LayerDesc]) -> Result<JsonBlob> {
             if !l.paths.is_empty() {
                 ann.insert(
                     ANNOTATION_STORE_PATHS.to_owned(),
-                    l.paths
-                        .iter()
-                        .map(|p| p.full())
-                        .collect::<Vec<_>>()
-                        .join("\n"),
+                    l.paths.iter().map(|p| p.full()).collect::<Vec<_>>().join("\n"),
                 );
             }
-            descriptor(
-                MediaType::from(l.blob.media_type.as_str()),
-                &l.blob.digest,
-                l.blob.size,
-                Some(ann),
-            )
+            descriptor(MediaType::from(l.blob.media_type.as_str()), &l.blob.digest, l.blob.size, Some(ann))
         })
         .collect::<Result<Vec<_>>>()?;
     let manifest = ImageManifestBuilder::default()
@@ -205,12 +170,7 @@ pub fn manifest(config: &JsonBlob, layers: &[LayerDesc]) -> Result<JsonBlob> {
 pub fn assemble(spec: &ImageSpec, layers: Vec<LayerDesc>, epoch: u64) -> Result<Image> {
     let config = config(spec, &layers, epoch)?;
     let manifest = manifest(&config, &layers)?;
-    Ok(Image {
-        config,
-        manifest,
-        layers,
-        architecture: spec.architecture.clone(),
-    })
+    Ok(Image { config, manifest, layers, architecture: spec.architecture.clone() })
 }
 
 pub fn descriptor(
@@ -231,12 +191,9 @@ pub fn descriptor(
 
 /// The descriptor of `image`'s manifest in an index, with its platform and optional ref name.
 pub fn manifest_descriptor(image: &Image, ref_name: Option<&str>) -> Result<Descriptor> {
-    let platform = PlatformBuilder::default()
-        .architecture(Arch::from(image.architecture.as_str()))
-        .os(Os::Linux)
-        .build()?;
-    let ann = ref_name
-        .map(|r| HashMap::from([("org.opencontainers.image.ref.name".to_owned(), r.to_owned())]));
+    let platform =
+        PlatformBuilder::default().architecture(Arch::from(image.architecture.as_str())).os(Os::Linux).build()?;
+    let ann = ref_name.map(|r| HashMap::from([("org.opencontainers.image.ref.name".to_owned(), r.to_owned())]));
     let mut d = descriptor(
         MediaType::from(image.manifest_media_type().as_str()),
         &image.manifest.digest,
@@ -270,18 +227,14 @@ mod tests {
 
     #[test]
     fn json_is_canonical_and_stable() {
-        let spec: ImageSpec = toml::from_str(
-            "labels = { b = \"2\", a = \"1\", c = \"3\" }\nexposed_ports = [\"2/tcp\", \"1/tcp\"]",
-        )
-        .unwrap();
+        let spec: ImageSpec =
+            toml::from_str("labels = { b = \"2\", a = \"1\", c = \"3\" }\nexposed_ports = [\"2/tcp\", \"1/tcp\"]")
+                .unwrap();
         let a = config(&spec, &[], 1).unwrap();
         for _ in 0..20 {
             assert_eq!(config(&spec, &[], 1).unwrap(), a);
         }
         let text = String::from_utf8(a.bytes).unwrap();
-        assert!(
-            text.contains(r#""Labels":{"a":"1","b":"2","c":"3"}"#),
-            "{text}"
-        );
+        assert!(text.contains(r#""Labels":{"a":"1","b":"2","c":"3"}"#), "{text}");
     }
 }

@@ -55,7 +55,8 @@ pub struct ImageSpec {
 pub const GPU_LIBRARY_PATH: [&str; 3] = ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/run/opengl-driver/lib"];
 
 /// What `gpu = true` sets when `env` does not.
-const GPU_ENV_DEFAULTS: [(&str, &str); 2] = [("NVIDIA_VISIBLE_DEVICES", "all"), ("NVIDIA_DRIVER_CAPABILITIES", "compute,utility")];
+const GPU_ENV_DEFAULTS: [(&str, &str); 2] =
+    [("NVIDIA_VISIBLE_DEVICES", "all"), ("NVIDIA_DRIVER_CAPABILITIES", "compute,utility")];
 
 fn default_arch() -> String {
     "amd64".to_owned()
@@ -143,12 +144,9 @@ pub struct SymlinkSpec {
 
 impl ImageSpec {
     pub fn load(file: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading image spec {}", file.display()))?;
-        let spec: ImageSpec =
-            toml::from_str(&text).with_context(|| format!("in image spec {}", file.display()))?;
-        spec.validate()
-            .with_context(|| format!("in image spec {}", file.display()))?;
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading image spec {}", file.display()))?;
+        let spec: ImageSpec = toml::from_str(&text).with_context(|| format!("in image spec {}", file.display()))?;
+        spec.validate().with_context(|| format!("in image spec {}", file.display()))?;
         Ok(spec)
     }
 
@@ -194,7 +192,8 @@ impl ImageSpec {
         let key = |e: &String| e.split_once('=').map(|(k, _)| k.to_owned()).unwrap_or_default();
         match env.iter_mut().find(|e| key(e) == "LD_LIBRARY_PATH") {
             Some(e) => {
-                let mut dirs: Vec<String> = e["LD_LIBRARY_PATH=".len()..].split(':').filter(|d| !d.is_empty()).map(str::to_owned).collect();
+                let mut dirs: Vec<String> =
+                    e["LD_LIBRARY_PATH=".len()..].split(':').filter(|d| !d.is_empty()).map(str::to_owned).collect();
                 for d in GPU_LIBRARY_PATH {
                     if !dirs.iter().any(|x| x == d) {
                         dirs.push(d.to_owned());
@@ -237,10 +236,7 @@ impl ImageSpec {
             let bytes = f.content.clone().into_bytes();
             entries.push(Entry {
                 path: clean(&f.path)?,
-                kind: Kind::File {
-                    size: bytes.len() as u64,
-                    content: Content::Inline(bytes),
-                },
+                kind: Kind::File { size: bytes.len() as u64, content: Content::Inline(bytes) },
                 mode: f.mode.map_or(0o644, |m| m.0),
                 uid: f.uid,
                 gid: f.gid,
@@ -249,9 +245,7 @@ impl ImageSpec {
         for s in &self.symlinks {
             entries.push(Entry {
                 path: clean(&s.path)?,
-                kind: Kind::Symlink {
-                    target: s.target.clone(),
-                },
+                kind: Kind::Symlink { target: s.target.clone() },
                 mode: 0o777,
                 uid: 0,
                 gid: 0,
@@ -312,10 +306,7 @@ fn inline(path: &str, content: String) -> Entry {
     let bytes = content.into_bytes();
     Entry {
         path: path.to_owned(),
-        kind: Kind::File {
-            size: bytes.len() as u64,
-            content: Content::Inline(bytes),
-        },
+        kind: Kind::File { size: bytes.len() as u64, content: Content::Inline(bytes) },
         mode: 0o644,
         uid: 0,
         gid: 0,
@@ -324,15 +315,9 @@ fn inline(path: &str, content: String) -> Entry {
 
 /// `/a/b/` → `a/b`; refuses relative paths, `..` and empty components.
 fn clean(p: &str) -> Result<String> {
-    let Some(rel) = p.strip_prefix('/') else {
-        bail!("{p:?} must be an absolute path")
-    };
+    let Some(rel) = p.strip_prefix('/') else { bail!("{p:?} must be an absolute path") };
     let rel = rel.trim_end_matches('/');
-    if rel.is_empty()
-        || rel
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..")
-    {
+    if rel.is_empty() || rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
         bail!("{p:?} is not a clean absolute path");
     }
     Ok(rel.to_owned())
@@ -372,20 +357,13 @@ target = "/nix/store/x/bin/env"
         let spec: ImageSpec = toml::from_str(SPEC).unwrap();
         spec.validate().unwrap();
         let e = spec.layer_entries().unwrap();
-        let find = |p: &str| {
-            e.iter()
-                .find(|x| x.path == p)
-                .unwrap_or_else(|| panic!("{p} missing"))
-        };
+        let find = |p: &str| e.iter().find(|x| x.path == p).unwrap_or_else(|| panic!("{p} missing"));
         assert_eq!(find("tmp").mode, 0o1777);
         assert_eq!((find("home/app").uid, find("home/app").mode), (1000, 0o700));
         assert_eq!(find("home").mode, 0o755);
         assert_eq!(find("usr").kind, Kind::Dir);
         match &find("etc/passwd").kind {
-            Kind::File {
-                content: Content::Inline(b),
-                ..
-            } => {
+            Kind::File { content: Content::Inline(b), .. } => {
                 assert_eq!(
                     String::from_utf8_lossy(b),
                     "root:x:0:0:root:/root:/sbin/nologin\napp:x:1000:1000::/home/app:/sbin/nologin\n"
@@ -408,7 +386,8 @@ target = "/nix/store/x/bin/env"
             ]
         );
         let spec: ImageSpec =
-            toml::from_str("gpu = true\nenv = [\"LD_LIBRARY_PATH=/opt/lib:/usr/lib64\", \"NVIDIA_VISIBLE_DEVICES=0\"]").unwrap();
+            toml::from_str("gpu = true\nenv = [\"LD_LIBRARY_PATH=/opt/lib:/usr/lib64\", \"NVIDIA_VISIBLE_DEVICES=0\"]")
+                .unwrap();
         assert_eq!(
             spec.effective_env(),
             [
@@ -423,9 +402,7 @@ target = "/nix/store/x/bin/env"
 
     #[test]
     fn unknown_keys_and_bad_paths_are_refused() {
-        let err = toml::from_str::<ImageSpec>("entrypont = []")
-            .unwrap_err()
-            .to_string();
+        let err = toml::from_str::<ImageSpec>("entrypont = []").unwrap_err().to_string();
         assert!(err.contains("entrypont") && err.contains("line 1"), "{err}");
         let spec: ImageSpec = toml::from_str("[[dirs]]\npath = \"/nix/store/x\"").unwrap();
         assert!(spec.validate().is_err());

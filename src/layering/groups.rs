@@ -25,7 +25,7 @@ use toml::Spanned;
 
 use crate::closure::{Closure, StorePath};
 
-use super::size::parse_size;
+use crate::size::parse_size;
 
 /// The partition name of paths no group claims.
 pub const AUTO_GROUP: &str = "auto";

@@ -102,7 +102,6 @@ pub mod groups;
 mod model;
 mod pack;
 pub mod previous;
-pub mod size;
 pub mod split;
 
 use std::collections::BTreeSet;

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::closure::StorePath;
 use crate::tarball::{Entry, Kind};
 
-use super::size::human;
+use crate::size::human;
 
 /// Two zero blocks end every tar stream.
 const TAR_END: u64 = 1024;

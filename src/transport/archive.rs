@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use super::oci_dir::BlobSource;
-use crate::blob::{BlobInfo, Compression, HashWriter};
+use crate::blob::{BlobInfo, Compression, OffloadHashWriter};
 use crate::image::{self, Image, JsonBlob};
 use crate::tarball::{self, Content, Entry, Kind};
 
@@ -24,13 +24,7 @@ struct Outer<W: Write> {
 impl<W: Write> Outer<W> {
     fn entry(&self, path: &str, kind: Kind) -> Entry {
         let mode = if kind == Kind::Dir { 0o755 } else { 0o444 };
-        Entry {
-            path: path.to_owned(),
-            kind,
-            mode,
-            uid: 0,
-            gid: 0,
-        }
+        Entry { path: path.to_owned(), kind, mode, uid: 0, gid: 0 }
     }
 
     fn dir(&mut self, path: &str) -> Result<()> {
@@ -39,24 +33,12 @@ impl<W: Write> Outer<W> {
     }
 
     fn bytes(&mut self, path: &str, bytes: &[u8]) -> Result<()> {
-        let e = self.entry(
-            path,
-            Kind::File {
-                size: bytes.len() as u64,
-                content: Content::Inline(bytes.to_vec()),
-            },
-        );
+        let e = self.entry(path, Kind::File { size: bytes.len() as u64, content: Content::Inline(bytes.to_vec()) });
         self.members(&[e])
     }
 
     fn file(&mut self, path: &str, src: &std::path::Path, size: u64) -> Result<()> {
-        let e = self.entry(
-            path,
-            Kind::File {
-                size,
-                content: Content::Disk(src.to_owned()),
-            },
-        );
+        let e = self.entry(path, Kind::File { size, content: Content::Disk(src.to_owned()) });
         self.members(&[e])
     }
 
@@ -84,24 +66,13 @@ pub fn write_oci_archive(
     epoch: u64,
 ) -> Result<()> {
     let tmp = super::temp_sibling_file(file)?;
-    let mut out = Outer {
-        w: io::BufWriter::with_capacity(1 << 20, tmp.as_file()),
-        epoch,
-    };
+    let mut out = Outer { w: io::BufWriter::with_capacity(1 << 20, tmp.as_file()), epoch };
     let index = image::index(vec![image::manifest_descriptor(image, reference)?])?;
     out.dir("blobs")?;
     out.dir("blobs/sha256")?;
     let mut blobs_sorted: Vec<(String, Option<&JsonBlob>, Option<&BlobInfo>)> = Vec::new();
-    blobs_sorted.push((
-        image.config.digest.hex().to_owned(),
-        Some(&image.config),
-        None,
-    ));
-    blobs_sorted.push((
-        image.manifest.digest.hex().to_owned(),
-        Some(&image.manifest),
-        None,
-    ));
+    blobs_sorted.push((image.config.digest.hex().to_owned(), Some(&image.config), None));
+    blobs_sorted.push((image.manifest.digest.hex().to_owned(), Some(&image.manifest), None));
     for l in &image.layers {
         blobs_sorted.push((l.blob.digest.hex().to_owned(), None, Some(&l.blob)));
     }
@@ -118,19 +89,14 @@ pub fn write_oci_archive(
     out.bytes("index.json", &index.bytes)?;
     out.bytes("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let w = out.finish()?;
-    w.into_inner()
-        .map_err(|e| e.into_error())
-        .with_context(|| format!("writing {}", file.display()))?;
+    w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", file.display()))?;
     persist(tmp, file)
 }
 
 fn persist(tmp: tempfile::NamedTempFile, file: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.persist(file)
-        .map_err(|e| e.error)
-        .with_context(|| format!("writing {}", file.display()))?;
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.persist(file).map_err(|e| e.error).with_context(|| format!("writing {}", file.display()))?;
     Ok(())
 }
 
@@ -168,19 +134,18 @@ pub fn write_docker_archive<W: Write>(
         // The header announces `size` bytes; the layer tar then streams through a hasher.
         let header = Entry {
             path: name.clone(),
-            kind: Kind::File {
-                size,
-                content: Content::Inline(Vec::new()),
-            },
+            kind: Kind::File { size, content: Content::Inline(Vec::new()) },
             mode: 0o444,
             uid: 0,
             gid: 0,
         };
         tarball::write_header(&header, epoch, &mut out.w)?;
         on_layer(i, size, None);
-        let hashed = HashWriter::new(&mut out.w);
+        // Hashing on its own thread: this stream is otherwise one thread reading files,
+        // hashing and writing the pipe.
+        let hashed = OffloadHashWriter::new(&mut out.w);
         let hashed = tarball::write(layer.entries, epoch, hashed, &mut |n| on_layer(i, n, None))?;
-        let (_, diff_id, written) = hashed.finish();
+        let (_, diff_id, written) = hashed.finish()?;
         if written != size {
             bail!("internal error: layer {i} is {written} bytes, its listing said {size}");
         }
@@ -193,21 +158,14 @@ pub fn write_docker_archive<W: Write>(
             media_type: Compression::None.media_type().to_string(),
         };
         on_layer(i, 0, Some(&blob));
-        descs.push(image::LayerDesc {
-            blob,
-            group: layer.group.clone(),
-            paths: layer.paths.clone(),
-        });
+        descs.push(image::LayerDesc { blob, group: layer.group.clone(), paths: layer.paths.clone() });
         names.push(name);
     }
     let config = config(&descs)?;
     let config_name = format!("{}.json", config.digest.hex());
     out.bytes(&config_name, &config.bytes)?;
-    let manifest = vec![DockerManifestEntry {
-        config: config_name,
-        repo_tags: reference.into_iter().collect(),
-        layers: names,
-    }];
+    let manifest =
+        vec![DockerManifestEntry { config: config_name, repo_tags: reference.into_iter().collect(), layers: names }];
     out.bytes("manifest.json", &serde_json::to_vec(&manifest)?)?;
     Ok((out.finish()?, descs, config))
 }
@@ -224,9 +182,7 @@ pub fn write_docker_archive_file(
     let tmp = super::temp_sibling_file(file)?;
     let w = io::BufWriter::with_capacity(1 << 20, tmp.as_file());
     let (w, descs, config) = write_docker_archive(w, reference, layers, epoch, config, on_layer)?;
-    w.into_inner()
-        .map_err(|e| e.into_error())
-        .with_context(|| format!("writing {}", file.display()))?;
+    w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", file.display()))?;
     persist(tmp, file)?;
     Ok((descs, config))
 }

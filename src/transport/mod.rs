@@ -67,9 +67,9 @@ impl ImageRef {
                 ImageRef::DockerArchive { file, reference }
             }
             "docker" => ImageRef::Registry(registry::RegistryRef::parse(rest)?),
-            other => bail!(
-                "{s:?}: unknown transport {other:?} (use oci:, oci-archive:, docker-archive:, docker:// or -)"
-            ),
+            other => {
+                bail!("{s:?}: unknown transport {other:?} (use oci:, oci-archive:, docker-archive:, docker:// or -)")
+            }
         })
     }
 
@@ -95,28 +95,19 @@ impl ImageRef {
 /// Splits `PATH[:REF]`. For a tag (oci:), what follows the last colon must look like a tag; for a
 /// reference (archives), it is everything after the first colon (`file.tar:localhost/app:1.0`).
 fn split_ref(rest: &str, tag_only: bool) -> (PathBuf, Option<String>) {
-    let split = if tag_only {
-        rest.rsplit_once(':')
-    } else {
-        rest.split_once(':')
-    };
+    let split = if tag_only { rest.rsplit_once(':') } else { rest.split_once(':') };
+    // A tag never holds '/': `oci:a:b/c` is the directory `a:b/c`.
+    let is_ref = |path: &str, r: &str| !(path.is_empty() || r.is_empty() || tag_only && r.contains('/'));
     match split {
-        Some((path, r)) if !path.is_empty() && !r.is_empty() && !(tag_only && r.contains('/')) => {
-            (PathBuf::from(path), Some(r.to_owned()))
-        }
+        Some((path, r)) if is_ref(path, r) => (PathBuf::from(path), Some(r.to_owned())),
         _ => (PathBuf::from(rest), None),
     }
 }
 
 fn check_tag(s: &str, tag: &str) -> Result<()> {
     let ok = tag.len() <= 128
-        && tag
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        && tag
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        && tag.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if !ok {
         bail!("{s:?}: {tag:?} is not a valid tag ([A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})");
     }
@@ -132,9 +123,7 @@ impl fmt::Display for ImageRef {
         match self {
             ImageRef::OciDir { dir, tag } => with(f, "oci", dir, tag),
             ImageRef::OciArchive { file, reference } => with(f, "oci-archive", file, reference),
-            ImageRef::DockerArchive { file, reference } => {
-                with(f, "docker-archive", file, reference)
-            }
+            ImageRef::DockerArchive { file, reference } => with(f, "docker-archive", file, reference),
             ImageRef::Stdout => f.write_str("-"),
             ImageRef::Registry(r) => r.fmt(f),
         }
@@ -144,20 +133,10 @@ impl fmt::Display for ImageRef {
 /// A temporary sibling of `dest` (same directory, so the final rename is atomic).
 pub(crate) fn temp_sibling_file(dest: &Path) -> Result<tempfile::NamedTempFile> {
     let parent = parent_dir(dest)?;
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    tempfile::Builder::new()
-        .prefix(&format!(".{name}.nixoci-"))
-        .tempfile_in(&parent)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot write {}: creating a temporary file in {}: {e}",
-                dest.display(),
-                parent.display()
-            )
-        })
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    tempfile::Builder::new().prefix(&format!(".{name}.nixoci-")).tempfile_in(&parent).map_err(|e| {
+        anyhow::anyhow!("cannot write {}: creating a temporary file in {}: {e}", dest.display(), parent.display())
+    })
 }
 
 /// The directory that holds `dest`, created if missing.
@@ -166,13 +145,8 @@ pub(crate) fn parent_dir(dest: &Path) -> Result<PathBuf> {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot write {}: creating {}: {e}",
-            dest.display(),
-            parent.display()
-        )
-    })?;
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: creating {}: {e}", dest.display(), parent.display()))?;
     Ok(parent)
 }
 
@@ -184,31 +158,16 @@ mod tests {
     fn parses_skopeo_spellings() {
         assert_eq!(
             ImageRef::parse("oci:out:1.4").unwrap(),
-            ImageRef::OciDir {
-                dir: "out".into(),
-                tag: Some("1.4".into())
-            }
+            ImageRef::OciDir { dir: "out".into(), tag: Some("1.4".into()) }
         );
-        assert_eq!(
-            ImageRef::parse("oci:/a/b").unwrap(),
-            ImageRef::OciDir {
-                dir: "/a/b".into(),
-                tag: None
-            }
-        );
+        assert_eq!(ImageRef::parse("oci:/a/b").unwrap(), ImageRef::OciDir { dir: "/a/b".into(), tag: None });
         assert_eq!(
             ImageRef::parse("oci-archive:x.tar:localhost/app:1").unwrap(),
-            ImageRef::OciArchive {
-                file: "x.tar".into(),
-                reference: Some("localhost/app:1".into())
-            }
+            ImageRef::OciArchive { file: "x.tar".into(), reference: Some("localhost/app:1".into()) }
         );
         assert_eq!(
             ImageRef::parse("docker-archive:x.tar").unwrap(),
-            ImageRef::DockerArchive {
-                file: "x.tar".into(),
-                reference: None
-            }
+            ImageRef::DockerArchive { file: "x.tar".into(), reference: None }
         );
         assert_eq!(ImageRef::parse("-").unwrap(), ImageRef::Stdout);
         assert!(ImageRef::parse("out").is_err());
@@ -218,9 +177,6 @@ mod tests {
         assert!(matches!(&r, ImageRef::Registry(x) if x.repo == "app"));
         assert_eq!(r.to_string(), "docker://127.0.0.1:5000/app:1.4");
         assert!(ImageRef::parse("docker:app").is_err());
-        assert_eq!(
-            ImageRef::parse("oci:out:1.4").unwrap().to_string(),
-            "oci:out:1.4"
-        );
+        assert_eq!(ImageRef::parse("oci:out:1.4").unwrap().to_string(), "oci:out:1.4");
     }
 }

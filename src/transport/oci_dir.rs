@@ -54,19 +54,10 @@ pub fn write(dir: &Path, tag: Option<&str>, image: &Image, blobs: &dyn BlobSourc
         add_to_layout(dir, tag, image, blobs)
     } else {
         let parent = super::parent_dir(dir)?;
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}.nixoci-"))
-            .tempdir_in(&parent)
-            .with_context(|| {
-                format!(
-                    "cannot write {}: creating a temporary directory in {}",
-                    dir.display(),
-                    parent.display()
-                )
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp =
+            tempfile::Builder::new().prefix(&format!(".{name}.nixoci-")).tempdir_in(&parent).with_context(|| {
+                format!("cannot write {}: creating a temporary directory in {}", dir.display(), parent.display())
             })?;
         fs::write(tmp.path().join("oci-layout"), OCI_LAYOUT)?;
         add_to_layout(tmp.path(), tag, image, blobs)?;
@@ -76,22 +67,15 @@ pub fn write(dir: &Path, tag: Option<&str>, image: &Image, blobs: &dyn BlobSourc
             Ok(()) => Ok(()),
             Err(e) if dir.join("oci-layout").is_file() => {
                 // Another build created the layout first: add to it instead.
-                tracing::debug!(
-                    "{} appeared while building ({e}); adding to it",
-                    dir.display()
-                );
+                tracing::debug!("{} appeared while building ({e}); adding to it", dir.display());
                 let _ = fs::remove_dir_all(&tmp);
                 let _lock = lock(dir)?;
                 add_to_layout(dir, tag, image, blobs)
             }
             Err(e) => {
                 let _ = fs::remove_dir_all(&tmp);
-                Err(e).with_context(|| {
-                    format!(
-                        "cannot write {}: renaming the finished layout into place",
-                        dir.display()
-                    )
-                })
+                Err(e)
+                    .with_context(|| format!("cannot write {}: renaming the finished layout into place", dir.display()))
             }
         }
     }
@@ -100,28 +84,19 @@ pub fn write(dir: &Path, tag: Option<&str>, image: &Image, blobs: &dyn BlobSourc
 /// An exclusive lock on the layout directory, held while `index.json` is read, changed and replaced.
 fn lock(dir: &Path) -> Result<fs::File> {
     let f = fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
-    f.lock()
-        .with_context(|| format!("locking {}", dir.display()))?;
+    f.lock().with_context(|| format!("locking {}", dir.display()))?;
     Ok(f)
 }
 
 fn set_dir_mode(dir: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     // tempdir() makes 0700; a layout is meant to be readable like any directory mkdir makes.
-    let umask_default = fs::metadata(dir.parent().unwrap_or(Path::new(".")))?
-        .permissions()
-        .mode()
-        & 0o755;
+    let umask_default = fs::metadata(dir.parent().unwrap_or(Path::new(".")))?.permissions().mode() & 0o755;
     fs::set_permissions(dir, fs::Permissions::from_mode(umask_default | 0o700))?;
     Ok(())
 }
 
-fn add_to_layout(
-    dir: &Path,
-    tag: Option<&str>,
-    image: &Image,
-    blobs: &dyn BlobSource,
-) -> Result<()> {
+fn add_to_layout(dir: &Path, tag: Option<&str>, image: &Image, blobs: &dyn BlobSource) -> Result<()> {
     let blob_dir = dir.join("blobs/sha256");
     fs::create_dir_all(&blob_dir).with_context(|| format!("creating {}", blob_dir.display()))?;
     for layer in &image.layers {
@@ -139,8 +114,8 @@ fn add_to_layout(
     let index_path = dir.join("index.json");
     let mut manifests = match fs::read(&index_path) {
         Ok(bytes) => {
-            let index: ImageIndex = serde_json::from_slice(&bytes)
-                .with_context(|| format!("reading {}", index_path.display()))?;
+            let index: ImageIndex =
+                serde_json::from_slice(&bytes).with_context(|| format!("reading {}", index_path.display()))?;
             index.manifests().clone()
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -148,13 +123,7 @@ fn add_to_layout(
     };
     // A tag names one manifest: drop any older manifest holding it (skopeo does the same).
     if let Some(tag) = tag {
-        manifests.retain(|m| {
-            m.annotations()
-                .as_ref()
-                .and_then(|a| a.get(REF_NAME))
-                .map(String::as_str)
-                != Some(tag)
-        });
+        manifests.retain(|m| m.annotations().as_ref().and_then(|a| a.get(REF_NAME)).map(String::as_str) != Some(tag));
     }
     manifests.push(image::manifest_descriptor(image, tag)?);
     let index = image::index(manifests)?;
@@ -163,15 +132,11 @@ fn add_to_layout(
 
 /// Hard-links `src` to `dest` when they share a filesystem, else copies; atomic either way.
 fn place_blob(src: &Path, dest: &Path) -> Result<()> {
-    let tmp = dest.with_file_name(format!(
-        ".{}.tmp-{}",
-        dest.file_name().unwrap().to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp =
+        dest.with_file_name(format!(".{}.tmp-{}", dest.file_name().unwrap().to_string_lossy(), std::process::id()));
     let _ = fs::remove_file(&tmp);
     if fs::hard_link(src, &tmp).is_err() {
-        fs::copy(src, &tmp)
-            .with_context(|| format!("copying blob {} to {}", src.display(), tmp.display()))?;
+        fs::copy(src, &tmp).with_context(|| format!("copying blob {} to {}", src.display(), tmp.display()))?;
     }
     fs::rename(&tmp, dest).with_context(|| format!("writing blob {}", dest.display()))
 }
@@ -179,14 +144,11 @@ fn place_blob(src: &Path, dest: &Path) -> Result<()> {
 /// Writes `bytes` to a temporary sibling of `dest` and renames it into place.
 pub(crate) fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = super::temp_sibling_file(dest)?;
-    tmp.write_all(bytes)
-        .with_context(|| format!("writing {}", dest.display()))?;
+    tmp.write_all(bytes).with_context(|| format!("writing {}", dest.display()))?;
     tmp.as_file().sync_data().ok();
     let tmp_path = tmp.into_temp_path();
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&tmp_path, fs::Permissions::from_mode(0o644))?;
-    tmp_path
-        .persist(dest)
-        .with_context(|| format!("writing {}", dest.display()))?;
+    tmp_path.persist(dest).with_context(|| format!("writing {}", dest.display()))?;
     Ok(())
 }

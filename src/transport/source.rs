@@ -49,11 +49,7 @@ enum Blobs {
     /// `DIR/blobs/sha256/<hex>`.
     Dir(PathBuf),
     /// Members of a tar file: name → (offset, size).
-    Tar {
-        file: PathBuf,
-        members: BTreeMap<String, (u64, u64)>,
-        layout: TarLayout,
-    },
+    Tar { file: PathBuf, members: BTreeMap<String, (u64, u64)>, layout: TarLayout },
     /// A registry repository: blobs stream from `GET /v2/REPO/blobs/DIGEST`.
     Registry(Box<Repository>),
 }
@@ -80,37 +76,21 @@ impl SourceImage {
     pub fn open(r: &ImageRef) -> Result<Self> {
         let reference = r.to_string();
         let img = (|| match r {
-            ImageRef::OciDir { dir, tag } => {
-                open_layout(Blobs::Dir(dir.clone()), tag.as_deref(), reference.clone())
-            }
-            ImageRef::OciArchive {
-                file,
-                reference: want,
-            } => {
+            ImageRef::OciDir { dir, tag } => open_layout(Blobs::Dir(dir.clone()), tag.as_deref(), reference.clone()),
+            ImageRef::OciArchive { file, reference: want } => {
                 let members = index_tar(file)?;
                 open_layout(
-                    Blobs::Tar {
-                        file: file.clone(),
-                        members,
-                        layout: TarLayout::Oci,
-                    },
+                    Blobs::Tar { file: file.clone(), members, layout: TarLayout::Oci },
                     want.as_deref(),
                     reference.clone(),
                 )
             }
-            ImageRef::DockerArchive {
-                file,
-                reference: want,
-            } => {
+            ImageRef::DockerArchive { file, reference: want } => {
                 let members = index_tar(file)?;
                 if members.contains_key("index.json") && members.contains_key("oci-layout") {
                     // docker ≥ 25 writes an OCI layout beside manifest.json: read that.
                     open_layout(
-                        Blobs::Tar {
-                            file: file.clone(),
-                            members,
-                            layout: TarLayout::Oci,
-                        },
+                        Blobs::Tar { file: file.clone(), members, layout: TarLayout::Oci },
                         want.as_deref(),
                         reference.clone(),
                     )
@@ -142,10 +122,7 @@ impl SourceImage {
 
     /// Layer `i` as an uncompressed tar stream (verified against its blob digest).
     pub fn open_layer_tar(&self, i: usize) -> Result<Box<dyn Read + '_>> {
-        let l = self
-            .layers
-            .get(i)
-            .ok_or_else(|| anyhow!("{}: no layer {i}", self.reference))?;
+        let l = self.layers.get(i).ok_or_else(|| anyhow!("{}: no layer {i}", self.reference))?;
         let raw = self.open_blob(&l.digest, l.size)?;
         decompress(raw, &l.media_type)
     }
@@ -186,13 +163,7 @@ pub struct Verified<R> {
 
 impl<R: Read> Verified<R> {
     pub fn new(inner: R, digest: Digest, size: u64) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            read: 0,
-            digest,
-            size,
-        }
+        Self { inner, hasher: Sha256::new(), read: 0, digest, size }
     }
 }
 
@@ -204,10 +175,7 @@ impl<R: Read> Read for Verified<R> {
         if self.read > self.size {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!(
-                    "blob {} is larger than its descriptor's {} bytes",
-                    self.digest, self.size
-                ),
+                format!("blob {} is larger than its descriptor's {} bytes", self.digest, self.size),
             ));
         }
         if n == 0 && !buf.is_empty() {
@@ -215,19 +183,13 @@ impl<R: Read> Read for Verified<R> {
             if self.read != self.size {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "blob {} is truncated: {} of {} bytes",
-                        self.digest, self.read, self.size
-                    ),
+                    format!("blob {} is truncated: {} of {} bytes", self.digest, self.read, self.size),
                 ));
             }
             if got != self.digest {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!(
-                        "blob {} does not match its digest (its content hashes to {got})",
-                        self.digest
-                    ),
+                    format!("blob {} does not match its digest (its content hashes to {got})", self.digest),
                 ));
             }
         }
@@ -240,37 +202,24 @@ impl Blobs {
         match self {
             Blobs::Dir(dir) => {
                 let p = dir.join("blobs/sha256").join(digest.hex());
-                let f = File::open(&p)
-                    .with_context(|| format!("blob {digest} is missing ({})", p.display()))?;
+                let f = File::open(&p).with_context(|| format!("blob {digest} is missing ({})", p.display()))?;
                 Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
             }
-            Blobs::Tar {
-                file,
-                members,
-                layout,
-            } => {
+            Blobs::Tar { file, members, layout } => {
                 let name = match layout {
                     TarLayout::Oci => format!("blobs/sha256/{}", digest.hex()),
-                    TarLayout::Docker(map) => map
-                        .get(digest)
-                        .cloned()
-                        .unwrap_or_else(|| format!("{}.json", digest.hex())),
+                    TarLayout::Docker(map) => {
+                        map.get(digest).cloned().unwrap_or_else(|| format!("{}.json", digest.hex()))
+                    }
                 };
-                let &(offset, size) = members.get(&name).ok_or_else(|| {
-                    anyhow!(
-                        "blob {digest} is missing from {} (no member {name})",
-                        file.display()
-                    )
-                })?;
-                let mut f =
-                    File::open(file).with_context(|| format!("opening {}", file.display()))?;
+                let &(offset, size) = members
+                    .get(&name)
+                    .ok_or_else(|| anyhow!("blob {digest} is missing from {} (no member {name})", file.display()))?;
+                let mut f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
                 f.seek(SeekFrom::Start(offset))?;
                 Ok(Box::new(BufReader::with_capacity(1 << 20, f.take(size))))
             }
-            Blobs::Registry(repo) => Ok(Box::new(BufReader::with_capacity(
-                1 << 20,
-                repo.open_blob(digest)?,
-            ))),
+            Blobs::Registry(repo) => Ok(Box::new(BufReader::with_capacity(1 << 20, repo.open_blob(digest)?))),
         }
     }
 
@@ -279,14 +228,10 @@ impl Blobs {
         match self {
             Blobs::Dir(dir) => {
                 let p = dir.join(name);
-                File::open(&p)
-                    .with_context(|| format!("opening {}", p.display()))?
-                    .read_to_end(&mut buf)?;
+                File::open(&p).with_context(|| format!("opening {}", p.display()))?.read_to_end(&mut buf)?;
             }
             Blobs::Tar { file, members, .. } => {
-                let &(offset, size) = members
-                    .get(name)
-                    .ok_or_else(|| anyhow!("{} has no {name}", file.display()))?;
+                let &(offset, size) = members.get(name).ok_or_else(|| anyhow!("{} has no {name}", file.display()))?;
                 let mut f = File::open(file)?;
                 f.seek(SeekFrom::Start(offset))?;
                 f.take(size).read_to_end(&mut buf)?;
@@ -336,10 +281,7 @@ fn index_tar(file: &Path) -> Result<BTreeMap<String, (u64, u64)>> {
             || msg.contains("unexpected EOF")
             || msg.contains("failed to read entire block")
         {
-            anyhow!(
-                "{} is truncated: it ends inside a tar member ({msg})",
-                file.display()
-            )
+            anyhow!("{} is truncated: it ends inside a tar member ({msg})", file.display())
         } else {
             anyhow::Error::new(e).context(format!("reading {} as a tar", file.display()))
         }
@@ -347,11 +289,7 @@ fn index_tar(file: &Path) -> Result<BTreeMap<String, (u64, u64)>> {
     for entry in ar.entries().map_err(what)? {
         let entry = entry.map_err(what)?;
         if entry.header().entry_type().is_file() {
-            let name = entry
-                .path()?
-                .to_string_lossy()
-                .trim_start_matches("./")
-                .to_owned();
+            let name = entry.path()?.to_string_lossy().trim_start_matches("./").to_owned();
             let (offset, size) = (entry.raw_file_position(), entry.size());
             if offset + size > len {
                 bail!(
@@ -369,38 +307,21 @@ fn index_tar(file: &Path) -> Result<BTreeMap<String, (u64, u64)>> {
 fn open_layout(blobs: Blobs, want: Option<&str>, reference: String) -> Result<SourceImage> {
     let index_bytes = blobs.read_named("index.json")?;
     let index: ImageIndex = serde_json::from_slice(&index_bytes).context("parsing index.json")?;
-    let refname = |m: &Descriptor| {
-        m.annotations()
-            .as_ref()
-            .and_then(|a| a.get(REF_NAME))
-            .cloned()
-    };
+    let refname = |m: &Descriptor| m.annotations().as_ref().and_then(|a| a.get(REF_NAME)).cloned();
     let chosen = match want {
-        Some(w) => index
-            .manifests()
-            .iter()
-            .find(|m| refname(m).as_deref() == Some(w))
-            .ok_or_else(|| {
-                let names: Vec<String> = index.manifests().iter().filter_map(refname).collect();
-                anyhow!(
-                    "no image tagged {w:?} (tags here: {})",
-                    if names.is_empty() {
-                        "none".into()
-                    } else {
-                        names.join(", ")
-                    }
-                )
-            })?,
+        Some(w) => index.manifests().iter().find(|m| refname(m).as_deref() == Some(w)).ok_or_else(|| {
+            let names: Vec<String> = index.manifests().iter().filter_map(refname).collect();
+            anyhow!(
+                "no image tagged {w:?} (tags here: {})",
+                if names.is_empty() { "none".into() } else { names.join(", ") }
+            )
+        })?,
         None => match index.manifests().as_slice() {
             [one] => one,
             [] => bail!("index.json lists no image"),
             many => {
                 let names: Vec<String> = many.iter().filter_map(refname).collect();
-                bail!(
-                    "index.json lists {} images: name one with :TAG ({})",
-                    many.len(),
-                    names.join(", ")
-                )
+                bail!("index.json lists {} images: name one with :TAG ({})", many.len(), names.join(", "))
             }
         },
     };
@@ -412,21 +333,19 @@ fn open_layout(blobs: Blobs, want: Option<&str>, reference: String) -> Result<So
 fn resolve_platform(blobs: &Blobs, mut desc: Descriptor) -> Result<Descriptor> {
     for _ in 0..4 {
         if *desc.media_type() != MediaType::ImageIndex
-            && desc.media_type().to_string()
-                != "application/vnd.docker.distribution.manifest.list.v2+json"
+            && desc.media_type().to_string() != "application/vnd.docker.distribution.manifest.list.v2+json"
         {
             return Ok(desc);
         }
         let (bytes, _) = blobs.read_json(&desc)?;
-        let index: ImageIndex =
-            serde_json::from_slice(&bytes).context("parsing a nested image index")?;
+        let index: ImageIndex = serde_json::from_slice(&bytes).context("parsing a nested image index")?;
         desc = index
             .manifests()
             .iter()
             .find(|m| {
-                m.platform().as_ref().is_none_or(|p| {
-                    p.os().to_string() == "linux" && p.architecture().to_string() == "amd64"
-                })
+                m.platform()
+                    .as_ref()
+                    .is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == "amd64")
             })
             .cloned()
             .ok_or_else(|| anyhow!("the image index has no linux/amd64 manifest"))?;
@@ -451,20 +370,10 @@ fn open_registry(r: &registry::RegistryRef, reference: String) -> Result<SourceI
         #[serde(rename = "mediaType")]
         media_type: Option<String>,
     }
-    let media_type = serde_json::from_slice::<Typed>(&bytes)
-        .ok()
-        .and_then(|t| t.media_type)
-        .unwrap_or(content_type);
+    let media_type = serde_json::from_slice::<Typed>(&bytes).ok().and_then(|t| t.media_type).unwrap_or(content_type);
     let blobs = Blobs::Registry(Box::new(repo));
-    if media_type == registry::request::MT_OCI_INDEX
-        || media_type == registry::request::MT_DOCKER_LIST
-    {
-        let desc = crate::image::descriptor(
-            MediaType::from(media_type.as_str()),
-            &digest,
-            bytes.len() as u64,
-            None,
-        )?;
+    if media_type == registry::request::MT_OCI_INDEX || media_type == registry::request::MT_DOCKER_LIST {
+        let desc = crate::image::descriptor(MediaType::from(media_type.as_str()), &digest, bytes.len() as u64, None)?;
         let desc = resolve_platform(&blobs, desc)?;
         return load(blobs, &desc, reference);
     }
@@ -472,8 +381,7 @@ fn open_registry(r: &registry::RegistryRef, reference: String) -> Result<SourceI
 }
 
 fn load(blobs: Blobs, desc: &Descriptor, reference: String) -> Result<SourceImage> {
-    let (manifest_bytes, manifest_digest) =
-        blobs.read_json(desc).context("reading the manifest")?;
+    let (manifest_bytes, manifest_digest) = blobs.read_json(desc).context("reading the manifest")?;
     load_manifest(blobs, manifest_bytes, manifest_digest, reference)
 }
 
@@ -483,20 +391,12 @@ fn load_manifest(
     manifest_digest: Digest,
     reference: String,
 ) -> Result<SourceImage> {
-    let manifest: ImageManifest =
-        serde_json::from_slice(&manifest_bytes).context("parsing the manifest")?;
-    let (config_bytes, config_digest) = blobs
-        .read_json(manifest.config())
-        .context("reading the config")?;
-    let config: ImageConfiguration =
-        serde_json::from_slice(&config_bytes).context("parsing the config")?;
+    let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes).context("parsing the manifest")?;
+    let (config_bytes, config_digest) = blobs.read_json(manifest.config()).context("reading the config")?;
+    let config: ImageConfiguration = serde_json::from_slice(&config_bytes).context("parsing the config")?;
     let diff_ids = config.rootfs().diff_ids();
     if diff_ids.len() != manifest.layers().len() {
-        bail!(
-            "the manifest lists {} layers but the config has {} diff_ids",
-            manifest.layers().len(),
-            diff_ids.len()
-        );
+        bail!("the manifest lists {} layers but the config has {} diff_ids", manifest.layers().len(), diff_ids.len());
     }
     let layers = manifest
         .layers()
@@ -508,12 +408,7 @@ fn load_manifest(
                 size: l.size(),
                 media_type: l.media_type().to_string(),
                 diff_id: Some(diff.parse()?),
-                annotations: l
-                    .annotations()
-                    .clone()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
+                annotations: l.annotations().clone().unwrap_or_default().into_iter().collect(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -547,43 +442,26 @@ fn open_docker_archive(
     want: Option<&str>,
     reference: String,
 ) -> Result<SourceImage> {
-    let tmp = Blobs::Tar {
-        file: file.to_owned(),
-        members: members.clone(),
-        layout: TarLayout::Oci,
-    };
+    let tmp = Blobs::Tar { file: file.to_owned(), members: members.clone(), layout: TarLayout::Oci };
     let entries: Vec<DockerManifestEntry> =
-        serde_json::from_slice(&tmp.read_named("manifest.json")?)
-            .context("parsing manifest.json")?;
+        serde_json::from_slice(&tmp.read_named("manifest.json")?).context("parsing manifest.json")?;
     let entry = match want {
         Some(w) => entries
             .iter()
-            .find(|e| {
-                e.repo_tags
-                    .iter()
-                    .flatten()
-                    .any(|t| t == w || t.strip_prefix("localhost/") == Some(w))
-            })
+            .find(|e| e.repo_tags.iter().flatten().any(|t| t == w || t.strip_prefix("localhost/") == Some(w)))
             .ok_or_else(|| anyhow!("no image named {w:?} in manifest.json"))?,
         None => match entries.as_slice() {
             [one] => one,
-            _ => bail!(
-                "manifest.json lists {} images: name one with :REF",
-                entries.len()
-            ),
+            _ => bail!("manifest.json lists {} images: name one with :REF", entries.len()),
         },
     };
     let config_bytes = tmp.read_named(&entry.config)?;
     let config_digest = Digest::of(&config_bytes);
-    let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
-        .with_context(|| format!("parsing {}", entry.config))?;
+    let config: ImageConfiguration =
+        serde_json::from_slice(&config_bytes).with_context(|| format!("parsing {}", entry.config))?;
     let diff_ids = config.rootfs().diff_ids();
     if diff_ids.len() != entry.layers.len() {
-        bail!(
-            "manifest.json lists {} layers but the config has {} diff_ids",
-            entry.layers.len(),
-            diff_ids.len()
-        );
+        bail!("manifest.json lists {} layers but the config has {} diff_ids", entry.layers.len(), diff_ids.len());
     }
     let mut map = BTreeMap::new();
     let mut layers = Vec::new();
@@ -623,33 +501,17 @@ fn open_docker_archive(
     map.insert(config_digest.clone(), entry.config.clone());
     let descs = layers
         .iter()
-        .map(|l| {
-            crate::image::descriptor(
-                MediaType::from(l.media_type.as_str()),
-                &l.digest,
-                l.size,
-                None,
-            )
-        })
+        .map(|l| crate::image::descriptor(MediaType::from(l.media_type.as_str()), &l.digest, l.size, None))
         .collect::<Result<Vec<_>>>()?;
     let manifest = oci_spec::image::ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
-        .config(crate::image::descriptor(
-            MediaType::ImageConfig,
-            &config_digest,
-            config_bytes.len() as u64,
-            None,
-        )?)
+        .config(crate::image::descriptor(MediaType::ImageConfig, &config_digest, config_bytes.len() as u64, None)?)
         .layers(descs)
         .build()?;
     let manifest_bytes = canon_json::CanonJsonSerialize::to_canon_json_vec(&manifest)?;
     let manifest_digest = Digest::of(&manifest_bytes);
-    let blobs = Blobs::Tar {
-        file: file.to_owned(),
-        members,
-        layout: TarLayout::Docker(map),
-    };
+    let blobs = Blobs::Tar { file: file.to_owned(), members, layout: TarLayout::Docker(map) };
     Ok(SourceImage {
         reference,
         manifest_bytes,

@@ -37,18 +37,11 @@ pub fn bin() -> PathBuf {
 
 /// `target/` (or `target/<triple>/`): the binary lives in `<that>/<profile>/nixoci`.
 pub fn target_dir() -> PathBuf {
-    bin()
-        .parent()
-        .and_then(Path::parent)
-        .expect("binary is in target/<profile>/")
-        .to_path_buf()
+    bin().parent().and_then(Path::parent).expect("binary is in target/<profile>/").to_path_buf()
 }
 
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("nixoci-e2e.")
-        .tempdir()
-        .expect("creating a temporary directory")
+    tempfile::Builder::new().prefix("nixoci-e2e.").tempdir().expect("creating a temporary directory")
 }
 
 pub fn in_ci() -> bool {
@@ -62,19 +55,12 @@ pub fn which(tool: &str) -> Option<PathBuf> {
         .to_str()?
         .split(':')
         .map(|d| Path::new(d).join(tool))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// True when every tool is on PATH. Otherwise: panics under CI, prints a SKIP note elsewhere.
 pub fn have_tools(test: &str, tools: &[&str]) -> bool {
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| which(t).is_none())
-        .collect();
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| which(t).is_none()).collect();
     if missing.is_empty() {
         return true;
     }
@@ -85,10 +71,7 @@ pub fn have_tools(test: &str, tools: &[&str]) -> bool {
             missing.join(", ")
         );
     }
-    eprintln!(
-        "SKIP {test}: tool(s) not found on PATH: {} (under CI=1 this fails)",
-        missing.join(", ")
-    );
+    eprintln!("SKIP {test}: tool(s) not found on PATH: {} (under CI=1 this fails)", missing.join(", "));
     false
 }
 
@@ -113,15 +96,7 @@ macro_rules! require_tools {
 }
 
 /// The tools `scripts/nix-test-closure` needs.
-pub const NIX_TOOLS: &[&str] = &[
-    "nix-build",
-    "nix-store",
-    "nix-instantiate",
-    "nix",
-    "gcc",
-    "jq",
-    "flock",
-];
+pub const NIX_TOOLS: &[&str] = &["nix-build", "nix-store", "nix-instantiate", "nix", "gcc", "jq", "flock"];
 
 // ---- running commands --------------------------------------------------------------------------------
 
@@ -137,8 +112,7 @@ pub fn describe(cmd: &Command) -> String {
 /// Runs and captures; panics only when the program cannot be started.
 pub fn output(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null());
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run `{}`: {e}", describe(cmd)))
+    cmd.output().unwrap_or_else(|e| panic!("cannot run `{}`: {e}", describe(cmd)))
 }
 
 /// Runs; panics with both streams unless it exits 0. Returns stdout.
@@ -166,14 +140,9 @@ pub fn run_ok_str(cmd: &mut Command) -> String {
 pub fn nixoci() -> Command {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let cache = target_dir()
-        .join("test-caches")
-        .join(format!("{}-{n}", std::process::id()));
+    let cache = target_dir().join("test-caches").join(format!("{}-{n}", std::process::id()));
     let mut c = Command::new(bin());
-    c.env("XDG_CACHE_HOME", cache)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1");
+    c.env("XDG_CACHE_HOME", cache).env_remove("SOURCE_DATE_EPOCH").env_remove("RUST_LOG").env("NO_COLOR", "1");
     c
 }
 
@@ -195,11 +164,7 @@ impl Built {
             .map(|l| {
                 l["paths"]
                     .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|p| full_store_path(p.as_str().expect("path string")))
-                            .collect()
-                    })
+                    .map(|a| a.iter().map(|p| full_store_path(p.as_str().expect("path string"))).collect())
                     .unwrap_or_default()
             })
             .collect()
@@ -225,27 +190,16 @@ pub fn build_with(cmd: &mut Command) -> Built {
         panic!("`{}` failed ({}):\n{stderr}", describe(cmd), out.status);
     }
     let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "`{}`: --json printed no JSON document ({e}):\n{}",
-            describe(cmd),
-            String::from_utf8_lossy(&out.stdout)
-        )
+        panic!("`{}`: --json printed no JSON document ({e}):\n{}", describe(cmd), String::from_utf8_lossy(&out.stdout))
     });
-    let s = |k: &str| {
-        json[k]
-            .as_str()
-            .unwrap_or_else(|| panic!("--json output lacks string {k:?}: {json:#}"))
-            .to_string()
-    };
+    let s =
+        |k: &str| json[k].as_str().unwrap_or_else(|| panic!("--json output lacks string {k:?}: {json:#}")).to_string();
     let manifest_digest = s("manifest_digest");
     let config_digest = s("config_digest");
     for d in [&manifest_digest, &config_digest] {
         assert_digest_syntax(d);
     }
-    let layers = json["layers"]
-        .as_array()
-        .unwrap_or_else(|| panic!("--json lacks layers: {json:#}"))
-        .clone();
+    let layers = json["layers"].as_array().unwrap_or_else(|| panic!("--json lacks layers: {json:#}")).clone();
     for l in &layers {
         for k in ["digest", "diff_id", "media_type"] {
             assert!(l[k].is_string(), "--json layer lacks {k:?}: {l:#}");
@@ -256,24 +210,13 @@ pub fn build_with(cmd: &mut Command) -> Built {
         assert_digest_syntax(l["digest"].as_str().unwrap());
         assert_digest_syntax(l["diff_id"].as_str().unwrap());
     }
-    Built {
-        json,
-        manifest_digest,
-        config_digest,
-        layers,
-        stderr,
-    }
+    Built { json, manifest_digest, config_digest, layers, stderr }
 }
 
 pub fn assert_digest_syntax(d: &str) {
-    let hex = d
-        .strip_prefix("sha256:")
-        .unwrap_or_else(|| panic!("digest {d:?} is not sha256:…"));
+    let hex = d.strip_prefix("sha256:").unwrap_or_else(|| panic!("digest {d:?} is not sha256:…"));
     assert!(
-        hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
         "digest {d:?} is not 64 lowercase hex digits"
     );
 }
@@ -288,11 +231,7 @@ pub fn sha256_digest(data: &[u8]) -> String {
 
 /// `/nix/store/x-y` from `x-y` or `/nix/store/x-y`.
 pub fn full_store_path(p: &str) -> String {
-    if p.starts_with("/nix/store/") {
-        p.to_string()
-    } else {
-        format!("/nix/store/{p}")
-    }
+    if p.starts_with("/nix/store/") { p.to_string() } else { format!("/nix/store/{p}") }
 }
 
 pub fn base_name(p: &str) -> &str {
@@ -362,22 +301,13 @@ fn build_nix_closure(variant: u8) -> Result<NixClosure, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    eprintln!(
-        "nix test closure v{variant} ready in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    let read = |f: &str| {
-        fs::read_to_string(dir.join(f))
-            .map_err(|e| format!("reading {}: {e}", dir.join(f).display()))
-    };
+    eprintln!("nix test closure v{variant} ready in {:.1} s", started.elapsed().as_secs_f64());
+    let read = |f: &str| fs::read_to_string(dir.join(f)).map_err(|e| format!("reading {}: {e}", dir.join(f).display()));
     Ok(NixClosure {
         root: read("root")?.trim().to_string(),
         hello: read("hello")?.trim().to_string(),
         expected_hello: read("expected-hello-output")?,
-        store_paths: read("closure-info/store-paths")?
-            .lines()
-            .map(str::to_string)
-            .collect(),
+        store_paths: read("closure-info/store-paths")?.lines().map(str::to_string).collect(),
         dir,
     })
 }
@@ -517,34 +447,18 @@ impl Layout {
     }
 
     pub fn blob_path(&self, digest: &str) -> PathBuf {
-        let (alg, hex) = digest
-            .split_once(':')
-            .unwrap_or_else(|| panic!("bad digest {digest:?}"));
+        let (alg, hex) = digest.split_once(':').unwrap_or_else(|| panic!("bad digest {digest:?}"));
         self.dir.join("blobs").join(alg).join(hex)
     }
 
     /// Reads a blob and checks it against its descriptor (digest and size).
     pub fn blob(&self, descriptor: &Value) -> Vec<u8> {
-        let digest = descriptor["digest"]
-            .as_str()
-            .unwrap_or_else(|| panic!("descriptor without digest: {descriptor}"));
-        let size = descriptor["size"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("descriptor without size: {descriptor}"));
+        let digest = descriptor["digest"].as_str().unwrap_or_else(|| panic!("descriptor without digest: {descriptor}"));
+        let size = descriptor["size"].as_u64().unwrap_or_else(|| panic!("descriptor without size: {descriptor}"));
         let path = self.blob_path(digest);
-        let data =
-            fs::read(&path).unwrap_or_else(|e| panic!("reading blob {}: {e}", path.display()));
-        assert_eq!(
-            sha256_digest(&data),
-            digest,
-            "blob {} does not hash to its digest",
-            path.display()
-        );
-        assert_eq!(
-            data.len() as u64,
-            size,
-            "blob {digest}: size differs from its descriptor's"
-        );
+        let data = fs::read(&path).unwrap_or_else(|e| panic!("reading blob {}: {e}", path.display()));
+        assert_eq!(sha256_digest(&data), digest, "blob {} does not hash to its digest", path.display());
+        assert_eq!(data.len() as u64, size, "blob {digest}: size differs from its descriptor's");
         data
     }
 
@@ -556,19 +470,11 @@ impl Layout {
         let found: Vec<&Value> = manifests
             .iter()
             .filter(|m| match tag {
-                Some(t) => {
-                    m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(t)
-                }
+                Some(t) => m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(t),
                 None => true,
             })
             .collect();
-        assert_eq!(
-            found.len(),
-            1,
-            "{} has {} manifests for {tag:?}: {index:#}",
-            self.dir.display(),
-            found.len()
-        );
+        assert_eq!(found.len(), 1, "{} has {} manifests for {tag:?}: {index:#}", self.dir.display(), found.len());
         found[0].clone()
     }
 
@@ -576,17 +482,9 @@ impl Layout {
     /// descriptor size, decompressed sha256 = config rootfs diff_id, media type).
     pub fn image(&self, tag: Option<&str>) -> Image {
         let layout = read_json(&self.dir.join("oci-layout"));
-        assert_eq!(
-            layout["imageLayoutVersion"],
-            "1.0.0",
-            "oci-layout of {}",
-            self.dir.display()
-        );
+        assert_eq!(layout["imageLayoutVersion"], "1.0.0", "oci-layout of {}", self.dir.display());
         let desc = self.manifest_descriptor(tag);
-        assert_eq!(
-            desc["mediaType"], MT_MANIFEST,
-            "index.json entry media type"
-        );
+        assert_eq!(desc["mediaType"], MT_MANIFEST, "index.json entry media type");
         let manifest_bytes = self.blob(&desc);
         let manifest: Value = serde_json::from_slice(&manifest_bytes).expect("manifest JSON");
         assert_eq!(manifest["schemaVersion"], 2);
@@ -604,26 +502,15 @@ impl Layout {
             .map(|d| d.as_str().unwrap().to_string())
             .collect();
         let descs = manifest["layers"].as_array().expect("manifest layers");
-        assert_eq!(
-            descs.len(),
-            diff_ids.len(),
-            "manifest layers vs config diff_ids"
-        );
+        assert_eq!(descs.len(), diff_ids.len(), "manifest layers vs config diff_ids");
         if let Some(history) = config["history"].as_array() {
             let non_empty = history.iter().filter(|h| h["empty_layer"] != true).count();
-            assert_eq!(
-                non_empty,
-                descs.len(),
-                "config history entries (non-empty) vs layers"
-            );
+            assert_eq!(non_empty, descs.len(), "config history entries (non-empty) vs layers");
         }
         let mut layers = Vec::new();
         for (i, d) in descs.iter().enumerate() {
             let blob = self.blob(d);
-            let media_type = d["mediaType"]
-                .as_str()
-                .expect("layer mediaType")
-                .to_string();
+            let media_type = d["mediaType"].as_str().expect("layer mediaType").to_string();
             let tar = decompress(&media_type, &blob);
             assert_eq!(
                 sha256_digest(&tar),
@@ -631,12 +518,7 @@ impl Layout {
                 "layer {i} ({}): sha256 of the decompressed blob is not the config's diff_id",
                 d["digest"]
             );
-            layers.push(Layer {
-                descriptor: d.clone(),
-                media_type,
-                diff_id: diff_ids[i].clone(),
-                tar,
-            });
+            layers.push(Layer { descriptor: d.clone(), media_type, diff_id: diff_ids[i].clone(), tar });
         }
         Image {
             manifest_digest: desc["digest"].as_str().unwrap().to_string(),
@@ -652,15 +534,10 @@ pub fn decompress(media_type: &str, blob: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     match media_type {
         MT_LAYER_GZIP => {
-            flate2::read::MultiGzDecoder::new(blob)
-                .read_to_end(&mut out)
-                .expect("gunzip layer");
+            flate2::read::MultiGzDecoder::new(blob).read_to_end(&mut out).expect("gunzip layer");
         }
         MT_LAYER_ZSTD => {
-            zstd::stream::read::Decoder::new(blob)
-                .unwrap()
-                .read_to_end(&mut out)
-                .expect("unzstd layer");
+            zstd::stream::read::Decoder::new(blob).unwrap().read_to_end(&mut out).expect("unzstd layer");
         }
         MT_LAYER_TAR => out = blob.to_vec(),
         other => panic!("unexpected layer media type {other:?}"),
@@ -689,20 +566,11 @@ pub fn tar_entries(tar_bytes: &[u8]) -> Vec<TarEntry> {
     for e in archive.entries().expect("tar entries") {
         let mut e = e.expect("tar entry");
         let raw = String::from_utf8(e.path_bytes().into_owned()).expect("UTF-8 tar path");
-        let path = raw
-            .trim_start_matches("./")
-            .trim_start_matches('/')
-            .trim_end_matches('/')
-            .to_string();
+        let path = raw.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/').to_string();
         let h = e.header().clone();
-        let link = e
-            .link_name_bytes()
-            .map(|l| String::from_utf8(l.into_owned()).expect("UTF-8 link"));
+        let link = e.link_name_bytes().map(|l| String::from_utf8(l.into_owned()).expect("UTF-8 link"));
         let pax_keys = match e.pax_extensions() {
-            Ok(Some(exts)) => exts
-                .filter_map(|x| x.ok())
-                .map(|x| x.key().unwrap_or("?").to_string())
-                .collect(),
+            Ok(Some(exts)) => exts.filter_map(|x| x.ok()).map(|x| x.key().unwrap_or("?").to_string()).collect(),
             _ => Vec::new(),
         };
         let mut data = Vec::new();
@@ -736,17 +604,13 @@ pub fn check_tar_rules(what: &str, entries: &[TarEntry], epoch: u64) {
         if let Some((parent, _)) = p.rsplit_once('/') {
             // The parent must come earlier (when the layer has it at all; it must for store paths).
             let has_parent = seen.contains(parent);
-            if !has_parent
-                && (parent == "nix" || parent == "nix/store" || parent.starts_with("nix/store/"))
-            {
+            if !has_parent && (parent == "nix" || parent == "nix/store" || parent.starts_with("nix/store/")) {
                 problems.push(format!("{p}: its parent {parent} does not come before it"));
             }
         }
     }
     let bytewise = paths.windows(2).all(|w| w[0].as_bytes() < w[1].as_bytes());
-    let by_component = paths
-        .windows(2)
-        .all(|w| w[0].split('/').lt(w[1].split('/')));
+    let by_component = paths.windows(2).all(|w| w[0].split('/').lt(w[1].split('/')));
     if !bytewise && !by_component {
         problems.push(format!("entries are not sorted: {paths:?}"));
     }
@@ -755,10 +619,7 @@ pub fn check_tar_rules(what: &str, entries: &[TarEntry], epoch: u64) {
         for p in ["nix", "nix/store"] {
             match entries.iter().find(|e| e.path == p) {
                 Some(e) if e.kind == tar::EntryType::Directory && e.mode & 0o7777 == 0o755 => {}
-                Some(e) => problems.push(format!(
-                    "{p}: expected a 0755 directory, got {:?} {:o}",
-                    e.kind, e.mode
-                )),
+                Some(e) => problems.push(format!("{p}: expected a 0755 directory, got {:?} {:o}", e.kind, e.mode)),
                 None => problems.push(format!("{p}: missing from a layer with store paths")),
             }
         }
@@ -767,29 +628,19 @@ pub fn check_tar_rules(what: &str, entries: &[TarEntry], epoch: u64) {
         if e.mtime != epoch {
             problems.push(format!("{}: mtime {} (expected {epoch})", e.path, e.mtime));
         }
-        if e.pax_keys
-            .iter()
-            .any(|k| k.contains("xattr") || k.contains("acl"))
-        {
-            problems.push(format!(
-                "{}: has xattr/ACL records {:?}",
-                e.path, e.pax_keys
-            ));
+        if e.pax_keys.iter().any(|k| k.contains("xattr") || k.contains("acl")) {
+            problems.push(format!("{}: has xattr/ACL records {:?}", e.path, e.pax_keys));
         }
         let in_store = e.path.starts_with("nix/store/");
         match e.kind {
             tar::EntryType::Directory | tar::EntryType::Regular | tar::EntryType::Symlink => {}
-            other => problems.push(format!(
-                "{}: entry type {other:?} (hardlinks and special files are not allowed)",
-                e.path
-            )),
+            other => {
+                problems.push(format!("{}: entry type {other:?} (hardlinks and special files are not allowed)", e.path))
+            }
         }
         if in_store {
             if (e.uid, e.gid) != (0, 0) {
-                problems.push(format!(
-                    "{}: owner {}:{} (store paths are 0:0)",
-                    e.path, e.uid, e.gid
-                ));
+                problems.push(format!("{}: owner {}:{} (store paths are 0:0)", e.path, e.uid, e.gid));
             }
             let mode = e.mode & 0o7777;
             let ok = match e.kind {
@@ -803,25 +654,17 @@ pub fn check_tar_rules(what: &str, entries: &[TarEntry], epoch: u64) {
             }
         }
     }
-    assert!(
-        problems.is_empty(),
-        "{what} breaks the tar rules:\n  {}",
-        problems.join("\n  ")
-    );
+    assert!(problems.is_empty(), "{what} breaks the tar rules:\n  {}", problems.join("\n  "));
 }
 
 /// The store paths an annotation value names (a JSON array, or a list split on whitespace or commas).
 pub fn parse_store_paths_annotation(value: &str) -> BTreeSet<String> {
     let v = value.trim();
     if v.starts_with('[') {
-        let list: Vec<String> =
-            serde_json::from_str(v).unwrap_or_else(|e| panic!("annotation {v:?}: {e}"));
+        let list: Vec<String> = serde_json::from_str(v).unwrap_or_else(|e| panic!("annotation {v:?}: {e}"));
         list.iter().map(|p| full_store_path(p)).collect()
     } else {
-        v.split(|c: char| c.is_whitespace() || c == ',')
-            .filter(|s| !s.is_empty())
-            .map(full_store_path)
-            .collect()
+        v.split(|c: char| c.is_whitespace() || c == ',').filter(|s| !s.is_empty()).map(full_store_path).collect()
     }
 }
 
@@ -837,60 +680,27 @@ pub fn store_paths_in_tar(entries: &[TarEntry]) -> BTreeSet<String> {
 /// Checks that every layer holding store paths is annotated with exactly those paths, that the
 /// layers agree with `--json`, and that together they hold `expected` once each.
 pub fn check_store_layers(image: &Image, built: &Built, expected: &BTreeSet<String>) {
-    assert_eq!(
-        image.manifest_digest, built.manifest_digest,
-        "--json manifest_digest vs the layout"
-    );
-    assert_eq!(
-        image.config_digest, built.config_digest,
-        "--json config_digest vs the layout"
-    );
-    assert_eq!(
-        image.layers.len(),
-        built.layers.len(),
-        "--json layer count vs the manifest"
-    );
+    assert_eq!(image.manifest_digest, built.manifest_digest, "--json manifest_digest vs the layout");
+    assert_eq!(image.config_digest, built.config_digest, "--json config_digest vs the layout");
+    assert_eq!(image.layers.len(), built.layers.len(), "--json layer count vs the manifest");
     let json_paths = built.layer_paths();
     let mut all = BTreeSet::new();
     for (i, (layer, j)) in image.layers.iter().zip(&built.layers).enumerate() {
-        assert_eq!(
-            layer.descriptor["digest"], j["digest"],
-            "layer {i}: --json digest"
-        );
-        assert_eq!(
-            layer.descriptor["size"], j["size"],
-            "layer {i}: --json size"
-        );
-        assert_eq!(
-            layer.diff_id,
-            j["diff_id"].as_str().unwrap(),
-            "layer {i}: --json diff_id"
-        );
-        assert_eq!(
-            layer.media_type,
-            j["media_type"].as_str().unwrap(),
-            "layer {i}: --json media_type"
-        );
+        assert_eq!(layer.descriptor["digest"], j["digest"], "layer {i}: --json digest");
+        assert_eq!(layer.descriptor["size"], j["size"], "layer {i}: --json size");
+        assert_eq!(layer.diff_id, j["diff_id"].as_str().unwrap(), "layer {i}: --json diff_id");
+        assert_eq!(layer.media_type, j["media_type"].as_str().unwrap(), "layer {i}: --json media_type");
         let entries = tar_entries(&layer.tar);
         let in_tar = store_paths_in_tar(&entries);
         let listed: BTreeSet<String> = json_paths[i].iter().cloned().collect();
         if in_tar.is_empty() {
-            assert!(
-                listed.is_empty(),
-                "layer {i} holds no store path but --json lists {listed:?}"
-            );
+            assert!(listed.is_empty(), "layer {i} holds no store path but --json lists {listed:?}");
             continue;
         }
         // A slice of one huge path may repeat a path across layers; ours are small, so no slices.
-        assert_eq!(
-            in_tar, listed,
-            "layer {i}: store paths in the tar vs --json paths"
-        );
+        assert_eq!(in_tar, listed, "layer {i}: store paths in the tar vs --json paths");
         let annotation = layer.annotation(STORE_PATHS_ANNOTATION).unwrap_or_else(|| {
-            panic!(
-                "layer {i} holds store paths but has no {STORE_PATHS_ANNOTATION} annotation: {:#}",
-                layer.descriptor
-            )
+            panic!("layer {i} holds store paths but has no {STORE_PATHS_ANNOTATION} annotation: {:#}", layer.descriptor)
         });
         assert_eq!(
             parse_store_paths_annotation(annotation),
@@ -915,10 +725,7 @@ pub struct Podman {
 impl Podman {
     pub fn new() -> Self {
         // runroot must be < 50 characters: keep it short, directly under /tmp.
-        let dir = tempfile::Builder::new()
-            .prefix("nxp")
-            .tempdir_in("/tmp")
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("nxp").tempdir_in("/tmp").unwrap();
         let d = dir.path();
         fs::write(
             d.join("containers.conf"),
@@ -947,10 +754,7 @@ impl Podman {
     pub fn cmd(&self) -> Command {
         let mut c = Command::new("podman");
         c.env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
-            .env(
-                "CONTAINERS_STORAGE_CONF",
-                self.dir.path().join("storage.conf"),
-            )
+            .env("CONTAINERS_STORAGE_CONF", self.dir.path().join("storage.conf"))
             .env("TMPDIR", self.dir.path());
         c
     }
@@ -962,23 +766,14 @@ impl Podman {
 
     /// `podman run --rm --pull never IMAGE ARGS…`; returns stdout.
     pub fn run(&self, image: &str, args: &[&str]) -> String {
-        run_ok_str(
-            self.cmd()
-                .args(["run", "--rm", "--pull", "never", image])
-                .args(args),
-        )
+        run_ok_str(self.cmd().args(["run", "--rm", "--pull", "never", image]).args(args))
     }
 }
 
 impl Drop for Podman {
     fn drop(&mut self) {
         // Nothing keeps running (`run --rm` is synchronous); vfs leaves no mounts. Best effort only.
-        let _ = self
-            .cmd()
-            .args(["rm", "-a", "-f"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let _ = self.cmd().args(["rm", "-a", "-f"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
     }
 }
 
@@ -988,32 +783,19 @@ impl Drop for Podman {
 pub fn snapshot(dir: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        let mut names: Vec<_> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
+        let mut names: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
         names.sort();
         for p in names {
             let rel = p.strip_prefix(base).unwrap().display().to_string();
             let m = fs::symlink_metadata(&p).unwrap();
             let mode = m.permissions().mode() & 0o7777;
             if m.file_type().is_symlink() {
-                out.insert(
-                    rel,
-                    format!("l -> {}", fs::read_link(&p).unwrap().display()),
-                );
+                out.insert(rel, format!("l -> {}", fs::read_link(&p).unwrap().display()));
             } else if m.is_dir() {
                 out.insert(rel, format!("d {mode:o}"));
                 walk(base, &p, out);
             } else if m.is_file() {
-                out.insert(
-                    rel,
-                    format!(
-                        "f {mode:o} {} {}",
-                        m.len(),
-                        sha256_hex(&fs::read(&p).unwrap())
-                    ),
-                );
+                out.insert(rel, format!("f {mode:o} {} {}", m.len(), sha256_hex(&fs::read(&p).unwrap())));
             } else {
                 out.insert(rel, format!("? {:?}", m.file_type()));
             }
@@ -1031,9 +813,7 @@ pub fn copy_store_paths(paths: &[String], from: &Path, to: &Path, preserve: bool
     for p in paths {
         let base = base_name(p);
         let mut cmd = Command::new("cp");
-        cmd.arg(if preserve { "-a" } else { "-r" })
-            .arg(from.join(base))
-            .arg(to.join(base));
+        cmd.arg(if preserve { "-a" } else { "-r" }).arg(from.join(base)).arg(to.join(base));
         run_ok(&mut cmd);
     }
 }
@@ -1045,10 +825,7 @@ pub fn walk(dir: &Path) -> Vec<(PathBuf, fs::Metadata)> {
     let is_dir = m.is_dir();
     out.push((dir.to_path_buf(), m));
     if is_dir {
-        let mut names: Vec<_> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
+        let mut names: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
         names.sort();
         for p in names {
             out.extend(walk(&p));
@@ -1066,10 +843,7 @@ pub fn hardlink_duplicates(dir: &Path) -> usize {
         if !m.is_file() {
             continue;
         }
-        let key = (
-            sha256_hex(&fs::read(&p).unwrap()),
-            m.permissions().mode() & 0o7777,
-        );
+        let key = (sha256_hex(&fs::read(&p).unwrap()), m.permissions().mode() & 0o7777);
         match first.get(&key) {
             Some(orig) => {
                 if fs::metadata(orig).unwrap().ino() != m.ino() {
@@ -1116,17 +890,10 @@ pub fn compare_store_path(src: &Path, dst: &Path, problems: &mut Vec<String>) {
         if fs::read(src).unwrap() != fs::read(dst).unwrap() {
             problems.push(format!("{}: content differs", dst.display()));
         }
-        let want = if sm.permissions().mode() & 0o100 != 0 {
-            0o555
-        } else {
-            0o444
-        };
+        let want = if sm.permissions().mode() & 0o100 != 0 { 0o555 } else { 0o444 };
         let got = dm.permissions().mode() & 0o7777;
         if got != want {
-            problems.push(format!(
-                "{}: mode {got:o}, expected {want:o}",
-                dst.display()
-            ));
+            problems.push(format!("{}: mode {got:o}, expected {want:o}", dst.display()));
         }
         if dm.nlink() != 1 {
             problems.push(format!(
@@ -1141,17 +908,11 @@ pub fn compare_store_path(src: &Path, dst: &Path, problems: &mut Vec<String>) {
             return;
         }
         let names = |d: &Path| -> BTreeSet<std::ffi::OsString> {
-            fs::read_dir(d)
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect()
+            fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect()
         };
         let (a, b) = (names(src), names(dst));
         if a != b {
-            problems.push(format!(
-                "{}: entries differ: on disk {a:?}, in the rootfs {b:?}",
-                dst.display()
-            ));
+            problems.push(format!("{}: entries differ: on disk {a:?}, in the rootfs {b:?}", dst.display()));
         }
         for n in a.intersection(&b) {
             compare_store_path(&src.join(n), &dst.join(n), problems);

@@ -34,10 +34,9 @@ impl FromStr for Credentials {
     /// `USER:PASS` (the password may contain colons).
     fn from_str(s: &str) -> Result<Self> {
         match s.split_once(':') {
-            Some((u, p)) if !u.is_empty() => Ok(Credentials::Basic {
-                username: u.to_owned(),
-                password: Secret::new(p.to_owned()),
-            }),
+            Some((u, p)) if !u.is_empty() => {
+                Ok(Credentials::Basic { username: u.to_owned(), password: Secret::new(p.to_owned()) })
+            }
             _ => bail!("credentials must be USER:PASSWORD"),
         }
     }
@@ -51,17 +50,9 @@ pub struct Found {
 }
 
 /// Finds credentials for `host` (as the user wrote it) and `repo`.
-pub fn find(
-    host: &str,
-    repo: &str,
-    explicit: Option<&Credentials>,
-    authfile: Option<&Path>,
-) -> Result<Option<Found>> {
+pub fn find(host: &str, repo: &str, explicit: Option<&Credentials>, authfile: Option<&Path>) -> Result<Option<Found>> {
     if let Some(c) = explicit {
-        return Ok(Some(Found {
-            credentials: c.clone(),
-            source: "--creds".into(),
-        }));
+        return Ok(Some(Found { credentials: c.clone(), source: "--creds".into() }));
     }
     let files = match authfile {
         Some(f) => {
@@ -78,27 +69,19 @@ pub fn find(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
         };
-        let parsed: AuthFile = serde_json::from_str(&text)
-            .with_context(|| format!("parsing auth file {}", file.display()))?;
-        if let Some(c) = parsed
-            .lookup(host, repo)
-            .with_context(|| format!("credentials for {host} from {}", file.display()))?
+        let parsed: AuthFile =
+            serde_json::from_str(&text).with_context(|| format!("parsing auth file {}", file.display()))?;
+        if let Some(c) =
+            parsed.lookup(host, repo).with_context(|| format!("credentials for {host} from {}", file.display()))?
         {
-            return Ok(Some(Found {
-                credentials: c.0,
-                source: format!("{} ({})", file.display(), c.1),
-            }));
+            return Ok(Some(Found { credentials: c.0, source: format!("{} ({})", file.display(), c.1) }));
         }
     }
     Ok(None)
 }
 
 fn default_auth_files() -> Vec<PathBuf> {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     let mut files = Vec::new();
     files.extend(env("REGISTRY_AUTH_FILE"));
     if let Some(run) = env("XDG_RUNTIME_DIR") {
@@ -142,9 +125,7 @@ impl AuthFile {
     fn lookup(&self, host: &str, repo: &str) -> Result<Option<(Credentials, String)>> {
         let keys = host_aliases(host);
         if let Some(helper) = keys.iter().find_map(|k| self.cred_helpers.get(*k)) {
-            return Ok(
-                helper_get(helper, host)?.map(|c| (c, format!("docker-credential-{helper}")))
-            );
+            return Ok(helper_get(helper, host)?.map(|c| (c, format!("docker-credential-{helper}"))));
         }
         // The longest key that names this host, or this host and a namespace of the repo.
         let best = self
@@ -156,9 +137,7 @@ impl AuthFile {
                 let host_ok = keys.contains(&khost);
                 let path_ok = kpath.is_empty()
                     || repo == kpath
-                    || repo
-                        .strip_prefix(kpath)
-                        .is_some_and(|rest| rest.starts_with('/'));
+                    || repo.strip_prefix(kpath).is_some_and(|rest| rest.starts_with('/'));
                 (host_ok && path_ok).then_some((kpath.len(), key, entry))
             })
             .max_by_key(|(len, ..)| *len);
@@ -191,10 +170,9 @@ impl AuthEntry {
                 .map_err(|_| anyhow!("auths[{key:?}].auth is not base64 of USER:PASSWORD"));
         }
         match (&self.username, &self.password) {
-            (Some(u), Some(p)) if !u.is_empty() => Ok(Some(Credentials::Basic {
-                username: u.clone(),
-                password: Secret::new(p.clone()),
-            })),
+            (Some(u), Some(p)) if !u.is_empty() => {
+                Ok(Some(Credentials::Basic { username: u.clone(), password: Secret::new(p.clone()) }))
+            }
             _ => Ok(None),
         }
     }
@@ -202,10 +180,7 @@ impl AuthEntry {
 
 /// The spellings of a host in auth files.
 fn host_aliases(host: &str) -> Vec<&str> {
-    if matches!(
-        host,
-        "docker.io" | "index.docker.io" | "registry-1.docker.io"
-    ) {
+    if matches!(host, "docker.io" | "index.docker.io" | "registry-1.docker.io") {
         vec!["docker.io", "index.docker.io", "registry-1.docker.io"]
     } else {
         vec![host]
@@ -214,23 +189,14 @@ fn host_aliases(host: &str) -> Vec<&str> {
 
 /// `https://index.docker.io/v1/` → `index.docker.io`; `http://h:5000/` → `h:5000`.
 fn normalize_key(key: &str) -> &str {
-    let k = key
-        .strip_prefix("https://")
-        .or_else(|| key.strip_prefix("http://"))
-        .unwrap_or(key);
+    let k = key.strip_prefix("https://").or_else(|| key.strip_prefix("http://")).unwrap_or(key);
     let k = k.trim_end_matches('/');
-    k.strip_suffix("/v1")
-        .or_else(|| k.strip_suffix("/v2"))
-        .unwrap_or(k)
+    k.strip_suffix("/v1").or_else(|| k.strip_suffix("/v2")).unwrap_or(k)
 }
 
 /// `docker-credential-NAME get`; `None` when the helper has nothing for the server.
 fn helper_get(name: &str, host: &str) -> Result<Option<Credentials>> {
-    let server = if host_aliases(host).len() > 1 {
-        "https://index.docker.io/v1/"
-    } else {
-        host
-    };
+    let server = if host_aliases(host).len() > 1 { "https://index.docker.io/v1/" } else { host };
     let program = format!("docker-credential-{name}");
     let mut child = Command::new(&program)
         .arg("get")
@@ -242,20 +208,13 @@ fn helper_get(name: &str, host: &str) -> Result<Option<Credentials>> {
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(server.as_bytes());
     }
-    let out = child
-        .wait_with_output()
-        .with_context(|| format!("running {program}"))?;
+    let out = child.wait_with_output().with_context(|| format!("running {program}"))?;
     if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
+        let msg = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
         if msg.to_lowercase().contains("credentials not found") {
             return Ok(None);
         }
-        bail!(
-            "{program} get failed ({}): {}",
-            out.status,
-            msg.trim().chars().take(300).collect::<String>()
-        );
+        bail!("{program} get failed ({}): {}", out.status, msg.trim().chars().take(300).collect::<String>());
     }
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
@@ -273,10 +232,7 @@ fn helper_get(name: &str, host: &str) -> Result<Option<Credentials>> {
     Ok(Some(if r.username == "<token>" {
         Credentials::IdentityToken(Secret::new(r.secret))
     } else {
-        Credentials::Basic {
-            username: r.username,
-            password: Secret::new(r.secret),
-        }
+        Credentials::Basic { username: r.username, password: Secret::new(r.secret) }
     }))
 }
 
@@ -350,10 +306,7 @@ pub fn parse_challenges(value: &str) -> Vec<Challenge> {
                 c.params.insert(word.to_ascii_lowercase(), v);
             }
         } else {
-            out.push(Challenge {
-                scheme: word.to_ascii_lowercase(),
-                params: BTreeMap::new(),
-            });
+            out.push(Challenge { scheme: word.to_ascii_lowercase(), params: BTreeMap::new() });
         }
     }
     out
@@ -382,10 +335,7 @@ impl TokenReply {
 /// `Basic base64(user:pass)`.
 pub fn basic_header(username: &str, password: &Secret<String>) -> Secret<String> {
     let raw = format!("{username}:{}", password.expose());
-    Secret::new(format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    ))
+    Secret::new(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw)))
 }
 
 #[cfg(test)]
@@ -401,13 +351,8 @@ mod tests {
         assert_eq!(c[0].scheme, "bearer");
         assert_eq!(c[0].param("realm"), Some("https://auth.docker.io/token"));
         assert_eq!(c[0].param("service"), Some("registry.docker.io"));
-        assert_eq!(
-            c[0].param("scope"),
-            Some("repository:samalba/my-app:pull,push")
-        );
-        let c = parse_challenges(
-            r#"Basic realm="Registry \"Realm\"", Bearer realm=x, error=insufficient_scope"#,
-        );
+        assert_eq!(c[0].param("scope"), Some("repository:samalba/my-app:pull,push"));
+        let c = parse_challenges(r#"Basic realm="Registry \"Realm\"", Bearer realm=x, error=insufficient_scope"#);
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].scheme, "basic");
         assert_eq!(c[0].param("realm"), Some("Registry \"Realm\""));
@@ -452,23 +397,13 @@ mod tests {
     #[test]
     fn creds_flag_and_token_reply() {
         let c: Credentials = "u:p:q".parse().unwrap();
-        assert_eq!(
-            c,
-            Credentials::Basic {
-                username: "u".into(),
-                password: Secret::new("p:q".into())
-            }
-        );
+        assert_eq!(c, Credentials::Basic { username: "u".into(), password: Secret::new("p:q".into()) });
         assert!(!format!("{c:?}").contains("p:q"));
         assert!(":p".parse::<Credentials>().is_err());
         assert!("nopass".parse::<Credentials>().is_err());
-        let r: TokenReply =
-            serde_json::from_str(r#"{"access_token":"a","expires_in":10}"#).unwrap();
+        let r: TokenReply = serde_json::from_str(r#"{"access_token":"a","expires_in":10}"#).unwrap();
         let (t, ttl) = r.into_token().unwrap();
         assert_eq!((t.expose().as_str(), ttl.as_secs()), ("a", 60));
-        assert_eq!(
-            basic_header("u", &Secret::new("p".into())).expose(),
-            "Basic dTpw"
-        );
+        assert_eq!(basic_header("u", &Secret::new("p".into())).expose(), "Basic dTpw");
     }
 }

@@ -47,19 +47,14 @@ impl Client {
     pub fn connect(r: &RegistryRef) -> Result<Self> {
         let opts = &r.options;
         let http = http_client(&r.host, opts)?;
-        let found = auth::find(
-            &r.host,
-            &r.repo,
-            opts.creds.as_ref(),
-            opts.authfile.as_deref(),
-        )?;
+        let found = auth::find(&r.host, &r.repo, opts.creds.as_ref(), opts.authfile.as_deref())?;
         match &found {
             Some(f) => tracing::info!("credentials for {} from {}", r.host, f.source),
             None => tracing::info!("no credentials for {}: anonymous", r.host),
         }
         let api = api_host(&r.host);
-        let base = Url::parse(&format!("https://{api}/"))
-            .with_context(|| format!("{r}: {:?} is not a valid host", r.host))?;
+        let base =
+            Url::parse(&format!("https://{api}/")).with_context(|| format!("{r}: {:?} is not a valid host", r.host))?;
         let mut client = Client {
             http,
             host: r.host.clone(),
@@ -110,11 +105,7 @@ impl Client {
         self.base = base;
         if resp.status().as_u16() == 401 {
             let challenge = pick_challenge(&resp);
-            tracing::debug!(
-                "{} asks for {:?} auth",
-                self.host,
-                challenge.as_ref().map(|c| &c.scheme)
-            );
+            tracing::debug!("{} asks for {:?} auth", self.host, challenge.as_ref().map(|c| &c.scheme));
             self.lock_auth().challenge = challenge;
         }
     }
@@ -128,12 +119,10 @@ impl Client {
         let challenge = self.lock_auth().challenge.clone();
         match challenge.as_ref().map(|c| c.scheme.as_str()) {
             Some("bearer") => self.authorization(scopes, false).map(|_| ()),
-            Some(_) => self
-                .send(probe)
-                .and_then(|resp| match resp.status().as_u16() {
-                    401 | 403 => Err(self.error_from(probe, resp)),
-                    _ => Ok(()),
-                }),
+            Some(_) => self.send(probe).and_then(|resp| match resp.status().as_u16() {
+                401 | 403 => Err(self.error_from(probe, resp)),
+                _ => Ok(()),
+            }),
             None => Ok(()),
         }
     }
@@ -191,20 +180,14 @@ impl Client {
     }
 
     /// The `Authorization` value for `scopes`, fetching a bearer token when needed.
-    fn authorization(
-        &self,
-        scopes: &[String],
-        refresh: bool,
-    ) -> Result<Option<Secret<String>>, RegistryError> {
+    fn authorization(&self, scopes: &[String], refresh: bool) -> Result<Option<Secret<String>>, RegistryError> {
         let challenge = self.lock_auth().challenge.clone();
         let Some(ch) = challenge else {
             return Ok(None);
         };
         match ch.scheme.as_str() {
             "basic" => Ok(match &self.creds {
-                Some(Credentials::Basic { username, password }) => {
-                    Some(auth::basic_header(username, password))
-                }
+                Some(Credentials::Basic { username, password }) => Some(auth::basic_header(username, password)),
                 _ => None,
             }),
             "bearer" => {
@@ -217,9 +200,7 @@ impl Client {
                 }
                 let (token, ttl) = self.fetch_token(&ch, scopes)?;
                 let value = bearer(&token);
-                self.lock_auth()
-                    .tokens
-                    .insert(key, (token, Instant::now() + ttl));
+                self.lock_auth().tokens.insert(key, (token, Instant::now() + ttl));
                 Ok(Some(value))
             }
             _ => Ok(None),
@@ -227,30 +208,21 @@ impl Client {
     }
 
     /// Asks the challenge's realm for a token covering `scopes`.
-    fn fetch_token(
-        &self,
-        ch: &Challenge,
-        scopes: &[String],
-    ) -> Result<(Secret<String>, Duration), RegistryError> {
-        let realm = ch
-            .param("realm")
-            .and_then(|r| Url::parse(r).ok())
-            .ok_or_else(|| RegistryError::Status {
-                host: self.host.clone(),
-                what: "authenticating".into(),
-                status: 401,
-                body: format!("unusable bearer challenge (realm {:?})", ch.param("realm")),
-            })?;
+    fn fetch_token(&self, ch: &Challenge, scopes: &[String]) -> Result<(Secret<String>, Duration), RegistryError> {
+        let realm = ch.param("realm").and_then(|r| Url::parse(r).ok()).ok_or_else(|| RegistryError::Status {
+            host: self.host.clone(),
+            what: "authenticating".into(),
+            status: 401,
+            body: format!("unusable bearer challenge (realm {:?})", ch.param("realm")),
+        })?;
         let service = ch.param("service");
         let (req, auth) = match &self.creds {
-            Some(Credentials::IdentityToken(t)) => (
-                request::oauth_token(&realm, service, scopes, &self.host, t.expose()),
-                None,
-            ),
-            Some(Credentials::Basic { username, password }) => (
-                request::token(&realm, service, scopes, &self.host),
-                Some(auth::basic_header(username, password)),
-            ),
+            Some(Credentials::IdentityToken(t)) => {
+                (request::oauth_token(&realm, service, scopes, &self.host, t.expose()), None)
+            }
+            Some(Credentials::Basic { username, password }) => {
+                (request::token(&realm, service, scopes, &self.host), Some(auth::basic_header(username, password)))
+            }
             None => (request::token(&realm, service, scopes, &self.host), None),
         };
         let mut backoff = Backoff::new(self.retry);
@@ -269,15 +241,14 @@ impl Client {
             return Err(self.error_from(&req, resp));
         }
         let bytes = read_limited(resp, 1 << 20).map_err(|e| self.io_error(&req, e))?;
-        serde_json::from_slice::<TokenReply>(&bytes)
-            .ok()
-            .and_then(TokenReply::into_token)
-            .ok_or_else(|| RegistryError::Status {
+        serde_json::from_slice::<TokenReply>(&bytes).ok().and_then(TokenReply::into_token).ok_or_else(|| {
+            RegistryError::Status {
                 host: self.host.clone(),
                 what: req.what.clone(),
                 status: 200,
                 body: "the token endpoint answered without a token".into(),
-            })
+            }
+        })
     }
 
     /// Sends once, unauthenticated or with `auth`; maps transport failures.
@@ -287,13 +258,12 @@ impl Client {
             b = b.header(k, v);
         }
         if let Some(a) = auth {
-            let mut value =
-                HeaderValue::from_str(a.expose()).map_err(|_| RegistryError::Status {
-                    host: self.host.clone(),
-                    what: req.what.clone(),
-                    status: 0,
-                    body: "credentials hold characters that cannot go in a header".into(),
-                })?;
+            let mut value = HeaderValue::from_str(a.expose()).map_err(|_| RegistryError::Status {
+                host: self.host.clone(),
+                what: req.what.clone(),
+                status: 0,
+                body: "credentials hold characters that cannot go in a header".into(),
+            })?;
             value.set_sensitive(true);
             b = b.header(AUTHORIZATION, value);
         }
@@ -303,12 +273,7 @@ impl Client {
         b = match &req.body {
             Body::Empty => b,
             Body::Bytes(bytes) => b.body(bytes.to_vec()),
-            Body::File {
-                path,
-                offset,
-                len,
-                progress,
-            } => {
+            Body::File { path, offset, len, progress } => {
                 let open = || -> std::io::Result<_> {
                     let mut f = File::open(path)?;
                     f.seek(SeekFrom::Start(*offset))?;
@@ -328,42 +293,25 @@ impl Client {
         };
         tracing::debug!("{} {}", req.method, redact_query(&req.url));
         let resp = b.send().map_err(|e| self.connect_error(req, e))?;
-        tracing::debug!(
-            "{} {} → {}",
-            req.method,
-            redact_query(&req.url),
-            resp.status()
-        );
+        tracing::debug!("{} {} → {}", req.method, redact_query(&req.url), resp.status());
         Ok(resp)
     }
 
     fn connect_error(&self, req: &Req, e: reqwest::Error) -> RegistryError {
         let message = error_chain(&e.without_url());
         let lower = message.to_lowercase();
-        let tls = lower.contains("certificate")
-            || lower.contains("corrupt message")
-            || lower.contains("handshake");
-        RegistryError::Connect {
-            host: self.host.clone(),
-            what: req.what.clone(),
-            message,
-            tls,
-        }
+        let tls = lower.contains("certificate") || lower.contains("corrupt message") || lower.contains("handshake");
+        RegistryError::Connect { host: self.host.clone(), what: req.what.clone(), message, tls }
     }
 
     pub fn io_error(&self, req: &Req, e: std::io::Error) -> RegistryError {
-        RegistryError::Io {
-            what: format!("{} ({})", req.what, self.host),
-            source: e,
-        }
+        RegistryError::Io { what: format!("{} ({})", req.what, self.host), source: e }
     }
 
     /// The error for an unexpected answer, with the server's body.
     pub fn error_from(&self, req: &Req, resp: Response) -> RegistryError {
         let status = resp.status().as_u16();
-        let body = read_limited(resp, 64 * 1024)
-            .map(|b| error_body(&b))
-            .unwrap_or_default();
+        let body = read_limited(resp, 64 * 1024).map(|b| error_body(&b)).unwrap_or_default();
         if status == 401 || status == 403 {
             RegistryError::Auth {
                 host: self.host.clone(),
@@ -373,36 +321,25 @@ impl Client {
                 had_credentials: self.creds.is_some(),
             }
         } else {
-            RegistryError::Status {
-                host: self.host.clone(),
-                what: req.what.clone(),
-                status,
-                body,
-            }
+            RegistryError::Status { host: self.host.clone(), what: req.what.clone(), status, body }
         }
     }
 
     /// `resp` if its status is one of `ok`, else the error.
     pub fn expect(&self, req: &Req, resp: Response, ok: &[u16]) -> Result<Response, RegistryError> {
-        if ok.contains(&resp.status().as_u16()) {
-            Ok(resp)
-        } else {
-            Err(self.error_from(req, resp))
-        }
+        if ok.contains(&resp.status().as_u16()) { Ok(resp) } else { Err(self.error_from(req, resp)) }
     }
 
     /// The `Location` header, resolved against the request URL.
     pub fn location(&self, req: &Req, resp: &Response) -> Result<Url, RegistryError> {
-        resp.headers()
-            .get(LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|l| resp.url().join(l).ok())
-            .ok_or_else(|| RegistryError::Status {
+        resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).and_then(|l| resp.url().join(l).ok()).ok_or_else(
+            || RegistryError::Status {
                 host: self.host.clone(),
                 what: req.what.clone(),
                 status: resp.status().as_u16(),
                 body: "the answer has no usable Location header".into(),
-            })
+            },
+        )
     }
 }
 
@@ -438,19 +375,12 @@ fn is_retryable(status: u16) -> bool {
 }
 
 pub fn retry_after(resp: &Response) -> Option<Duration> {
-    resp.headers()
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()
-        .and_then(parse_retry_after)
+    resp.headers().get(RETRY_AFTER)?.to_str().ok().and_then(parse_retry_after)
 }
 
 /// A registry answers `/v2/` with 200 or 401, or at least names its API version.
 fn looks_like_registry(resp: &Response) -> bool {
-    matches!(resp.status().as_u16(), 200 | 401)
-        || resp
-            .headers()
-            .contains_key("docker-distribution-api-version")
+    matches!(resp.status().as_u16(), 200 | 401) || resp.headers().contains_key("docker-distribution-api-version")
 }
 
 /// The bearer challenge if offered, else basic.
@@ -462,10 +392,7 @@ fn pick_challenge(resp: &Response) -> Option<Challenge> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(auth::parse_challenges)
         .collect();
-    all.iter()
-        .find(|c| c.scheme == "bearer")
-        .or_else(|| all.iter().find(|c| c.scheme == "basic"))
-        .cloned()
+    all.iter().find(|c| c.scheme == "bearer").or_else(|| all.iter().find(|c| c.scheme == "basic")).cloned()
 }
 
 /// Reads at most `limit` bytes of a response body.
@@ -535,8 +462,7 @@ fn http_client(host: &str, opts: &RegistryOptions) -> Result<reqwest::blocking::
         for p in &names {
             match p.extension().and_then(|e| e.to_str()) {
                 Some("crt") => {
-                    let pem =
-                        std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+                    let pem = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
                     let certs = reqwest::Certificate::from_pem_bundle(&pem)
                         .with_context(|| format!("{}: not a PEM CA certificate", p.display()))?;
                     for c in certs {
@@ -545,21 +471,14 @@ fn http_client(host: &str, opts: &RegistryOptions) -> Result<reqwest::blocking::
                 }
                 Some("cert") => {
                     let key = p.with_extension("key");
-                    let mut pem =
-                        std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-                    pem.extend(std::fs::read(&key).with_context(|| {
-                        format!(
-                            "client certificate {} has no key {}",
-                            p.display(),
-                            key.display()
-                        )
-                    })?);
+                    let mut pem = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+                    pem.extend(
+                        std::fs::read(&key).with_context(|| {
+                            format!("client certificate {} has no key {}", p.display(), key.display())
+                        })?,
+                    );
                     let id = reqwest::Identity::from_pem(&pem).with_context(|| {
-                        format!(
-                            "{} + {}: not a PEM certificate and key",
-                            p.display(),
-                            key.display()
-                        )
+                        format!("{} + {}: not a PEM certificate and key", p.display(), key.display())
                     })?;
                     b = b.identity(id);
                 }

@@ -17,13 +17,7 @@ pub enum RegistryError {
     },
     /// The credentials were refused, or none were given where they are needed.
     #[error("{what}: {host} refused the credentials ({status}){}{}", body_suffix(.body), hint(.had_credentials))]
-    Auth {
-        host: String,
-        what: String,
-        status: u16,
-        body: String,
-        had_credentials: bool,
-    },
+    Auth { host: String, what: String, status: u16, body: String, had_credentials: bool },
     /// No connection: refused, timed out, DNS, TLS handshake.
     #[error("{what}: cannot reach {host}: {message}")]
     Connect {
@@ -36,12 +30,7 @@ pub enum RegistryError {
     },
     /// The server stored other bytes than we sent.
     #[error("{what}: {host} reports digest {actual}, expected {expected}")]
-    DigestMismatch {
-        host: String,
-        what: String,
-        expected: Digest,
-        actual: String,
-    },
+    DigestMismatch { host: String, what: String, expected: Digest, actual: String },
     /// A local file could not be read while sending it.
     #[error("{what}: {source}")]
     Io {
@@ -64,9 +53,7 @@ impl RegistryError {
     pub fn is_transient(&self) -> bool {
         match self {
             RegistryError::Connect { tls, .. } => !tls,
-            RegistryError::Status { status, .. } => {
-                *status >= 500 || *status == 429 || *status == 408
-            }
+            RegistryError::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
             _ => false,
         }
     }
@@ -74,9 +61,7 @@ impl RegistryError {
     /// The HTTP status, if the server answered.
     pub fn status(&self) -> Option<u16> {
         match self {
-            RegistryError::Status { status, .. } | RegistryError::Auth { status, .. } => {
-                Some(*status)
-            }
+            RegistryError::Status { status, .. } | RegistryError::Auth { status, .. } => Some(*status),
             RegistryError::GaveUp { last, .. } => last.status(),
             _ => None,
         }
@@ -84,11 +69,7 @@ impl RegistryError {
 }
 
 fn body_suffix(body: &str) -> String {
-    if body.is_empty() {
-        String::new()
-    } else {
-        format!(": {body}")
-    }
+    if body.is_empty() { String::new() } else { format!(": {body}") }
 }
 
 fn hint(had_credentials: &bool) -> &'static str {
@@ -124,11 +105,8 @@ pub fn error_body(bytes: &[u8]) -> String {
             .map(|e| {
                 let mut s = format!("{}: {}", e.code, e.message);
                 match &e.detail {
-                    Some(serde_json::Value::String(d)) if !d.is_empty() => {
-                        s.push_str(&format!(" ({d})"))
-                    }
-                    Some(v @ serde_json::Value::Object(_))
-                    | Some(v @ serde_json::Value::Array(_)) => {
+                    Some(serde_json::Value::String(d)) if !d.is_empty() => s.push_str(&format!(" ({d})")),
+                    Some(v @ serde_json::Value::Object(_)) | Some(v @ serde_json::Value::Array(_)) => {
                         let d = v.to_string();
                         if d.len() < 300 {
                             s.push_str(&format!(" ({d})"));
@@ -171,18 +149,9 @@ mod tests {
 
     #[test]
     fn transient_errors() {
-        let s = |status| RegistryError::Status {
-            host: "h".into(),
-            what: "w".into(),
-            status,
-            body: String::new(),
-        };
+        let s = |status| RegistryError::Status { host: "h".into(), what: "w".into(), status, body: String::new() };
         assert!(s(500).is_transient() && s(503).is_transient() && s(429).is_transient());
         assert!(!s(404).is_transient() && !s(400).is_transient());
-        assert_eq!(
-            s(503).to_string(),
-            "w: h answered 503",
-            "no empty body suffix"
-        );
+        assert_eq!(s(503).to_string(), "w: h answered 503", "no empty body suffix");
     }
 }

@@ -67,11 +67,7 @@ pub struct Repository {
 impl Repository {
     /// Connects for reading.
     pub fn open(reference: &RegistryRef) -> Result<Self> {
-        Ok(Self {
-            client: Client::connect(reference)?,
-            reference: reference.clone(),
-            present: Mutex::default(),
-        })
+        Ok(Self { client: Client::connect(reference)?, reference: reference.clone(), present: Mutex::default() })
     }
 
     /// `host/repo`, for messages.
@@ -80,16 +76,10 @@ impl Repository {
     }
 
     fn mark_present(&self, digest: &Digest) {
-        self.present
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(digest.clone());
+        self.present.lock().unwrap_or_else(|e| e.into_inner()).insert(digest.clone());
     }
 
     fn known_present(&self, digest: &Digest) -> bool {
-        self.present
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(digest)
+        self.present.lock().unwrap_or_else(|e| e.into_inner()).contains(digest)
     }
 }

@@ -25,8 +25,7 @@ impl Repository {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
             .unwrap_or_default();
-        let bytes =
-            read_limited(resp, MANIFEST_MAX + 1).map_err(|e| self.client.io_error(&req, e))?;
+        let bytes = read_limited(resp, MANIFEST_MAX + 1).map_err(|e| self.client.io_error(&req, e))?;
         if bytes.len() as u64 > MANIFEST_MAX {
             return Err(RegistryError::Status {
                 host: self.client.host.clone(),

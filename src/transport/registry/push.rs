@@ -102,13 +102,7 @@ impl Repository {
 
     fn head_req(&self, digest: &Digest) -> Req {
         let r = &self.reference;
-        request::head_blob(
-            &self.client.base,
-            &self.name(),
-            &r.repo,
-            digest,
-            request::push_scope(&r.repo),
-        )
+        request::head_blob(&self.client.base, &self.name(), &r.repo, digest, request::push_scope(&r.repo))
     }
 
     /// Whether the repository holds `digest` (`HEAD`, remembered).
@@ -128,10 +122,7 @@ impl Repository {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(size);
                 if len != size {
-                    tracing::warn!(
-                        "{}: blob {digest} has {len} bytes there, {size} here; uploading it",
-                        self.name()
-                    );
+                    tracing::warn!("{}: blob {digest} has {len} bytes there, {size} here; uploading it", self.name());
                     return Ok(false);
                 }
                 self.mark_present(digest);
@@ -155,10 +146,7 @@ impl Repository {
         if let Some(d) = &self.reference.digest
             && *d != image.manifest.digest
         {
-            bail!(
-                "the image's manifest digest is {}, not {d}",
-                image.manifest.digest
-            );
+            bail!("the image's manifest digest is {}, not {d}", image.manifest.digest);
         }
         let mut items: Vec<Item> = Vec::new();
         for (i, l) in image.layers.iter().enumerate() {
@@ -197,8 +185,7 @@ impl Repository {
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
         let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-        let outcomes: Vec<Mutex<Option<Outcome>>> =
-            items.iter().map(|_| Mutex::new(None)).collect();
+        let outcomes: Vec<Mutex<Option<Outcome>>> = items.iter().map(|_| Mutex::new(None)).collect();
         let workers = jobs.max(1).min(items.len().max(1));
         // Dropped when the workers are done: stops the ticker at once.
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -232,16 +219,12 @@ impl Repository {
                                 Ok(o) => {
                                     active[i].store(false, Ordering::Relaxed);
                                     reporter.upload_finished(i, &item.label, o.as_str());
-                                    *outcomes[i].lock().unwrap_or_else(|e| e.into_inner()) =
-                                        Some(o);
+                                    *outcomes[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(o);
                                 }
                                 Err(e) => {
                                     active[i].store(false, Ordering::Relaxed);
                                     failed.store(true, Ordering::Relaxed);
-                                    first_error
-                                        .lock()
-                                        .unwrap_or_else(|e| e.into_inner())
-                                        .get_or_insert(e);
+                                    first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
                                 }
                             }
                         }
@@ -257,10 +240,7 @@ impl Repository {
             return Err(e);
         }
         let mut stats = PushStats {
-            bytes_uploaded: progress
-                .iter()
-                .map(|p| p.sent.load(Ordering::Relaxed))
-                .sum(),
+            bytes_uploaded: progress.iter().map(|p| p.sent.load(Ordering::Relaxed)).sum(),
             ..Default::default()
         };
         for o in outcomes {
@@ -285,12 +265,7 @@ impl Repository {
         if self.has_blob(&item.digest, item.size)? {
             return Ok(Outcome::Skipped);
         }
-        let from = self
-            .reference
-            .options
-            .mount_from
-            .as_deref()
-            .filter(|f| *f != self.reference.repo);
+        let from = self.reference.options.mount_from.as_deref().filter(|f| *f != self.reference.repo);
         let session = match self.start_upload(from.map(|f| (&item.digest, f)))? {
             Started::Mounted => {
                 self.mark_present(&item.digest);
@@ -305,29 +280,18 @@ impl Repository {
         };
         start();
         let body = |offset: u64, len: u64| match &source {
-            Source::Bytes(b) => {
-                Body::Bytes(Arc::from(&b[offset as usize..(offset + len) as usize]))
-            }
-            Source::File(path) => Body::File {
-                path: path.clone(),
-                offset,
-                len,
-                progress: Some(progress.clone()),
-            },
+            Source::Bytes(b) => Body::Bytes(Arc::from(&b[offset as usize..(offset + len) as usize])),
+            Source::File(path) => Body::File { path: path.clone(), offset, len, progress: Some(progress.clone()) },
         };
         let what = || format!("pushing blob {} to {}", item.digest, self.name());
         if item.size <= MONOLITHIC_MAX || item.bytes.is_some() {
-            self.upload_monolithic(item, session, &body)
-                .with_context(what)?;
+            self.upload_monolithic(item, session, &body).with_context(what)?;
         } else {
-            self.upload_chunked(item, session, &body)
-                .with_context(what)?;
+            self.upload_chunked(item, session, &body).with_context(what)?;
         }
         if let Source::Bytes(b) = &source {
             // In-memory bodies are not counted as they stream.
-            progress
-                .sent
-                .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            progress.sent.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
         self.mark_present(&item.digest);
         Ok(Outcome::Uploaded)
@@ -351,10 +315,7 @@ impl Repository {
                 if let Some((d, from)) = mount {
                     tracing::debug!("{d} not mountable from {from}: uploading");
                 }
-                Ok(Started::Session(Session {
-                    location,
-                    min_chunk,
-                }))
+                Ok(Started::Session(Session { location, min_chunk }))
             }
             _ => Err(self.client.error_from(&req, resp)),
         }
@@ -372,13 +333,7 @@ impl Repository {
         let mut backoff = Backoff::new(self.client.retry);
         loop {
             backoff.attempt();
-            let req = request::put_blob(
-                &session.location,
-                &r.repo,
-                &self.name(),
-                &item.digest,
-                body(0, item.size),
-            );
+            let req = request::put_blob(&session.location, &r.repo, &self.name(), &item.digest, body(0, item.size));
             let (err, after) = match self.client.send_once(&req) {
                 Ok(resp) if resp.status().as_u16() == 201 => {
                     return self.check_digest(&req, &resp, &item.digest);
@@ -416,13 +371,7 @@ impl Repository {
             let req = if finishing {
                 request::put_blob(&location, &r.repo, &self.name(), &item.digest, Body::Empty)
             } else {
-                request::patch_chunk(
-                    &location,
-                    &r.repo,
-                    &self.name(),
-                    &item.digest,
-                    body(offset, len),
-                )
+                request::patch_chunk(&location, &r.repo, &self.name(), &item.digest, body(offset, len))
             };
             let (err, after) = match self.client.send_once(&req) {
                 Ok(resp) if finishing && resp.status().as_u16() == 201 => {
@@ -446,21 +395,12 @@ impl Repository {
             }
             match self.upload_status(&location, &item.digest)? {
                 Some((l, end)) if end <= item.size => {
-                    tracing::info!(
-                        "{}: resuming blob {} at byte {end} of {}",
-                        self.name(),
-                        item.digest,
-                        item.size
-                    );
+                    tracing::info!("{}: resuming blob {} at byte {end} of {}", self.name(), item.digest, item.size);
                     location = l;
                     offset = end;
                 }
                 _ => {
-                    tracing::info!(
-                        "{}: the upload of blob {} was lost; starting it again",
-                        self.name(),
-                        item.digest
-                    );
+                    tracing::info!("{}: the upload of blob {} was lost; starting it again", self.name(), item.digest);
                     match self.start_upload(None)? {
                         Started::Session(s) => location = s.location,
                         Started::Mounted => return Ok(()),
@@ -473,11 +413,7 @@ impl Repository {
 
     /// The server's view of an upload: its new location and how many bytes it holds; `None`
     /// when it no longer knows the session.
-    fn upload_status(
-        &self,
-        location: &Url,
-        digest: &Digest,
-    ) -> Result<Option<(Url, u64)>, RegistryError> {
+    fn upload_status(&self, location: &Url, digest: &Digest) -> Result<Option<(Url, u64)>, RegistryError> {
         let r = &self.reference;
         let req = request::upload_status(location, &r.repo, &self.name(), digest);
         let resp = self.client.send(&req)?;
@@ -485,10 +421,7 @@ impl Repository {
             tracing::debug!("upload status: {}", resp.status());
             return Ok(None);
         }
-        let l = self
-            .client
-            .location(&req, &resp)
-            .unwrap_or_else(|_| location.clone());
+        let l = self.client.location(&req, &resp).unwrap_or_else(|_| location.clone());
         // distribution answers `0-0` for an empty upload (END is inclusive otherwise).
         let held = range_end(&resp).map_or(0, |e| if e == 0 { 0 } else { e + 1 });
         Ok(Some((l, held)))
@@ -512,11 +445,7 @@ impl Repository {
     }
 
     fn check_digest(&self, req: &Req, resp: &Response, want: &Digest) -> Result<(), RegistryError> {
-        match resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-        {
+        match resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()) {
             Some(got) if got != want.as_str() => Err(RegistryError::DigestMismatch {
                 host: self.client.host.clone(),
                 what: req.what.clone(),

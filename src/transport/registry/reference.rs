@@ -75,13 +75,7 @@ impl RegistryRef {
             bail!("{whole:?}: a registry reference is docker://HOST[:PORT]/REPO[:TAG|@DIGEST]");
         };
         let (name, digest) = match rest.split_once('@') {
-            Some((n, d)) => (
-                n,
-                Some(
-                    d.parse::<Digest>()
-                        .map_err(|e| anyhow::anyhow!("{whole:?}: {e}"))?,
-                ),
-            ),
+            Some((n, d)) => (n, Some(d.parse::<Digest>().map_err(|e| anyhow::anyhow!("{whole:?}: {e}"))?)),
             None => (rest, None),
         };
         let (name, tag) = match name.rsplit_once(':') {
@@ -92,27 +86,15 @@ impl RegistryRef {
             super::super::check_tag(&whole, t)?;
         }
         let (host, repo) = match name.split_once('/') {
-            Some((h, r)) if h.contains('.') || h.contains(':') || h == "localhost" => {
-                (h.to_owned(), r.to_owned())
-            }
+            Some((h, r)) if h.contains('.') || h.contains(':') || h == "localhost" => (h.to_owned(), r.to_owned()),
             _ => ("docker.io".to_owned(), name.to_owned()),
         };
-        let repo = if host == "docker.io" && !repo.contains('/') {
-            format!("library/{repo}")
-        } else {
-            repo
-        };
+        let repo = if host == "docker.io" && !repo.contains('/') { format!("library/{repo}") } else { repo };
         if host.is_empty() || repo.is_empty() {
             bail!("{whole:?}: a registry reference is docker://HOST[:PORT]/REPO[:TAG|@DIGEST]");
         }
         check_repo(&whole, &repo)?;
-        Ok(Self {
-            host,
-            repo,
-            tag,
-            digest,
-            options: Arc::default(),
-        })
+        Ok(Self { host, repo, tag, digest, options: Arc::default() })
     }
 
     /// The host the API is served from (`registry-1.docker.io` for Docker Hub).
@@ -141,19 +123,14 @@ impl RegistryRef {
 }
 
 pub(crate) fn api_host(host: &str) -> &str {
-    if host == "docker.io" || host == "index.docker.io" {
-        "registry-1.docker.io"
-    } else {
-        host
-    }
+    if host == "docker.io" || host == "index.docker.io" { "registry-1.docker.io" } else { host }
 }
 
 /// Repository names: lowercase components `[a-z0-9]+([._-][a-z0-9]+)*` joined by `/`.
 fn check_repo(whole: &str, repo: &str) -> Result<()> {
     let component_ok = |c: &str| {
         !c.is_empty()
-            && c.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
             && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
             && c.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
     };
@@ -210,10 +187,7 @@ mod tests {
         assert_eq!(r.manifest_reference(), Some(d));
         assert_eq!(r.tag, None);
         let r = RegistryRef::parse("//alpine").unwrap();
-        assert_eq!(
-            (r.host.as_str(), r.repo.as_str()),
-            ("docker.io", "library/alpine")
-        );
+        assert_eq!((r.host.as_str(), r.repo.as_str()), ("docker.io", "library/alpine"));
         assert_eq!(r.api_host(), "registry-1.docker.io");
         let r = RegistryRef::parse("//localhost/app").unwrap();
         assert_eq!((r.host.as_str(), r.repo.as_str()), ("localhost", "app"));
@@ -233,22 +207,10 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for h in [
-            "localhost",
-            "localhost:5000",
-            "127.0.0.1",
-            "127.1.2.3:80",
-            "[::1]:5000",
-            "::1",
-        ] {
+        for h in ["localhost", "localhost:5000", "127.0.0.1", "127.1.2.3:80", "[::1]:5000", "::1"] {
             assert!(is_loopback(h), "{h}");
         }
-        for h in [
-            "10.0.0.1:5000",
-            "ghcr.io",
-            "localhost.evil.com",
-            "[::2]:5000",
-        ] {
+        for h in ["10.0.0.1:5000", "ghcr.io", "localhost.evil.com", "[::2]:5000"] {
             assert!(!is_loopback(h), "{h}");
         }
     }

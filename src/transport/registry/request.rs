@@ -51,9 +51,7 @@ impl std::fmt::Debug for Body {
         match self {
             Body::Empty => f.write_str("Empty"),
             Body::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
-            Body::File {
-                path, offset, len, ..
-            } => write!(f, "File({}, {offset}+{len})", path.display()),
+            Body::File { path, offset, len, .. } => write!(f, "File({}, {offset}+{len})", path.display()),
         }
     }
 }
@@ -95,25 +93,12 @@ fn url(base: &Url, path: &str) -> Url {
 }
 
 fn req(method: Method, url: Url, scopes: Vec<String>, what: String) -> Req {
-    Req {
-        method,
-        url,
-        headers: Vec::new(),
-        body: Body::Empty,
-        scopes,
-        what,
-        timeout: None,
-    }
+    Req { method, url, headers: Vec::new(), body: Body::Empty, scopes, what, timeout: None }
 }
 
 /// `GET /v2/`: the version check that tells the scheme works and which auth the registry wants.
 pub fn ping(base: &Url, host: &str) -> Req {
-    let mut r = req(
-        Method::GET,
-        url(base, "/v2/"),
-        Vec::new(),
-        format!("checking the registry at {host}"),
-    );
+    let mut r = req(Method::GET, url(base, "/v2/"), Vec::new(), format!("checking the registry at {host}"));
     r.timeout = Some(Duration::from_secs(30));
     r
 }
@@ -133,9 +118,7 @@ pub fn start_upload(base: &Url, name: &str, repo: &str, mount: Option<(&Digest, 
     let mut scopes = vec![push_scope(repo)];
     let what = match mount {
         Some((digest, from)) => {
-            u.query_pairs_mut()
-                .append_pair("mount", digest.as_str())
-                .append_pair("from", from);
+            u.query_pairs_mut().append_pair("mount", digest.as_str()).append_pair("from", from);
             scopes.push(pull_scope(from));
             format!("mounting blob {digest} from {from} into {name}")
         }
@@ -151,12 +134,7 @@ pub fn start_upload(base: &Url, name: &str, repo: &str, mount: Option<(&Digest, 
 pub fn put_blob(location: &Url, repo: &str, name: &str, digest: &Digest, body: Body) -> Req {
     let mut u = location.clone();
     u.query_pairs_mut().append_pair("digest", digest.as_str());
-    let mut r = req(
-        Method::PUT,
-        u,
-        vec![push_scope(repo)],
-        format!("pushing blob {digest} to {name}"),
-    );
+    let mut r = req(Method::PUT, u, vec![push_scope(repo)], format!("pushing blob {digest} to {name}"));
     r.headers.push((CONTENT_TYPE, OCTET_STREAM.into()));
     r.timeout = Some(upload_timeout(body.size()));
     r.body = match body {
@@ -176,16 +154,10 @@ pub fn patch_chunk(location: &Url, repo: &str, name: &str, digest: &Digest, body
         Method::PATCH,
         location.clone(),
         vec![push_scope(repo)],
-        format!(
-            "pushing blob {digest} to {name} (bytes {offset}-{})",
-            offset + len.max(1) - 1
-        ),
+        format!("pushing blob {digest} to {name} (bytes {offset}-{})", offset + len.max(1) - 1),
     );
     r.headers.push((CONTENT_TYPE, OCTET_STREAM.into()));
-    r.headers.push((
-        CONTENT_RANGE,
-        format!("{offset}-{}", offset + len.max(1) - 1),
-    ));
+    r.headers.push((CONTENT_RANGE, format!("{offset}-{}", offset + len.max(1) - 1)));
     r.timeout = Some(upload_timeout(len));
     r.body = body;
     r
@@ -202,14 +174,7 @@ pub fn upload_status(location: &Url, repo: &str, name: &str, digest: &Digest) ->
 }
 
 /// `PUT /v2/REPO/manifests/REF` with the exact bytes that were hashed.
-pub fn put_manifest(
-    base: &Url,
-    name: &str,
-    repo: &str,
-    reference: &str,
-    bytes: Arc<[u8]>,
-    media_type: &str,
-) -> Req {
+pub fn put_manifest(base: &Url, name: &str, repo: &str, reference: &str, bytes: Arc<[u8]>, media_type: &str) -> Req {
     let mut r = req(
         Method::PUT,
         url(base, &format!("/v2/{repo}/manifests/{reference}")),
@@ -228,16 +193,7 @@ pub fn get_manifest(base: &Url, name: &str, repo: &str, reference: &str) -> Req 
         vec![pull_scope(repo)],
         format!("reading the manifest {name}:{reference}"),
     );
-    r.headers.push((
-        ACCEPT,
-        [
-            MT_OCI_MANIFEST,
-            MT_OCI_INDEX,
-            MT_DOCKER_MANIFEST,
-            MT_DOCKER_LIST,
-        ]
-        .join(", "),
-    ));
+    r.headers.push((ACCEPT, [MT_OCI_MANIFEST, MT_OCI_INDEX, MT_DOCKER_MANIFEST, MT_DOCKER_LIST].join(", ")));
     r
 }
 
@@ -262,24 +218,13 @@ pub fn token(realm: &Url, service: Option<&str>, scopes: &[String], host: &str) 
             q.append_pair("scope", s);
         }
     }
-    let mut r = req(
-        Method::GET,
-        u,
-        Vec::new(),
-        format!("getting a token for {host} from {}", realm_name(realm)),
-    );
+    let mut r = req(Method::GET, u, Vec::new(), format!("getting a token for {host} from {}", realm_name(realm)));
     r.timeout = Some(Duration::from_secs(60));
     r
 }
 
 /// `POST REALM` with an OAuth2 refresh token (docker's `identitytoken`).
-pub fn oauth_token(
-    realm: &Url,
-    service: Option<&str>,
-    scopes: &[String],
-    host: &str,
-    refresh_token: &str,
-) -> Req {
+pub fn oauth_token(realm: &Url, service: Option<&str>, scopes: &[String], host: &str, refresh_token: &str) -> Req {
     let mut form = realm.clone();
     form.set_query(None);
     {
@@ -293,25 +238,16 @@ pub fn oauth_token(
         }
     }
     let body = form.query().unwrap_or("").as_bytes().to_vec();
-    let mut r = req(
-        Method::POST,
-        realm.clone(),
-        Vec::new(),
-        format!("getting a token for {host} from {}", realm_name(realm)),
-    );
-    r.headers
-        .push((CONTENT_TYPE, "application/x-www-form-urlencoded".to_owned()));
+    let mut r =
+        req(Method::POST, realm.clone(), Vec::new(), format!("getting a token for {host} from {}", realm_name(realm)));
+    r.headers.push((CONTENT_TYPE, "application/x-www-form-urlencoded".to_owned()));
     r.body = Body::Bytes(Arc::from(body));
     r.timeout = Some(Duration::from_secs(60));
     r
 }
 
 fn realm_name(realm: &Url) -> String {
-    format!(
-        "{}{}",
-        realm.host_str().unwrap_or("?"),
-        realm.port().map(|p| format!(":{p}")).unwrap_or_default()
-    )
+    format!("{}{}", realm.host_str().unwrap_or("?"), realm.port().map(|p| format!(":{p}")).unwrap_or_default())
 }
 
 /// Time to send `len` bytes and get an answer: 2 minutes plus 1 s per 256 KiB (stalls fail,
@@ -335,54 +271,20 @@ mod tests {
         assert_eq!(r.method, Method::POST);
         assert_eq!(
             r.url.as_str(),
-            format!(
-                "http://127.0.0.1:5000/v2/app/blobs/uploads/?mount=sha256%3A{}&from=base",
-                "ab".repeat(32)
-            )
+            format!("http://127.0.0.1:5000/v2/app/blobs/uploads/?mount=sha256%3A{}&from=base", "ab".repeat(32))
         );
-        assert_eq!(
-            r.scopes,
-            vec!["repository:app:pull,push", "repository:base:pull"]
-        );
+        assert_eq!(r.scopes, vec!["repository:app:pull,push", "repository:base:pull"]);
         let loc = Url::parse("http://127.0.0.1:5000/v2/app/blobs/uploads/u1?_state=x").unwrap();
         let r = put_blob(&loc, "app", "h/app", &d(), Body::Empty);
-        assert_eq!(
-            r.url.query(),
-            Some(format!("_state=x&digest=sha256%3A{}", "ab".repeat(32)).as_str())
-        );
-        let body = Body::File {
-            path: "/x".into(),
-            offset: 16,
-            len: 16,
-            progress: None,
-        };
+        assert_eq!(r.url.query(), Some(format!("_state=x&digest=sha256%3A{}", "ab".repeat(32)).as_str()));
+        let body = Body::File { path: "/x".into(), offset: 16, len: 16, progress: None };
         let r = patch_chunk(&loc, "app", "h/app", &d(), body);
-        assert!(
-            r.headers
-                .iter()
-                .any(|(k, v)| *k == CONTENT_RANGE && v == "16-31")
-        );
-        let r = put_manifest(
-            &base,
-            "h/app",
-            "app",
-            "1.0",
-            Arc::from(&b"{}"[..]),
-            MT_OCI_MANIFEST,
-        );
+        assert!(r.headers.iter().any(|(k, v)| *k == CONTENT_RANGE && v == "16-31"));
+        let r = put_manifest(&base, "h/app", "app", "1.0", Arc::from(&b"{}"[..]), MT_OCI_MANIFEST);
         assert_eq!(r.url.path(), "/v2/app/manifests/1.0");
-        assert!(
-            r.headers
-                .iter()
-                .any(|(k, v)| *k == CONTENT_TYPE && v == MT_OCI_MANIFEST)
-        );
+        assert!(r.headers.iter().any(|(k, v)| *k == CONTENT_TYPE && v == MT_OCI_MANIFEST));
         let realm = Url::parse("https://auth.example/token").unwrap();
-        let r = token(
-            &realm,
-            Some("reg"),
-            &[push_scope("app"), pull_scope("base")],
-            "h",
-        );
+        let r = token(&realm, Some("reg"), &[push_scope("app"), pull_scope("base")], "h");
         assert_eq!(
             r.url.query(),
             Some("service=reg&scope=repository%3Aapp%3Apull%2Cpush&scope=repository%3Abase%3Apull")

@@ -17,12 +17,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(policy: RetryPolicy) -> Self {
-        Self {
-            policy,
-            started: Instant::now(),
-            attempts: 0,
-            failures: 0,
-        }
+        Self { policy, started: Instant::now(), attempts: 0, failures: 0 }
     }
 
     /// Records an attempt.
@@ -39,11 +34,7 @@ impl Backoff {
 
     /// After a failed attempt: sleeps and returns `Ok` if another attempt may start, else the
     /// final error. `retry_after` is the server's `Retry-After`, honoured when it fits the budget.
-    pub fn wait(
-        &mut self,
-        err: RegistryError,
-        retry_after: Option<Duration>,
-    ) -> Result<(), RegistryError> {
+    pub fn wait(&mut self, err: RegistryError, retry_after: Option<Duration>) -> Result<(), RegistryError> {
         if !err.is_transient() {
             return Err(err);
         }
@@ -68,11 +59,7 @@ impl Backoff {
     /// base · 2^(failures−1), capped, with "equal jitter": half fixed, half random.
     fn delay(&self) -> Duration {
         let exp = self.failures.saturating_sub(1).min(20);
-        let full = self
-            .policy
-            .base_delay
-            .saturating_mul(1 << exp)
-            .min(self.policy.max_delay);
+        let full = self.policy.base_delay.saturating_mul(1 << exp).min(self.policy.max_delay);
         let half = full / 2;
         half + half.mul_f64(jitter())
     }
@@ -82,11 +69,7 @@ impl Backoff {
 fn jitter() -> f64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
+    h.write_u128(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
@@ -97,10 +80,7 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let when = httpdate::parse_http_date(v).ok()?;
-    Some(
-        when.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -108,21 +88,13 @@ mod tests {
     use super::*;
 
     fn transient() -> RegistryError {
-        RegistryError::Status {
-            host: "h".into(),
-            what: "w".into(),
-            status: 503,
-            body: String::new(),
-        }
+        RegistryError::Status { host: "h".into(), what: "w".into(), status: 503, body: String::new() }
     }
 
     #[test]
     fn retry_after_values() {
         assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon"), None);
     }
 
@@ -140,10 +112,7 @@ mod tests {
             b.failures = f;
             let d = b.delay();
             let full = (100u64 << (f - 1)).min(800);
-            assert!(
-                d >= Duration::from_millis(full / 2) && d <= Duration::from_millis(full),
-                "{f}: {d:?}"
-            );
+            assert!(d >= Duration::from_millis(full / 2) && d <= Duration::from_millis(full), "{f}: {d:?}");
             seen.push(d);
         }
         assert!(seen.windows(2).any(|w| w[0] != w[1]));
@@ -166,22 +135,11 @@ mod tests {
         let e = b.wait(transient(), None).unwrap_err();
         assert!(e.to_string().contains("gave up after 3 attempts"), "{e}");
         // A Retry-After beyond the time budget gives up at once.
-        let mut b = Backoff::new(RetryPolicy {
-            max_total: Duration::from_secs(1),
-            ..policy
-        });
+        let mut b = Backoff::new(RetryPolicy { max_total: Duration::from_secs(1), ..policy });
         b.attempt();
         assert!(b.wait(transient(), Some(Duration::from_secs(5))).is_err());
         // Non-transient errors are returned as they are.
-        let e = RegistryError::Status {
-            host: "h".into(),
-            what: "w".into(),
-            status: 404,
-            body: String::new(),
-        };
-        assert!(matches!(
-            Backoff::new(policy).wait(e, None),
-            Err(RegistryError::Status { status: 404, .. })
-        ));
+        let e = RegistryError::Status { host: "h".into(), what: "w".into(), status: 404, body: String::new() };
+        assert!(matches!(Backoff::new(policy).wait(e, None), Err(RegistryError::Status { status: 404, .. })));
     }
 }

@@ -42,10 +42,7 @@ mod tests {
     #[test]
     fn debug_and_display_are_redacted() {
         let s = Secret::new("hunter2".to_owned());
-        assert_eq!(
-            format!("{s:?} {s} {s:#?}"),
-            "<redacted> <redacted> <redacted>"
-        );
+        assert_eq!(format!("{s:?} {s} {s:#?}"), "<redacted> <redacted> <redacted>");
         assert_eq!(s.expose(), "hunter2");
         #[derive(Debug)]
         #[allow(dead_code)]
@@ -53,10 +50,7 @@ mod tests {
             user: String,
             pass: Secret<String>,
         }
-        let c = Creds {
-            user: "u".into(),
-            pass: s,
-        };
+        let c = Creds { user: "u".into(), pass: s };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

@@ -1,10 +1,11 @@
-//! Byte sizes as people write them: `4GiB`, `500MB`, `1.5 GiB`, `65536`.
+//! Byte sizes as people write them (`4GiB`, `500MB`, `1.5 GiB`, `65536`) and as we print them.
 
 use anyhow::{Result, bail};
 
 /// Parses a size: a number (decimals allowed) and an optional unit. SI units are powers of 1000
-/// (`kB`/`K`, `MB`/`M`, `GB`/`G`, `TB`/`T`), IEC units powers of 1024 (`KiB`, `MiB`, `GiB`, `TiB`);
-/// units are case-insensitive and `B` alone means bytes.
+/// (`kB`, `MB`, `GB`, `TB`); IEC units and bare letters are powers of 1024 (`KiB`/`K`, `MiB`/`M`,
+/// `GiB`/`G`, `TiB`/`T`, as docker's and podman's `--memory 2g`); units are case-insensitive and
+/// `B` alone means bytes. Used by layers files, policies and the command line alike.
 pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
@@ -12,14 +13,14 @@ pub fn parse_size(s: &str) -> Result<u64> {
     let unit = unit.trim().to_ascii_lowercase();
     let mult: u64 = match unit.as_str() {
         "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "m" | "mb" => 1_000_000,
-        "g" | "gb" => 1_000_000_000,
-        "t" | "tb" => 1_000_000_000_000,
-        "ki" | "kib" => 1 << 10,
-        "mi" | "mib" => 1 << 20,
-        "gi" | "gib" => 1 << 30,
-        "ti" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "k" | "ki" | "kib" => 1 << 10,
+        "m" | "mi" | "mib" => 1 << 20,
+        "g" | "gi" | "gib" => 1 << 30,
+        "t" | "ti" | "tib" => 1 << 40,
         _ => bail!("invalid size {s:?}: unknown unit {unit:?} (use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB)"),
     };
     if num.is_empty() || num.matches('.').count() > 1 {
@@ -69,7 +70,8 @@ mod tests {
         assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
         assert_eq!(parse_size("1.5 GiB").unwrap(), 3 << 29);
         assert_eq!(parse_size("65536").unwrap(), 65536);
-        assert_eq!(parse_size("2g").unwrap(), 2_000_000_000);
+        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
+        assert_eq!(parse_size("2GB").unwrap(), 2_000_000_000);
         assert_eq!(parse_size("64KiB").unwrap(), 65536);
         for bad in ["", "GiB", "4 parsecs", "1.2.3G", "99999999999999999999T"] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
