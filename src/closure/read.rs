@@ -82,7 +82,7 @@ fn parse_json(value: &Value) -> Result<Closure> {
         }
         Value::Object(map) if map.len() == 1 && map.values().all(Value::is_array) => {
             // structured-attrs exportReferencesGraph: {"closure": [...]}, whatever the attribute name
-            let items = map.values().next().and_then(Value::as_array).unwrap();
+            let items = map.values().next().and_then(Value::as_array).expect("one array value, matched above");
             items.iter().map(|v| path_info(None, v)).collect::<Result<_>>()?
         }
         Value::Object(map) => map.iter().map(|(k, v)| path_info(Some(k), v)).collect::<Result<_>>()?,
