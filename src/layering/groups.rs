@@ -8,7 +8,8 @@
 //! name = "base-runtime"
 //! match = ["glibc-*", "python3-3.*"]   # globs on store path names (the part after `<hash>-`)
 //! split = "per-path"         # optional: start from one layer per path (default: one layer)
-//! max_layers = 4             # optional: at most this many layers for the group
+//! max_layers = 4             # optional: at most this many layers for the group, or
+//!                            # a share of the store-layer budget: "10%" (rounded up, at least 1)
 //! ```
 //!
 //! Group *i* holds its matched paths and their closure, minus everything the groups below it
@@ -43,6 +44,31 @@ pub enum SplitMode {
     PerPath,
 }
 
+/// A group's own layer limit: a number of layers, or a share of the store-layer budget (in
+/// percent), so the limit grows and shrinks with `--max-layers`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LayerLimit {
+    Layers(usize),
+    Share(f64),
+}
+
+impl LayerLimit {
+    /// The limit in layers under a budget of `store_layers`: a share is rounded up, at least 1.
+    pub fn resolve(self, store_layers: usize) -> usize {
+        match self {
+            Self::Layers(n) => n,
+            // The epsilon keeps 7.5 % of 40 at 3 despite binary floating point.
+            Self::Share(pct) => ((pct * store_layers as f64 / 100.0 - 1e-9).ceil() as usize).max(1),
+        }
+    }
+
+    /// `"10%"` or `"7.5%"`: a share above 0 and at most 100 percent.
+    fn parse_share(text: &str) -> Option<Self> {
+        let pct: f64 = text.trim().strip_suffix('%')?.trim_end().parse().ok()?;
+        (pct.is_finite() && pct > 0.0 && pct <= 100.0).then_some(Self::Share(pct))
+    }
+}
+
 /// A glob and the line of the layers file it came from (0 when built in code).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pattern {
@@ -56,18 +82,23 @@ pub struct Group {
     pub name: String,
     pub patterns: Vec<Pattern>,
     pub split: SplitMode,
-    pub max_layers: Option<usize>,
+    pub max_layers: Option<LayerLimit>,
     matcher: GlobSet,
 }
 
 impl Group {
     /// A group from code (tests, callers that build groups themselves).
     pub fn new(name: &str, globs: &[&str], split: SplitMode, max_layers: Option<usize>) -> Result<Self> {
+        Self::with_limit(name, globs, split, max_layers.map(LayerLimit::Layers))
+    }
+
+    /// A group from code whose limit may be a share of the budget.
+    pub fn with_limit(name: &str, globs: &[&str], split: SplitMode, max_layers: Option<LayerLimit>) -> Result<Self> {
         let patterns = globs.iter().map(|g| Pattern { glob: (*g).to_owned(), line: 0 }).collect();
         Self::build(name.to_owned(), patterns, split, max_layers)
     }
 
-    fn build(name: String, patterns: Vec<Pattern>, split: SplitMode, max_layers: Option<usize>) -> Result<Self> {
+    fn build(name: String, patterns: Vec<Pattern>, split: SplitMode, max_layers: Option<LayerLimit>) -> Result<Self> {
         let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
         if !name_ok {
             bail!("group name {name:?} must be non-empty and use only [A-Za-z0-9._+-]");
@@ -78,8 +109,12 @@ impl Group {
         if patterns.is_empty() {
             bail!("group {name:?} has an empty `match` list");
         }
-        if max_layers == Some(0) {
-            bail!("group {name:?}: max_layers must be at least 1");
+        match max_layers {
+            Some(LayerLimit::Layers(0)) => bail!("group {name:?}: max_layers must be at least 1"),
+            Some(LayerLimit::Share(pct)) if !(pct.is_finite() && pct > 0.0 && pct <= 100.0) => {
+                bail!("group {name:?}: max_layers must be a share above 0% and at most 100%")
+            }
+            _ => {}
         }
         let mut set = GlobSetBuilder::new();
         for p in &patterns {
@@ -95,10 +130,11 @@ impl Group {
         self.matcher.is_match(name)
     }
 
-    /// The most layers the packer may leave this group with before the global budget applies.
-    pub(crate) fn limit(&self) -> usize {
+    /// The most layers the packer may leave this group with before the global budget applies,
+    /// under a budget of `store_layers` (which a share of the budget is resolved against).
+    pub(crate) fn limit(&self, store_layers: usize) -> usize {
         match (self.max_layers, self.split) {
-            (Some(n), _) => n,
+            (Some(l), _) => l.resolve(store_layers),
             (None, SplitMode::None) => 1,
             (None, SplitMode::PerPath) => usize::MAX,
         }
@@ -144,9 +180,10 @@ impl Groups {
         self.groups.get(i).map_or(AUTO_GROUP, |g| g.name.as_str())
     }
 
-    /// The layer limit of partition `i` before the global budget (unlimited for `auto`).
-    pub(crate) fn partition_limit(&self, i: usize) -> usize {
-        self.groups.get(i).map_or(usize::MAX, Group::limit)
+    /// The layer limit of partition `i` before the global budget of `store_layers` (unlimited for
+    /// `auto`).
+    pub(crate) fn partition_limit(&self, i: usize, store_layers: usize) -> usize {
+        self.groups.get(i).map_or(usize::MAX, |g| g.limit(store_layers))
     }
 
     /// Which partition each path of `closure` falls in: the index of the lowest group whose
@@ -219,7 +256,15 @@ struct GroupToml {
     patterns: Vec<Spanned<String>>,
     #[serde(default)]
     split: SplitMode,
-    max_layers: Option<usize>,
+    max_layers: Option<LimitToml>,
+}
+
+/// `max_layers = 4` or `max_layers = "10%"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LimitToml {
+    Layers(usize),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -255,8 +300,22 @@ impl LayersFile {
             let line = line_of(g.name.span());
             let patterns =
                 g.patterns.into_iter().map(|p| Pattern { line: line_of(p.span()), glob: p.into_inner() }).collect();
-            let group = Group::build(g.name.into_inner(), patterns, g.split, g.max_layers)
-                .with_context(|| format!("in layers file {origin}, line {line}"))?;
+            let at = || format!("in layers file {origin}, line {line}");
+            let max_layers = match g.max_layers {
+                None => None,
+                Some(LimitToml::Layers(n)) => Some(LayerLimit::Layers(n)),
+                Some(LimitToml::Text(t)) => {
+                    let share = LayerLimit::parse_share(&t).with_context(|| {
+                        format!(
+                            "group {:?}: max_layers {t:?} is neither a number of layers nor a share of the \
+                             budget such as \"10%\" (above 0, at most 100)",
+                            g.name.get_ref()
+                        )
+                    });
+                    Some(share.with_context(at)?)
+                }
+            };
+            let group = Group::build(g.name.into_inner(), patterns, g.split, max_layers).with_context(at)?;
             groups.push(group);
         }
         let groups = Groups::new(groups).with_context(|| format!("in layers file {origin}"))?;
@@ -291,13 +350,30 @@ max_layers = 3
         assert_eq!(f.max_layer_size, Some(4 << 30));
         let g: Vec<_> = f.groups.iter().collect();
         assert_eq!(g[1].split, SplitMode::PerPath);
-        assert_eq!(g[1].limit(), 3);
-        assert_eq!(g[0].limit(), 1);
+        assert_eq!(g[1].limit(40), 3);
+        assert_eq!(g[0].limit(40), 1);
         assert_eq!(g[1].patterns[1].line, 11);
         let c =
             Closure::new([info("glibc-2.40", 10, &[]), info("python3.14-torch-2.10.0", 10, &["glibc-2.40"])]).unwrap();
         let w = f.groups.warnings(&c, "layers/t.toml");
         assert_eq!(w, vec![r#"layers/t.toml:11: glob "nothing-*" of group "torch" matches no store path"#]);
+    }
+
+    #[test]
+    fn shares_of_the_budget_scale_with_it() {
+        let text = "[[group]]\nname = \"a\"\nmatch = [\"x\"]\nmax_layers = \"10%\"\n\n[[group]]\nname = \"b\"\nmatch = [\"y\"]\nmax_layers = \" 7.5 %\"\n";
+        let f = LayersFile::parse(text, "f.toml").unwrap();
+        let g: Vec<_> = f.groups.iter().collect();
+        assert_eq!(g[0].max_layers, Some(LayerLimit::Share(10.0)));
+        let at = |i: usize, n: usize| g[i].limit(n);
+        assert_eq!((at(0, 39), at(0, 40), at(0, 99), at(0, 100), at(0, 3)), (4, 4, 10, 10, 1));
+        assert_eq!((at(1, 40), at(1, 99), at(1, 100), at(1, 1)), (3, 8, 8, 1));
+        for bad in ["\"0%\"", "\"101%\"", "\"ten%\"", "\"10\"", "\"-5%\"", "\"nan%\""] {
+            let text = format!("[[group]]\nname = \"a\"\nmatch = [\"x\"]\nmax_layers = {bad}\n");
+            let err = format!("{:#}", LayersFile::parse(&text, "f.toml").unwrap_err());
+            assert!(err.contains("f.toml") && err.contains("line 2") && err.contains("share of the"), "{bad}: {err}");
+        }
+        assert!(Group::with_limit("a", &["x"], SplitMode::None, Some(LayerLimit::Share(0.0))).is_err());
     }
 
     #[test]

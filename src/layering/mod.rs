@@ -50,7 +50,12 @@
 //!    budget, never shares a layer, and is cut by its files when the build lists it ([`split`]).
 //! 3. **Group limits.** A group without `split` is one layer, or at most its `max_layers`
 //!    (packed by cost), or what the cap forces; `split = "per-path"` keeps one layer per path
-//!    unless its `max_layers` or the budget say otherwise.
+//!    unless its `max_layers` or the budget say otherwise. `max_layers` is a number of layers or
+//!    a share of the store-layer budget (`"10%"`, rounded up, at least 1), so a layers file can
+//!    cap the strata that change rarely or all at once (CUDA, torch, the scientific stack) in
+//!    proportion at any budget, and the layers they would take go to the strata bumped one
+//!    package at a time. The size cap wins over either; over a number it warns, over a share it
+//!    does not (a share is a soft cap that follows the budget).
 //! 4. **Budget.** While the layers exceed the budget, merge the pair with the lowest cost (same
 //!    partition, sum at most the cap). Ties break on component ids, which follow store-path
 //!    order, so the plan is deterministic. On large closures candidates are first restricted to
@@ -110,7 +115,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::closure::{Closure, StorePath};
 
-pub use groups::{AUTO_GROUP, Group, Groups, LayersFile, SplitMode};
+pub use groups::{AUTO_GROUP, Group, Groups, LayerLimit, LayersFile, SplitMode};
 use model::Model;
 use pack::{Comp, Packer, Scope};
 pub use previous::{Previous, PreviousLayer};
@@ -219,12 +224,12 @@ pub fn plan(closure: &Closure, groups: &Groups, budget: Budget, previous: Option
     let store_layers = budget.store_layers.max(1);
     let reserve = usize::from(store_layers >= RESERVE_FROM);
     let cap = budget.max_layer_size;
-    let fresh = layout(&model, groups, &part, cap, store_layers - reserve, None);
+    let fresh = layout(&model, groups, &part, cap, store_layers, store_layers - reserve, None);
     let Some(prev) = previous else {
         return emit(&model, groups, fresh, cap, None, &BTreeSet::new());
     };
     let seed = seed_from(&model, groups, &part, cap, prev);
-    let sticky = layout(&model, groups, &part, cap, store_layers, Some(&seed));
+    let sticky = layout(&model, groups, &part, cap, store_layers, store_layers, Some(&seed));
     let prev_sets: BTreeSet<Vec<&StorePath>> = prev.layers.iter().map(|l| l.paths.iter().collect()).collect();
     let score = |l: &Layout| {
         let pull: u64 = l.comps.iter().filter(|c| !reused(&model, c, &prev_sets)).map(|c| c.size).sum();
@@ -329,6 +334,7 @@ fn layout(
     groups: &Groups,
     part: &[usize],
     cap: Option<u64>,
+    store_layers: usize,
     target: usize,
     seed: Option<&Seed>,
 ) -> Layout {
@@ -349,12 +355,14 @@ fn layout(
         }
     }
     for p in 0..=groups.len() {
-        let limit = groups.partition_limit(p);
+        let limit = groups.partition_limit(p, store_layers);
         if pk.count(Scope::Partition(p)) <= limit {
             continue;
         }
         let ok = if limit == 1 { pk.merge_partition(p) } else { pk.merge_down(Scope::Partition(p), limit) };
-        if !ok {
+        // A share of the budget is a soft cap: where the size cap needs more, it yields quietly.
+        let share = groups.iter().nth(p).is_some_and(|g| matches!(g.max_layers, Some(LayerLimit::Share(_))));
+        if !ok && !share {
             warnings.push(format!(
                 "group {:?} takes {} layers: the size cap does not let it fit in {limit}",
                 groups.partition_name(p),
