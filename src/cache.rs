@@ -14,14 +14,14 @@
 //! empty it.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::blob::{BlobInfo, Compression, Digest};
+use crate::blob::{BlobInfo, Compression, Digest, HashWriter};
 use crate::closure::{NarHash, StorePath};
 use crate::tarball::{Content, Entry, Kind};
 
@@ -172,17 +172,9 @@ impl Cache {
 
 /// SHA-256 of a file's content.
 pub fn hash_file(path: &Path) -> io::Result<Digest> {
-    let mut f = fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(Digest::from_sha256(&h.finalize()))
+    let mut h = HashWriter::new(io::sink());
+    io::copy(&mut io::BufReader::with_capacity(1 << 20, fs::File::open(path)?), &mut h)?;
+    Ok(h.finish().1)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use sha2::{Digest as _, Sha256};
 use super::ImageRef;
 use super::oci_dir::REF_NAME;
 use super::registry::{self, Repository};
-use crate::blob::Digest;
+use crate::blob::{Digest, HashWriter};
 
 /// One layer as the manifest describes it, with its diff_id from the config.
 #[derive(Debug, Clone)]
@@ -478,9 +478,9 @@ fn open_docker_archive(
             magic[..n].starts_with(&[0x1f, 0x8b]) || magic[..n] == [0x28, 0xb5, 0x2f, 0xfd]
         };
         let digest = if compressed {
-            let mut h = Sha256::new();
-            io::copy(&mut tmp.open_prefix(name, size)?, &mut HashSink(&mut h))?;
-            Digest::from_sha256(&h.finalize())
+            let mut h = HashWriter::new(io::sink());
+            io::copy(&mut tmp.open_prefix(name, size)?, &mut h)?;
+            h.finish().1
         } else {
             diff.clone()
         };
@@ -523,18 +523,6 @@ fn open_docker_archive(
         layers,
         blobs,
     })
-}
-
-struct HashSink<'a>(&'a mut Sha256);
-
-impl io::Write for HashSink<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 impl Blobs {
