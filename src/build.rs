@@ -285,14 +285,13 @@ fn preflight(out: &ImageRef) -> Result<()> {
             if dir.exists() && !dir.is_dir() {
                 bail!("cannot write {out}: {} exists and is not a directory", dir.display());
             }
-            let probe = if dir.is_dir() { dir.join("x") } else { dir.clone() };
-            drop(transport::temp_sibling_file(&probe)?);
+            transport::check_writable(if dir.is_dir() { dir } else { dir.parent().unwrap_or(Path::new(".")) }, out)?;
         }
         ImageRef::OciArchive { file, .. } | ImageRef::DockerArchive { file, .. } => {
             if file.is_dir() {
                 bail!("cannot write {out}: {} is a directory", file.display());
             }
-            drop(transport::temp_sibling_file(file)?);
+            transport::check_writable(file.parent().unwrap_or(Path::new(".")), out)?;
         }
     }
     Ok(())
@@ -525,6 +524,9 @@ impl BlobStore {
         let w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
         let (w, info) = blob::write_layer(entries, epoch, compression, Some(pool), w, on_data)?;
         w.into_inner().map_err(|e| e.into_error()).context("writing a layer blob")?;
+        // Blobs are hard-linked into oci: layouts: readable like the layout's other files.
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).context("storing a layer blob")?;
         tmp.persist(self.path(&info.digest)).map_err(|e| e.error).context("storing a layer blob")?;
         Ok(info)
     }

@@ -147,11 +147,6 @@ impl Cache {
         Ok(())
     }
 
-    /// Removes an entry that turned out wrong.
-    pub fn forget(&self, key: &LayerKey) {
-        let _ = fs::remove_file(self.entry_path(key));
-    }
-
     /// The cached blob for `blob`, if it is there and hashes to its digest; a damaged one is
     /// deleted.
     pub fn verified_blob(&self, blob: &BlobInfo) -> Option<PathBuf> {

@@ -133,6 +133,10 @@ fn source_tag(src: &ImageRef) -> String {
     match src {
         ImageRef::OciDir { tag: Some(t), .. } => t.clone(),
         ImageRef::Registry(r) if r.tag.is_some() => r.tag.clone().unwrap_or_default(),
+        // `file.tar:localhost/app:1.0` → `1.0`
+        ImageRef::OciArchive { reference: Some(r), .. } | ImageRef::DockerArchive { reference: Some(r), .. } => {
+            r.rsplit('/').next().and_then(|last| last.split_once(':')).map_or("latest", |(_, t)| t).to_owned()
+        }
         _ => "latest".into(),
     }
 }

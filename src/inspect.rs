@@ -316,26 +316,39 @@ pub struct FileScan<'a> {
 /// and the tar's diff_id; on a mismatch, that is the error reported (it explains any decoding
 /// error that came first).
 pub fn scan_layer(img: &SourceImage, i: usize, files: Option<&FileScan<'_>>) -> Result<LayerScan> {
+    let (mut scan, size) = read_layer_verified(img, i, |tar| read_entries(tar, files))?;
+    scan.unpacked_size = size;
+    Ok(scan)
+}
+
+/// Runs `read` on layer `i`'s uncompressed tar, then reads whatever it left and verifies the
+/// blob's digest and size and the tar's diff_id; on a mismatch, that is the error reported (it
+/// explains any decoding error that came first). Returns what `read` returned and the tar size.
+/// Every reader of untrusted layers (inspect, diff, check) goes through here.
+pub fn read_layer_verified<T>(
+    img: &SourceImage,
+    i: usize,
+    read: impl FnOnce(&mut dyn Read) -> Result<T>,
+) -> Result<(T, u64)> {
     let l = img.layers.get(i).ok_or_else(|| anyhow!("{}: no layer {}", img.reference, i + 1))?;
     let what = || format!("reading layer {} ({}) of {}", i + 1, l.digest, img.reference);
     let mut raw = img.open_blob(&l.digest, l.size).with_context(what)?;
-    let scanned = (|| -> Result<LayerScan> {
+    let scanned = (|| -> Result<(T, u64)> {
         let mut tar = HashingReader::new(decompress(&mut raw, &l.media_type)?);
-        let mut scan = read_entries(&mut tar, files)?;
+        let out = read(&mut tar)?;
         io::copy(&mut tar, &mut io::sink())?;
         let (size, got) = tar.finish();
-        scan.unpacked_size = size;
         if let Some(want) = l.diff_id.as_ref().filter(|w| **w != got) {
             bail!("its uncompressed tar does not match the config's diff_id {want} (it hashes to {got})");
         }
-        Ok(scan)
+        Ok((out, size))
     })();
     // Read the blob to its end: `Verified` checks digest and size there.
     let verified = io::copy(&mut raw, &mut io::sink());
     match (scanned, verified) {
         (_, Err(e)) => Err(anyhow::Error::new(e)).with_context(what),
         (Err(e), Ok(_)) => Err(e).with_context(what),
-        (Ok(scan), Ok(_)) => Ok(scan),
+        (Ok(out), Ok(_)) => Ok(out),
     }
 }
 

@@ -180,7 +180,7 @@ impl Policy {
                 .iter()
                 .enumerate()
                 .filter(|(_, l)| l.size > max)
-                .map(|(i, l)| format!("layer {i} ({}): {}", l.label(), human_size(l.size)))
+                .map(|(i, l)| format!("layer {} ({}): {}", i + 1, l.label(), human_size(l.size)))
                 .collect();
             let largest = facts.layers.iter().map(|l| l.size).max().unwrap_or(0);
             let detail = format!("largest layer {}, at most {} allowed", human_size(largest), human_size(max));
@@ -459,7 +459,12 @@ pub fn facts_of(img: &SourceImage, policy: &Policy) -> Result<ImageFacts> {
                     .map(|s| StorePath::parse(s.trim()))
                     .collect::<Result<Vec<_>, _>>()
                     .with_context(|| {
-                        format!("{}: layer {i} ({}): annotation {ANNOTATION_STORE_PATHS}", img.reference, l.digest)
+                        format!(
+                            "{}: layer {} ({}): annotation {ANNOTATION_STORE_PATHS}",
+                            img.reference,
+                            i + 1,
+                            l.digest
+                        )
                     })
             })
             .transpose()?;
@@ -472,8 +477,7 @@ pub fn facts_of(img: &SourceImage, policy: &Policy) -> Result<ImageFacts> {
             ..LayerFacts::default()
         };
         if read_all || (policy.needs_paths() && !paths_known) {
-            let scan =
-                scan_layer(img, i).with_context(|| format!("{}: reading layer {i} ({})", img.reference, l.digest))?;
+            let scan = scan_layer(img, i)?;
             lf.setuid = scan.setuid;
             lf.world_writable = scan.world_writable;
             if annotated.is_none() {
@@ -505,8 +509,12 @@ struct LayerScan {
 
 /// Reads one layer's tar headers (and `/etc/passwd`'s content, which is small).
 fn scan_layer(img: &SourceImage, i: usize) -> Result<LayerScan> {
+    crate::inspect::read_layer_verified(img, i, |tar| scan_entries(img, i, tar)).map(|(scan, _)| scan)
+}
+
+fn scan_entries(img: &SourceImage, i: usize, tar: &mut dyn Read) -> Result<LayerScan> {
     const PASSWD_LIMIT: u64 = 4 << 20;
-    let mut ar = tar::Archive::new(img.open_layer_tar(i)?);
+    let mut ar = tar::Archive::new(tar);
     let mut facts = LayerFacts::default();
     let mut paths = BTreeSet::new();
     let mut passwd = Passwd::Unchanged;
@@ -529,7 +537,7 @@ fn scan_layer(img: &SourceImage, i: usize) -> Result<LayerScan> {
                 Ok(p) => {
                     paths.insert(p);
                 }
-                Err(e) => tracing::debug!("{}: layer {i}: /{clean} is not in a store path: {e}", img.reference),
+                Err(e) => tracing::debug!("{}: layer {}: /{clean} is not in a store path: {e}", img.reference, i + 1),
             }
         }
         if clean == "etc/.wh.passwd" || clean == "etc/.wh..wh..opq" || clean == ".wh.etc" {

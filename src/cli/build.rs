@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use super::inputs::Inputs;
-use super::registry::RegistryArgs;
 use super::reporter::CliReporter;
 use nixoci::blob::Compression;
 use nixoci::build::{self, BuildOptions};
@@ -29,8 +28,6 @@ EXAMPLE:
 pub struct Args {
     #[command(flatten)]
     pub inputs: Inputs,
-    #[command(flatten)]
-    pub registry: RegistryArgs,
     /// Where to write the image (repeatable).
     #[arg(short = 'o', long = "output", value_name = "DEST", required = true, value_parser = ImageRef::parse)]
     pub outputs: Vec<ImageRef>,
@@ -60,22 +57,22 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    if args.json && args.outputs.contains(&ImageRef::Stdout) {
+        anyhow::bail!("--json and -o - both want stdout: pick one");
+    }
     let started = std::time::Instant::now();
     let closure = args.inputs.closure()?;
     let closure_secs = started.elapsed().as_secs_f64();
     let spec = args.inputs.spec()?;
     let plan = args.inputs.plan(&closure, &spec)?;
     let plan_secs = started.elapsed().as_secs_f64() - closure_secs;
-    if args.json && args.outputs.contains(&ImageRef::Stdout) {
-        anyhow::bail!("--json and -o - both want stdout: pick one");
-    }
     let opts = BuildOptions {
         store_root: args.inputs.store_root.clone(),
         spec,
         compression: args.compression,
         jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         epoch: source_date_epoch()?,
-        outputs: args.registry.apply(args.outputs)?,
+        outputs: args.inputs.registry.apply(args.outputs)?,
         cache_dir: if args.no_cache { None } else { args.cache_dir.or_else(nixoci::cache::Cache::default_dir) },
         policy: args.policy.as_deref().map(nixoci::policy::Policy::load).transpose()?,
     };

@@ -21,9 +21,11 @@ one fails or the image cannot be read.
 EXAMPLE:
   nixoci check oci-archive:comfyui.tar --policy policies/comfyui.toml")]
 pub struct Args {
-    /// The image: oci:DIR[:TAG], oci-archive:FILE[:REF] or docker-archive:FILE[:REF].
+    /// The image: oci:DIR[:TAG], oci-archive:FILE[:REF], docker-archive:FILE[:REF] or docker://HOST/REPO[:TAG|@DIGEST].
     #[arg(value_name = "IMAGE", value_parser = ImageRef::parse)]
     pub image: ImageRef,
+    #[command(flatten)]
+    pub registry: super::registry::RegistryArgs,
     /// The policy TOML.
     #[arg(long, value_name = "FILE")]
     pub policy: PathBuf,
@@ -34,7 +36,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let policy = Policy::load(&args.policy)?;
-    let img = SourceImage::open(&args.image)?;
+    let img = SourceImage::open(&args.image.clone().with_registry_options(&args.registry.options()?))?;
     let verdict = policy::check(&img, &policy)?;
     if args.json {
         super::print_json(&verdict)?;

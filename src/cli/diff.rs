@@ -11,10 +11,12 @@ use nixoci::transport::ImageRef;
 use nixoci::transport::source::SourceImage;
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "OLD, NEW: oci:DIR[:TAG], oci-archive:FILE[:REF] or docker-archive:FILE[:REF].
+#[command(
+    after_help = "OLD, NEW: oci:DIR[:TAG], oci-archive:FILE[:REF], docker-archive:FILE[:REF] or docker://HOST/REPO[:TAG|@DIGEST].
 
 Download bytes are the compressed sizes of NEW's layers that OLD lacks. Exits 0 whether or not
-the images differ.")]
+the images differ."
+)]
 pub struct Args {
     /// The image a node holds.
     #[arg(value_name = "OLD", value_parser = ImageRef::parse)]
@@ -22,6 +24,8 @@ pub struct Args {
     /// The image it updates to.
     #[arg(value_name = "NEW", value_parser = ImageRef::parse)]
     pub new: ImageRef,
+    #[command(flatten)]
+    pub registry: super::registry::RegistryArgs,
     /// Also compare the files of changed store paths (reads only the layers that hold them).
     #[arg(long)]
     pub files: bool,
@@ -34,8 +38,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let old = SourceImage::open(&args.old)?;
-    let new = SourceImage::open(&args.new)?;
+    let old = SourceImage::open(&args.old.clone().with_registry_options(&args.registry.options()?))?;
+    let new = SourceImage::open(&args.new.clone().with_registry_options(&args.registry.options()?))?;
     let reporter = CliReporter::new(false);
     let d = diff::diff(&old, &new, &DiffOptions { files: args.files }, &reporter)?;
     reporter.finish();

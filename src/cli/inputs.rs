@@ -46,10 +46,12 @@ pub struct Inputs {
     #[arg(long, value_name = "SIZE", value_parser = parse_layer_size)]
     pub max_layer_size: Option<u64>,
     /// The previous release, whose layers the plan keeps where their contents did not change: its
-    /// image (oci:DIR[:TAG], oci-archive:FILE[:REF], read from its layer annotations) or the JSON
-    /// that `nixoci plan --json` or `nixoci build --json` printed for it.
+    /// image (oci:DIR[:TAG], oci-archive:FILE[:REF], docker://HOST/REPO:TAG, read from its layer
+    /// annotations) or the JSON that `nixoci plan --json` or `nixoci build --json` printed for it.
     #[arg(long, value_name = "IMAGE|PLAN.json")]
     pub previous: Option<String>,
+    #[command(flatten)]
+    pub registry: super::registry::RegistryArgs,
 }
 
 /// The smallest `--max-layer-size`: a few tar headers must fit beside any file.
@@ -124,7 +126,7 @@ impl Inputs {
         if !is_image {
             return Previous::load(std::path::Path::new(arg)).map(Some);
         }
-        let image = SourceImage::open(&ImageRef::parse(arg)?)?;
+        let image = SourceImage::open(&ImageRef::parse(arg)?.with_registry_options(&self.registry.options()?))?;
         let annotations = image.layers.iter().map(|l| {
             (
                 l.annotations.get(ANNOTATION_GROUP).map(String::as_str),

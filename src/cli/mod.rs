@@ -41,8 +41,8 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Compare two images: layers, download bytes, store paths, config (and files with --files).
     Diff(diff::Args),
-    /// Copy an image between transports (oci:, oci-archive:, docker-archive:, docker://),
-    /// keeping its digest.
+    /// Copy an image from any transport (oci:, oci-archive:, docker-archive:, docker://) to
+    /// oci:, oci-archive: or docker://, keeping its digest.
     Copy(copy::Args),
 }
 

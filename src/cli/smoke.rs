@@ -34,10 +34,12 @@ Exit status: 0 when no check failed or timed out, 1 otherwise.
 EXAMPLE:
   nixoci smoke oci-archive:comfyui.tar --checks policies/smoke-comfyui.toml --gpu --junit smoke.xml")]
 pub struct Args {
-    /// The image: oci:DIR[:TAG], oci-archive:FILE[:REF] or docker-archive:FILE[:REF]. It is
+    /// The image: oci:DIR[:TAG], oci-archive:FILE[:REF], docker-archive:FILE[:REF] or docker://HOST/REPO[:TAG|@DIGEST]. It is
     /// loaded into the runtime unless the runtime already has it.
     #[arg(value_name = "IMAGE", value_parser = ImageRef::parse)]
     pub image: ImageRef,
+    #[command(flatten)]
+    pub registry: super::registry::RegistryArgs,
     /// The checks TOML.
     #[arg(long, value_name = "FILE")]
     pub checks: PathBuf,
@@ -72,7 +74,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         },
     };
     let reporter = CliReporter::new(false);
-    let report = smoke::run(&args.image, &checks, &opts, &reporter)?;
+    let image = args.image.clone().with_registry_options(&args.registry.options()?);
+    let report = smoke::run(&image, &checks, &opts, &reporter)?;
     reporter.finish();
     if let Some(file) = &args.junit {
         std::fs::write(file, report.junit_xml()).with_context(|| format!("writing JUnit XML to {}", file.display()))?;

@@ -19,7 +19,11 @@ use super::{Closure, NarHash, PathInfo, StorePath};
 /// Reads `--closure FILE`, whatever its shape.
 pub fn closure_file(file: &Path) -> Result<Closure> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading closure file {}", file.display()))?;
-    parse(&text).with_context(|| format!("reading closure file {}", file.display()))
+    let closure = parse(&text).with_context(|| format!("reading closure file {}", file.display()))?;
+    if closure.is_empty() {
+        bail!("closure file {} lists no store path", file.display());
+    }
+    Ok(closure)
 }
 
 /// Reads `--closure-info DIR` (nixpkgs' closureInfo output).
@@ -36,6 +40,9 @@ pub fn closure_info(dir: &Path) -> Result<Closure> {
                 bail!("{}:{}: {p} is not in the registration", listed.display(), n + 1);
             }
         }
+    }
+    if closure.is_empty() {
+        bail!("closureInfo {} lists no store path", dir.display());
     }
     Ok(closure)
 }
@@ -139,7 +146,10 @@ fn path_info(key: Option<&str>, v: &Value) -> Result<PathInfo> {
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 80 { format!("{}…", &s[..80]) } else { s }
+    match s.char_indices().nth(80) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s,
+    }
 }
 
 /// The classic exportReferencesGraph file: blocks of path, deriver, count, references.
@@ -277,6 +287,13 @@ mod tests {
     fn truncated_json_says_where() {
         let err = format!("{:#}", parse(&format!("[{{\"path\":\"{A}\",")).unwrap_err());
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn long_multibyte_values_are_shortened_without_panicking() {
+        let text = format!(r#"[{{"comment":"{}{}"}}]"#, "a".repeat(61), "é".repeat(40));
+        let err = format!("{:#}", parse(&text).unwrap_err());
+        assert!(err.contains("no \"path\""), "{err}");
     }
 
     #[test]

@@ -85,7 +85,8 @@ pub struct Group {
     pub members: Vec<String>,
 }
 
-/// A mode, as an octal string (`"1777"`) or a TOML integer (`0o1777`).
+/// A mode, as a string of octal digits (`"1777"`, `"0755"`). TOML integers are refused: `755`
+/// would silently be decimal (0o1363), and `0o755` cannot be told from it once parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "ModeRepr")]
 pub struct Mode(pub u32);
@@ -101,7 +102,9 @@ impl TryFrom<ModeRepr> for Mode {
     type Error = String;
     fn try_from(r: ModeRepr) -> Result<Self, String> {
         let m = match r {
-            ModeRepr::Int(n) => n,
+            ModeRepr::Int(n) => {
+                return Err(format!("mode = {n}: write the mode as a string of octal digits, e.g. mode = \"0755\""));
+            }
             ModeRepr::Str(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
                 .map_err(|_| format!("mode {s:?} is not an octal number"))?,
         };
@@ -346,7 +349,7 @@ mode = "1777"
 path = "/home/app"
 uid = 1000
 gid = 1000
-mode = 0o700
+mode = "0700"
 [[symlinks]]
 path = "/usr/bin/env"
 target = "/nix/store/x/bin/env"
@@ -406,6 +409,8 @@ target = "/nix/store/x/bin/env"
         assert!(err.contains("entrypont") && err.contains("line 1"), "{err}");
         let spec: ImageSpec = toml::from_str("[[dirs]]\npath = \"/nix/store/x\"").unwrap();
         assert!(spec.validate().is_err());
+        let err = toml::from_str::<ImageSpec>("[[dirs]]\npath = \"/data\"\nmode = 755").unwrap_err().to_string();
+        assert!(err.contains("string of octal digits"), "{err}");
         let spec: ImageSpec = toml::from_str("[[dirs]]\npath = \"/a/../b\"").unwrap();
         assert!(spec.validate().is_err());
     }

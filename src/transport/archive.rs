@@ -109,9 +109,9 @@ pub struct StreamLayer<'a> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct DockerManifestEntry<'a> {
+struct DockerManifestEntry {
     config: String,
-    repo_tags: Vec<&'a str>,
+    repo_tags: Vec<String>,
     layers: Vec<String>,
 }
 
@@ -164,10 +164,19 @@ pub fn write_docker_archive<W: Write>(
     let config = config(&descs)?;
     let config_name = format!("{}.json", config.digest.hex());
     out.bytes(&config_name, &config.bytes)?;
-    let manifest =
-        vec![DockerManifestEntry { config: config_name, repo_tags: reference.into_iter().collect(), layers: names }];
+    let manifest = vec![DockerManifestEntry {
+        config: config_name,
+        repo_tags: reference.map(with_tag).into_iter().collect(),
+        layers: names,
+    }];
     out.bytes("manifest.json", &serde_json::to_vec(&manifest)?)?;
     Ok((out.finish()?, descs, config))
+}
+
+/// `app` → `app:latest`: docker load treats a tagless RepoTags entry poorly.
+fn with_tag(reference: &str) -> String {
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    if last.contains(':') || last.contains('@') { reference.to_owned() } else { format!("{reference}:latest") }
 }
 
 /// `docker-archive:FILE[:REF]`: streams into a temporary sibling, then renames it into place.

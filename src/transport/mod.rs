@@ -139,6 +139,24 @@ pub(crate) fn temp_sibling_file(dest: &Path) -> Result<tempfile::NamedTempFile> 
     })
 }
 
+/// Fails unless files can be made in `dir` (or, when it does not exist yet, in its nearest
+/// existing ancestor, where it would be created). Creates nothing that stays behind.
+pub(crate) fn check_writable(dir: &Path, dest: &ImageRef) -> Result<()> {
+    let mut at = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    while !at.exists() {
+        at = match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+    }
+    if !at.is_dir() {
+        bail!("cannot write {dest}: {} is not a directory", at.display());
+    }
+    tempfile::tempfile_in(at)
+        .map_err(|e| anyhow::anyhow!("cannot write {dest}: {} is not writable: {e}", at.display()))?;
+    Ok(())
+}
+
 /// The directory that holds `dest`, created if missing.
 pub(crate) fn parent_dir(dest: &Path) -> Result<PathBuf> {
     let parent = match dest.parent() {

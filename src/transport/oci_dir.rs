@@ -53,30 +53,23 @@ pub fn write(dir: &Path, tag: Option<&str>, image: &Image, blobs: &dyn BlobSourc
         let _lock = lock(dir)?;
         add_to_layout(dir, tag, image, blobs)
     } else {
-        let parent = super::parent_dir(dir)?;
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp =
-            tempfile::Builder::new().prefix(&format!(".{name}.nixoci-")).tempdir_in(&parent).with_context(|| {
-                format!("cannot write {}: creating a temporary directory in {}", dir.display(), parent.display())
-            })?;
-        fs::write(tmp.path().join("oci-layout"), OCI_LAYOUT)?;
-        add_to_layout(tmp.path(), tag, image, blobs)?;
-        let tmp = tmp.keep();
-        set_dir_mode(&tmp)?;
-        match fs::rename(&tmp, dir) {
-            Ok(()) => Ok(()),
+        let tmp = TempLayout::create(dir)?;
+        fs::write(tmp.0.join("oci-layout"), OCI_LAYOUT)?;
+        add_to_layout(&tmp.0, tag, image, blobs)?;
+        match fs::rename(&tmp.0, dir) {
+            Ok(()) => {
+                std::mem::forget(tmp);
+                Ok(())
+            }
             Err(e) if dir.join("oci-layout").is_file() => {
                 // Another build created the layout first: add to it instead.
                 tracing::debug!("{} appeared while building ({e}); adding to it", dir.display());
-                let _ = fs::remove_dir_all(&tmp);
+                drop(tmp);
                 let _lock = lock(dir)?;
                 add_to_layout(dir, tag, image, blobs)
             }
-            Err(e) => {
-                let _ = fs::remove_dir_all(&tmp);
-                Err(e)
-                    .with_context(|| format!("cannot write {}: renaming the finished layout into place", dir.display()))
-            }
+            Err(e) => Err(e)
+                .with_context(|| format!("cannot write {}: renaming the finished layout into place", dir.display())),
         }
     }
 }
@@ -88,12 +81,39 @@ fn lock(dir: &Path) -> Result<fs::File> {
     Ok(f)
 }
 
-fn set_dir_mode(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    // tempdir() makes 0700; a layout is meant to be readable like any directory mkdir makes.
-    let umask_default = fs::metadata(dir.parent().unwrap_or(Path::new(".")))?.permissions().mode() & 0o755;
-    fs::set_permissions(dir, fs::Permissions::from_mode(umask_default | 0o700))?;
-    Ok(())
+/// A new layout being assembled beside its destination; removed on drop unless renamed into
+/// place. Made with `mkdir`, so its mode follows the umask like any directory the user makes.
+struct TempLayout(PathBuf);
+
+impl TempLayout {
+    fn create(dest: &Path) -> Result<Self> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let parent = super::parent_dir(dest)?;
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        loop {
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = parent.join(format!(".{name}.nixoci-{}-{n}", std::process::id()));
+            match fs::create_dir(&path) {
+                Ok(()) => return Ok(Self(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "cannot write {}: creating a temporary directory in {}",
+                            dest.display(),
+                            parent.display()
+                        )
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TempLayout {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }
 
 fn add_to_layout(dir: &Path, tag: Option<&str>, image: &Image, blobs: &dyn BlobSource) -> Result<()> {
@@ -138,6 +158,10 @@ fn place_blob(src: &Path, dest: &Path) -> Result<()> {
     if fs::hard_link(src, &tmp).is_err() {
         fs::copy(src, &tmp).with_context(|| format!("copying blob {} to {}", src.display(), tmp.display()))?;
     }
+    // Readable like every file of a layout, whatever mode the cache or staging file had.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("writing blob {}", dest.display()))?;
     fs::rename(&tmp, dest).with_context(|| format!("writing blob {}", dest.display()))
 }
 

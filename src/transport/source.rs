@@ -471,13 +471,19 @@ fn open_docker_archive(
             .ok_or_else(|| anyhow!("{} has no member {name}", file.display()))?;
         let diff: Digest = diff.parse()?;
         // Compressed members (rare in docker save output) need hashing to get their digest.
-        let compressed = {
+        let media_type = {
             let mut r = tmp.open_prefix(name, 4)?;
             let mut magic = [0u8; 4];
             let n = r.read(&mut magic)?;
-            magic[..n].starts_with(&[0x1f, 0x8b]) || magic[..n] == [0x28, 0xb5, 0x2f, 0xfd]
+            if magic[..n].starts_with(&[0x1f, 0x8b]) {
+                MediaType::ImageLayerGzip
+            } else if magic[..n] == [0x28, 0xb5, 0x2f, 0xfd] {
+                MediaType::ImageLayerZstd
+            } else {
+                MediaType::ImageLayer
+            }
         };
-        let digest = if compressed {
+        let digest = if media_type != MediaType::ImageLayer {
             let mut h = HashWriter::new(io::sink());
             io::copy(&mut tmp.open_prefix(name, size)?, &mut h)?;
             h.finish().1
@@ -485,15 +491,10 @@ fn open_docker_archive(
             diff.clone()
         };
         map.insert(digest.clone(), name.trim_start_matches("./").to_owned());
-        let media_type = if compressed {
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-        } else {
-            "application/vnd.oci.image.layer.v1.tar"
-        };
         layers.push(SourceLayer {
             digest,
             size,
-            media_type: media_type.to_owned(),
+            media_type: media_type.to_string(),
             diff_id: Some(diff),
             annotations: BTreeMap::new(),
         });
