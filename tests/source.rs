@@ -89,3 +89,50 @@ fn corrupt_and_truncated_blobs_are_refused() {
         format!("{:#}", SourceImage::open(&ImageRef::OciArchive { file: archive, reference: None }).err().unwrap());
     assert!(err.contains("o.tar"), "{err}");
 }
+
+/// `check` reads layers for tar-header rules: a damaged layer must fail the check, not pass it.
+#[test]
+fn check_refuses_a_layer_that_does_not_match_its_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("oci");
+    build_example(vec![ImageRef::OciDir { dir: oci.clone(), tag: None }]);
+    let r = ImageRef::OciDir { dir: oci.clone(), tag: None };
+    let policy = nixoci::policy::Policy::parse("no_setuid = true\n", Path::new("p.toml")).unwrap();
+    let img = SourceImage::open(&r).unwrap();
+    assert!(nixoci::policy::check(&img, &policy).unwrap().passed);
+    let blob = oci.join("blobs/sha256").join(img.layers[0].digest.hex());
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0xff; // inside the gzip trailer: the tar itself still reads
+    std::fs::remove_file(&blob).unwrap(); // it may be hard-linked to a cache: do not write through
+    std::fs::write(&blob, &bytes).unwrap();
+    let err = format!("{:#}", nixoci::policy::check(&SourceImage::open(&r).unwrap(), &policy).unwrap_err());
+    assert!(err.contains("layer 1") && err.contains("does not match its digest"), "{err}");
+}
+
+/// A build that fails leaves no trace: not even the parent directories of its destinations.
+#[test]
+fn failed_build_creates_no_parent_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
+    let closure = closure_file(&root.join("closure.json")).unwrap();
+    let plan = plan(&closure, &Groups::none(), Budget::layers(10), None);
+    let outputs = vec![
+        ImageRef::OciDir { dir: dir.path().join("a/b/oci"), tag: None },
+        ImageRef::OciArchive { file: dir.path().join("c/x.tar"), reference: None },
+    ];
+    let opts = BuildOptions {
+        store_root: dir.path().join("no-such-store"),
+        spec: ImageSpec::default(),
+        compression: Compression::Gzip(6),
+        jobs: 2,
+        epoch: 1,
+        outputs,
+        cache_dir: None,
+        policy: None,
+    };
+    let err = format!("{:#}", build(&closure, &plan, &opts, &Silent).unwrap_err());
+    assert!(err.contains("missing on disk"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
