@@ -13,6 +13,7 @@ pub mod diff;
 pub mod image;
 pub mod inspect;
 pub mod layering;
+pub mod markup;
 pub mod policy;
 pub mod progress;
 pub mod size;
