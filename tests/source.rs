@@ -13,13 +13,14 @@ use nixoci::progress::Silent;
 use nixoci::transport::ImageRef;
 use nixoci::transport::source::SourceImage;
 
-fn build_example(outputs: Vec<ImageRef>) {
+/// Builds examples/hello (its closure and image spec) from `store_root` into `outputs`.
+fn try_build_example(store_root: &Path, outputs: Vec<ImageRef>) -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
     let closure = closure_file(&root.join("closure.json")).unwrap();
     let spec = ImageSpec::load(&root.join("image.toml")).unwrap();
     let plan = plan(&closure, &Groups::none(), Budget::layers(10), None);
     let opts = BuildOptions {
-        store_root: root.join("store"),
+        store_root: store_root.to_owned(),
         spec,
         compression: Compression::Gzip(6),
         jobs: 2,
@@ -28,7 +29,12 @@ fn build_example(outputs: Vec<ImageRef>) {
         cache_dir: None,
         policy: None,
     };
-    build(&closure, &plan, &opts, &Silent).unwrap();
+    build(&closure, &plan, &opts, &Silent).map(|_| ())
+}
+
+fn build_example(outputs: Vec<ImageRef>) {
+    let store = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello/store");
+    try_build_example(&store, outputs).unwrap();
 }
 
 fn read_all_layers(img: &SourceImage) -> Vec<Vec<u8>> {
@@ -114,24 +120,11 @@ fn check_refuses_a_layer_that_does_not_match_its_digest() {
 #[test]
 fn failed_build_creates_no_parent_directories() {
     let dir = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
-    let closure = closure_file(&root.join("closure.json")).unwrap();
-    let plan = plan(&closure, &Groups::none(), Budget::layers(10), None);
     let outputs = vec![
         ImageRef::OciDir { dir: dir.path().join("a/b/oci"), tag: None },
         ImageRef::OciArchive { file: dir.path().join("c/x.tar"), reference: None },
     ];
-    let opts = BuildOptions {
-        store_root: dir.path().join("no-such-store"),
-        spec: ImageSpec::default(),
-        compression: Compression::Gzip(6),
-        jobs: 2,
-        epoch: 1,
-        outputs,
-        cache_dir: None,
-        policy: None,
-    };
-    let err = format!("{:#}", build(&closure, &plan, &opts, &Silent).unwrap_err());
+    let err = format!("{:#}", try_build_example(&dir.path().join("no-such-store"), outputs).unwrap_err());
     assert!(err.contains("missing on disk"), "{err}");
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
