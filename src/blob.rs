@@ -173,6 +173,42 @@ impl<W: Write> Write for HashWriter<W> {
     }
 }
 
+/// The reading side of [`HashWriter`]: counts and hashes what passes through.
+pub struct HashReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: io::Read> HashReader<R> {
+    pub fn new(inner: R) -> Self {
+        Self { inner, hasher: Sha256::new(), count: 0 }
+    }
+
+    /// Bytes read so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The digest of what was read so far.
+    pub fn digest(&self) -> Digest {
+        Digest::from_sha256(&self.hasher.clone().finalize())
+    }
+
+    pub fn finish(self) -> (u64, Digest) {
+        (self.count, Digest::from_sha256(&self.hasher.finalize()))
+    }
+}
+
+impl<R: io::Read> io::Read for HashReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
 /// Like [`HashWriter`], but the hashing runs on a thread of its own: for streams (`-o -`) where
 /// one thread reading files and writing the pipe would otherwise also pay for SHA-256. Bytes are
 /// gathered into 1 MiB buffers, each handed to the hasher and written to `inner`.

@@ -1,13 +1,13 @@
 //! `nixoci build`: plan → list → layer blobs → image → destinations.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
+use crate::atomic::{AtomicFile, FILE_MODE};
 use crate::blob::{self, BlobInfo, Compression, Digest, Pool};
 use crate::cache::{Cache, LayerKey};
 use crate::closure::Closure;
@@ -378,18 +378,10 @@ fn make_blobs(
     reporter: &dyn Reporter,
     stats: &mut Stats,
 ) -> Result<Vec<LayerDesc>> {
-    let mut order: Vec<usize> = (0..layers.len()).collect();
-    order.sort_by_key(|&i| (std::cmp::Reverse(tarball::tar_size(&layers[i].entries)), i));
-    let results: Vec<Mutex<Option<BlobInfo>>> = layers.iter().map(|_| Mutex::new(None)).collect();
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     let (read, written, built, hits) = (AtomicU64::new(0), AtomicU64::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
     let total = layers.len();
     let jobs = opts.jobs.max(1);
     let pool = Pool::new(jobs);
-    // Layer producers only tar and hash; the pool compresses. A few producers keep it fed.
-    let producers = jobs.min(4).min(layers.len().max(1));
     let one_layer = |i: usize| -> Result<BlobInfo> {
         let layer = &layers[i];
         reporter.layer_started(i, total, &layer.label(), layer.data_size());
@@ -399,6 +391,7 @@ fn make_blobs(
             && (dests_have(&info.digest, info.size) || store.cached_blob(info))
         {
             hits.fetch_add(1, Ordering::Relaxed);
+            reporter.layer_finished(i, info);
             return Ok(info.clone());
         }
         let info = store.write_layer(&layer.entries, opts.epoch, opts.compression, &pool, &mut |n| {
@@ -413,41 +406,21 @@ fn make_blobs(
             }
             cache.store(key, &info)?;
         }
+        reporter.layer_finished(i, &info);
         Ok(info)
     };
-    std::thread::scope(|s| {
-        for _ in 0..producers {
-            s.spawn(|| {
-                while !failed.load(Ordering::Relaxed) {
-                    let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                        return;
-                    };
-                    match one_layer(i) {
-                        Ok(info) => {
-                            reporter.layer_finished(i, &info);
-                            *results[i].lock().unwrap() = Some(info);
-                        }
-                        Err(e) => {
-                            failed.store(true, Ordering::Relaxed);
-                            first_error.lock().unwrap().get_or_insert(e);
-                        }
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = first_error.into_inner().unwrap() {
-        return Err(e);
-    }
+    // Layer producers only tar and hash; the pool compresses. A few producers keep it fed.
+    let sizes: Vec<u64> = layers.iter().map(|l| tarball::tar_size(&l.entries)).collect();
+    let blobs = crate::parallel::largest_first(&sizes, jobs.min(4), one_layer)?;
     stats.bytes_read += read.into_inner();
     stats.bytes_written += written.into_inner();
     stats.layers_built += built.into_inner();
     stats.cache_hits += hits.into_inner();
-    Ok(results
+    Ok(blobs
         .into_iter()
         .zip(layers)
-        .map(|(r, l)| LayerDesc {
-            blob: r.into_inner().unwrap().expect("every layer was built"),
+        .map(|(blob, l)| LayerDesc {
+            blob,
             group: l.group.clone(),
             paths: l.paths.clone(),
         })
@@ -520,14 +493,13 @@ impl BlobStore {
         pool: &Pool,
         on_data: &mut dyn FnMut(u64),
     ) -> Result<BlobInfo> {
-        let tmp = tempfile::NamedTempFile::new_in(self.tmp_dir())?;
-        let w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+        let tmp_dir = self.tmp_dir();
+        let file = AtomicFile::new_in(&tmp_dir)?;
+        let w = std::io::BufWriter::with_capacity(1 << 20, file.file());
         let (w, info) = blob::write_layer(entries, epoch, compression, Some(pool), w, on_data)?;
-        w.into_inner().map_err(|e| e.into_error()).context("writing a layer blob")?;
+        w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing a layer blob in {}", tmp_dir.display()))?;
         // Blobs are hard-linked into oci: layouts: readable like the layout's other files.
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).context("storing a layer blob")?;
-        tmp.persist(self.path(&info.digest)).map_err(|e| e.error).context("storing a layer blob")?;
+        file.commit(&self.path(&info.digest), FILE_MODE)?;
         Ok(info)
     }
 }

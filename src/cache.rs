@@ -14,13 +14,14 @@
 //! empty it.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::atomic::{AtomicFile, FILE_MODE, write_then_commit};
 use crate::blob::{BlobInfo, Compression, Digest, HashWriter};
 use crate::closure::{NarHash, StorePath};
 use crate::tarball::{Content, Entry, Kind};
@@ -141,10 +142,10 @@ impl Cache {
 
     pub fn store(&self, key: &LayerKey, blob: &BlobInfo) -> Result<()> {
         let bytes = serde_json::to_vec(&EntryFile { key: key.0.clone(), blob: blob.clone() })?;
-        let mut tmp = tempfile::NamedTempFile::new_in(self.tmp_dir())?;
-        tmp.write_all(&bytes)?;
-        tmp.persist(self.entry_path(key)).map_err(|e| e.error)?;
-        Ok(())
+        let dest = self.entry_path(key);
+        write_then_commit(AtomicFile::new_in(&self.tmp_dir())?, &dest, FILE_MODE, |w| {
+            w.write_all(&bytes).with_context(|| format!("writing {}", dest.display()))
+        })
     }
 
     /// The cached blob for `blob`, if it is there and hashes to its digest; a damaged one is

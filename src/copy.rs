@@ -15,6 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
+use crate::atomic::{AtomicFile, FILE_MODE, write_then_commit};
 use crate::blob::{BlobInfo, Digest};
 use crate::image::{ANNOTATION_GROUP, Image, JsonBlob, LayerDesc};
 use crate::progress::Reporter;
@@ -177,12 +178,10 @@ impl BlobSource for Staged<'_> {
             *self.read.lock().unwrap_or_else(|e| e.into_inner()) += len;
             return Ok(p);
         }
-        let tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
-        let n = std::io::copy(&mut self.source.open_blob(digest, size)?, &mut w)
-            .with_context(|| format!("reading blob {digest} from {}", self.source.reference))?;
-        w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("staging blob {digest}"))?;
-        tmp.persist(&staged).map_err(|e| e.error).with_context(|| format!("staging blob {digest}"))?;
+        let n = write_then_commit(AtomicFile::new_in(&self.dir)?, &staged, FILE_MODE, |w| {
+            std::io::copy(&mut self.source.open_blob(digest, size)?, w)
+                .with_context(|| format!("reading blob {digest} from {}", self.source.reference))
+        })?;
         *self.read.lock().unwrap_or_else(|e| e.into_inner()) += n;
         Ok(staged)
     }

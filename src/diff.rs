@@ -110,6 +110,73 @@ pub struct LayerDiff {
     pub recompressed: Vec<Recompressed>,
 }
 
+/// What happened to a layer between OLD and NEW — decided here once, drawn by both reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerStatus {
+    /// Both images have it.
+    Shared,
+    /// Only NEW has it.
+    Added,
+    /// Only NEW has it, but its store paths are all in OLD, unchanged: the grouping moved them.
+    AddedRegrouped,
+    /// Only NEW has it, but it holds the same tar as a layer of OLD, compressed differently.
+    AddedRecompressed,
+    /// Only OLD has it.
+    Removed,
+    /// Only OLD has it, and its store paths all live on, unchanged, in other layers of NEW.
+    RemovedRegrouped,
+}
+
+impl LayerStatus {
+    /// The words the reports show.
+    pub fn label(self) -> &'static str {
+        match self {
+            LayerStatus::Shared => "shared",
+            LayerStatus::Added => "added",
+            LayerStatus::AddedRegrouped => "added (regrouped)",
+            LayerStatus::AddedRecompressed => "added (recompressed)",
+            LayerStatus::Removed => "removed",
+            LayerStatus::RemovedRegrouped => "removed (regrouped)",
+        }
+    }
+
+    /// Its colour class: shared, changed (only one image has it), regrouped, recompressed.
+    pub fn class(self) -> &'static str {
+        match self {
+            LayerStatus::Shared => "shared",
+            LayerStatus::Added | LayerStatus::Removed => "changed",
+            LayerStatus::AddedRegrouped | LayerStatus::RemovedRegrouped => "regrouped",
+            LayerStatus::AddedRecompressed => "recompressed",
+        }
+    }
+}
+
+impl Diff {
+    /// The status of the layer `digest` of NEW (`in_new`) or of OLD.
+    pub fn layer_status(&self, in_new: bool, digest: &Digest) -> LayerStatus {
+        let other = if in_new { &self.old_image } else { &self.new_image };
+        let l = &self.layers;
+        if other.layers.iter().any(|o| o.digest == *digest) {
+            LayerStatus::Shared
+        } else if !in_new {
+            if l.regrouped_removed.contains(digest) { LayerStatus::RemovedRegrouped } else { LayerStatus::Removed }
+        } else if l.regrouped.iter().any(|r| r.digest == *digest) {
+            LayerStatus::AddedRegrouped
+        } else if l.recompressed.iter().any(|r| r.new == *digest) {
+            LayerStatus::AddedRecompressed
+        } else {
+            LayerStatus::Added
+        }
+    }
+
+    /// The rows of the layers table: NEW's shared and added layers, then OLD's removed ones.
+    pub fn layer_rows(&self) -> impl Iterator<Item = (LayerStatus, &LayerRef)> {
+        let l = &self.layers;
+        let new = l.shared.iter().chain(&l.added).map(|x| (self.layer_status(true, &x.digest), x));
+        new.chain(l.removed.iter().map(|x| (self.layer_status(false, &x.digest), x)))
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Regrouped {
     /// The added layer.
@@ -605,17 +672,7 @@ fn rewrite_refs(s: &str, rewrite: &BTreeMap<String, String>) -> String {
 
 /// Writes the HTML report to `path` atomically (a temporary sibling renamed into place).
 pub fn write_html(d: &Diff, path: &std::path::Path) -> Result<()> {
-    use anyhow::Context;
-    use std::io::Write;
-    let page = html::render(d);
-    let mut tmp = crate::transport::temp_sibling_file(path)?;
-    let mut perms = tmp.as_file().metadata()?.permissions();
-    tmp.write_all(page.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-    // A temporary file is 0600; a report is for sharing, like the archives we write.
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
-    tmp.as_file().set_permissions(perms).with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path).map_err(|e| anyhow::anyhow!("writing {}: {}", path.display(), e.error))?;
-    Ok(())
+    crate::atomic::atomic_write_bytes(path, html::render(d).as_bytes())
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::blob::Digest;
+use crate::blob::{Digest, HashReader};
 use crate::closure::StorePath;
 use crate::image::{ANNOTATION_GROUP, ANNOTATION_STORE_PATHS};
 use crate::progress::Reporter;
@@ -334,7 +334,7 @@ pub fn read_layer_verified<T>(
     let what = || format!("reading layer {} ({}) of {}", i + 1, l.digest, img.reference);
     let mut raw = img.open_blob(&l.digest, l.size).with_context(what)?;
     let scanned = (|| -> Result<(T, u64)> {
-        let mut tar = HashingReader::new(decompress(&mut raw, &l.media_type)?);
+        let mut tar = HashReader::new(decompress(&mut raw, &l.media_type)?);
         let out = read(&mut tar)?;
         io::copy(&mut tar, &mut io::sink())?;
         let (size, got) = tar.finish();
@@ -393,7 +393,7 @@ fn read_entries<R: Read>(r: R, files: Option<&FileScan<'_>>) -> Result<LayerScan
             let file = match header.entry_type() {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let executable = header.mode().unwrap_or(0) & 0o111 != 0;
-                    let mut h = HashingReader::new(&mut entry);
+                    let mut h = HashReader::new(&mut entry);
                     let mut rewritten = RefRewriter::new(&rewrite);
                     let mut buf = vec![0u8; 64 << 10];
                     loop {
@@ -603,32 +603,6 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
         from = at + 1;
     }
     None
-}
-
-/// Counts and hashes what passes through.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    read: u64,
-}
-
-impl<R: Read> HashingReader<R> {
-    fn new(inner: R) -> Self {
-        Self { inner, hasher: Sha256::new(), read: 0 }
-    }
-
-    fn finish(self) -> (u64, Digest) {
-        (self.read, Digest::from_sha256(&self.hasher.finalize()))
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.read += n as u64;
-        Ok(n)
-    }
 }
 
 /// The human report: a summary, the run config, then a table of layers.

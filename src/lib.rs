@@ -4,6 +4,7 @@
 //! [`tarball`] → [`blob`] → [`image`] → [`transport`], driven by [`build`]; [`copy`] moves
 //! an image between transports; [`policy`] and [`smoke`] gate the result.
 
+pub mod atomic;
 pub mod blob;
 pub mod build;
 pub mod cache;
@@ -13,6 +14,7 @@ pub mod diff;
 pub mod image;
 pub mod inspect;
 pub mod layering;
+pub mod parallel;
 pub mod markup;
 pub mod policy;
 pub mod progress;

@@ -529,6 +529,15 @@ fn an_image_against_itself_and_through_two_transports_is_identical() {
     assert_eq!(d["layers"]["recompressed"].as_array().unwrap().len(), 6);
     assert!(d["paths"]["changed"].as_array().unwrap().is_empty() && d["config"].as_array().unwrap().is_empty());
     assert_eq!(d["paths"]["unchanged"], 5);
+    let text = ok(&["diff", &oci, &format!("docker-archive:{}", f.p("v1-docker.tar"))]);
+    assert_eq!(text.matches("added (recompressed)").count(), 6, "{text}");
+    // The HTML page says so too (it once showed them as plain "added").
+    let tmp = common::tempdir();
+    let report = tmp.path().join("recompressed.html");
+    ok(&["diff", &oci, &format!("docker-archive:{}", f.p("v1-docker.tar")), "--html", &report.display().to_string()]);
+    let html = fs::read_to_string(&report).unwrap();
+    assert_eq!(html.matches("<td>added (recompressed)</td>").count(), 6, "{html}");
+    assert_eq!(html.matches("class=\"layer recompressed\"").count(), 6, "NEW's bar colours them");
 }
 
 #[test]

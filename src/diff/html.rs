@@ -1,8 +1,8 @@
 //! The `--html` report: one self-contained page (inline CSS, no script, no external asset).
 //!
 //! OLD and NEW are drawn as two stacked bars on one scale, each layer as wide as its compressed
-//! size: shared layers in one colour, layers only one image has in another, regrouped layers in a
-//! third. Hovering a layer shows its group, size, digest and store paths (a `title` tooltip). The
+//! size: shared layers in one colour, layers only one image has in another, regrouped and
+//! recompressed layers in colours of their own (the [`super::LayerStatus`] of each). Hovering a layer shows its group, size, digest and store paths (a `title` tooltip). The
 //! tables of the text report follow. Every string from the images is escaped.
 
 use std::fmt::Write;
@@ -35,6 +35,7 @@ code, td.mono { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-s
 .shared, .sw.shared { background: #9db7d3; }
 .changed, .sw.changed { background: #f0904a; }
 .regrouped, .sw.regrouped { background: #b99ae0; }
+.recompressed, .sw.recompressed { background: #8cc9a3; }
 table { border-collapse: collapse; width: 100%; margin: .4em 0; }
 th, td { text-align: left; padding: .25em .6em; border-bottom: 1px solid #e5e9ee; vertical-align: top; }
 th { background: #f3f6f9; font-weight: 600; }
@@ -90,20 +91,6 @@ pub fn render(d: &Diff) -> String {
     h
 }
 
-/// The class of a layer: shared, changed (only one image has it) or regrouped.
-fn class(d: &Diff, side_is_new: bool, l: &LayerInfo) -> &'static str {
-    let other = if side_is_new { &d.old_image } else { &d.new_image };
-    if other.layers.iter().any(|o| o.digest == l.digest) {
-        "shared"
-    } else if (side_is_new && d.layers.regrouped.iter().any(|r| r.digest == l.digest))
-        || (!side_is_new && d.layers.regrouped_removed.contains(&l.digest))
-    {
-        "regrouped"
-    } else {
-        "changed"
-    }
-}
-
 fn tooltip(l: &LayerInfo, index: usize) -> String {
     let mut t = format!(
         "layer {} · {}\ngroup: {}\n{}",
@@ -131,7 +118,8 @@ fn bars(h: &mut String, d: &Diff) {
         h,
         "<div class=\"legend\"><span class=\"sw shared\"></span>shared \
          <span class=\"sw changed\"></span>only in this image \
-         <span class=\"sw regrouped\"></span>regrouped (same store paths, new grouping)</div>"
+         <span class=\"sw regrouped\"></span>regrouped (same store paths, new grouping) \
+         <span class=\"sw recompressed\"></span>recompressed (same files, other compression)</div>"
     );
     let scale = d.old.total_bytes.max(d.new.total_bytes).max(1) as f64;
     let _ = writeln!(h, "<div class=\"bars\" id=\"bars\">");
@@ -156,7 +144,7 @@ fn push_layers(h: &mut String, d: &Diff, ins: &Inspection, is_new: bool, total: 
         let _ = writeln!(
             h,
             "<div class=\"layer {}\" style=\"flex:0 0 {pct:.4}%\" title=\"{}\" data-digest=\"{}\">{}</div>",
-            class(d, is_new, l),
+            d.layer_status(is_new, &l.digest).class(),
             escape(&tooltip(l, i)),
             escape(l.digest.as_str()),
             escape(&l.label()),
@@ -208,29 +196,13 @@ fn layers_table(h: &mut String, d: &Diff) {
         d.layers.removed.len()
     );
     table_start(h, "layers", &["", "status", "#", "digest", "size", "group", "store paths"]);
-    let regrouped = |dg| d.layers.regrouped.iter().any(|r| &r.digest == dg);
-    let rows = d
-        .layers
-        .shared
-        .iter()
-        .map(|l| ("shared", "shared", l))
-        .chain(d.layers.added.iter().map(|l| {
-            if regrouped(&l.digest) { ("regrouped", "added (regrouped)", l) } else { ("changed", "added", l) }
-        }))
-        .chain(d.layers.removed.iter().map(|l| {
-            if d.layers.regrouped_removed.contains(&l.digest) {
-                ("regrouped", "removed (regrouped)", l)
-            } else {
-                ("changed", "removed", l)
-            }
-        }));
-    for (class, status, l) in rows {
+    for (status, l) in d.layer_rows() {
         let paths: Vec<String> = l.paths.iter().map(|p| p.full()).collect();
         table_row(
             h,
             &[
-                format!("<td><span class=\"sw {class}\"></span></td>"),
-                td(status),
+                format!("<td><span class=\"sw {}\"></span></td>", status.class()),
+                td(status.label()),
                 num(&(l.index + 1).to_string()),
                 mono(short_digest(l.digest.as_str())),
                 num(&human_size(l.size)),

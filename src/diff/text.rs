@@ -45,33 +45,15 @@ pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
         ("GROUP", Align::Left),
         ("STORE PATHS", Align::Left),
     ]);
-    let regrouped = |l: &LayerRef| d.layers.regrouped.iter().any(|r| r.digest == l.digest);
-    let recompressed = |l: &LayerRef| d.layers.recompressed.iter().any(|r| r.new == l.digest);
-    let mut row = |status: &str, l: &LayerRef| {
+    for (status, l) in d.layer_rows() {
         t.row(vec![
-            status.to_owned(),
+            status.label().to_owned(),
             (l.index + 1).to_string(),
             short_digest(l.digest.as_str()).to_owned(),
             human_size(l.size),
             l.group.clone().unwrap_or_else(|| "-".to_owned()),
             label(l),
-        ])
-    };
-    for l in &d.layers.shared {
-        row("shared", l);
-    }
-    for l in &d.layers.added {
-        let status = if regrouped(l) {
-            "added (regrouped)"
-        } else if recompressed(l) {
-            "added (recompressed)"
-        } else {
-            "added"
-        };
-        row(status, l);
-    }
-    for l in &d.layers.removed {
-        row(if d.layers.regrouped_removed.contains(&l.digest) { "removed (regrouped)" } else { "removed" }, l);
+        ]);
     }
     t.write(w, 2)?;
     if !d.layers.regrouped.is_empty() {

@@ -5,9 +5,9 @@
 //! straight into the outer tar as they are produced, and `manifest.json` and the config (which
 //! need the diff_ids) come last. Loaders find members by name, so order does not matter to them.
 
-use std::io::{self, Write};
+use std::io::Write;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde::Serialize;
 
 use super::oci_dir::BlobSource;
@@ -65,40 +65,34 @@ pub fn write_oci_archive(
     blobs: &dyn BlobSource,
     epoch: u64,
 ) -> Result<()> {
-    let tmp = super::temp_sibling_file(file)?;
-    let mut out = Outer { w: io::BufWriter::with_capacity(1 << 20, tmp.as_file()), epoch };
-    let index = image::index(vec![image::manifest_descriptor(image, reference)?])?;
-    out.dir("blobs")?;
-    out.dir("blobs/sha256")?;
-    let mut blobs_sorted: Vec<(String, Option<&JsonBlob>, Option<&BlobInfo>)> = Vec::new();
-    blobs_sorted.push((image.config.digest.hex().to_owned(), Some(&image.config), None));
-    blobs_sorted.push((image.manifest.digest.hex().to_owned(), Some(&image.manifest), None));
-    for l in &image.layers {
-        blobs_sorted.push((l.blob.digest.hex().to_owned(), None, Some(&l.blob)));
-    }
-    blobs_sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    blobs_sorted.dedup_by(|a, b| a.0 == b.0);
-    for (hex, json, layer) in blobs_sorted {
-        let name = format!("blobs/sha256/{hex}");
-        match (json, layer) {
-            (Some(j), _) => out.bytes(&name, &j.bytes)?,
-            (None, Some(l)) => out.file(&name, &blobs.blob_path(&l.digest)?, l.size)?,
-            _ => unreachable!(),
+    crate::atomic::atomic_write(file, crate::atomic::FILE_MODE, |w| {
+        let mut out = Outer { w, epoch };
+        let index = image::index(vec![image::manifest_descriptor(image, reference)?])?;
+        out.dir("blobs")?;
+        out.dir("blobs/sha256")?;
+        let mut blobs_sorted: Vec<(String, Option<&JsonBlob>, Option<&BlobInfo>)> = Vec::new();
+        blobs_sorted.push((image.config.digest.hex().to_owned(), Some(&image.config), None));
+        blobs_sorted.push((image.manifest.digest.hex().to_owned(), Some(&image.manifest), None));
+        for l in &image.layers {
+            blobs_sorted.push((l.blob.digest.hex().to_owned(), None, Some(&l.blob)));
         }
-    }
-    out.bytes("index.json", &index.bytes)?;
-    out.bytes("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    let w = out.finish()?;
-    w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", file.display()))?;
-    persist(tmp, file)
+        blobs_sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        blobs_sorted.dedup_by(|a, b| a.0 == b.0);
+        for (hex, json, layer) in blobs_sorted {
+            let name = format!("blobs/sha256/{hex}");
+            match (json, layer) {
+                (Some(j), _) => out.bytes(&name, &j.bytes)?,
+                (None, Some(l)) => out.file(&name, &blobs.blob_path(&l.digest)?, l.size)?,
+                _ => unreachable!(),
+            }
+        }
+        out.bytes("index.json", &index.bytes)?;
+        out.bytes("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        out.finish()?;
+        Ok(())
+    })
 }
 
-fn persist(tmp: tempfile::NamedTempFile, file: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.persist(file).map_err(|e| e.error).with_context(|| format!("writing {}", file.display()))?;
-    Ok(())
-}
 
 /// One layer to stream into a docker-archive.
 pub struct StreamLayer<'a> {
@@ -188,10 +182,8 @@ pub fn write_docker_archive_file(
     config: &dyn Fn(&[image::LayerDesc]) -> Result<JsonBlob>,
     on_layer: &mut dyn FnMut(usize, u64, Option<&BlobInfo>),
 ) -> Result<(Vec<image::LayerDesc>, JsonBlob)> {
-    let tmp = super::temp_sibling_file(file)?;
-    let w = io::BufWriter::with_capacity(1 << 20, tmp.as_file());
-    let (w, descs, config) = write_docker_archive(w, reference, layers, epoch, config, on_layer)?;
-    w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", file.display()))?;
-    persist(tmp, file)?;
-    Ok((descs, config))
+    crate::atomic::atomic_write(file, crate::atomic::FILE_MODE, |w| {
+        let (_, descs, config) = write_docker_archive(w, reference, layers, epoch, config, on_layer)?;
+        Ok((descs, config))
+    })
 }

@@ -130,15 +130,6 @@ impl fmt::Display for ImageRef {
     }
 }
 
-/// A temporary sibling of `dest` (same directory, so the final rename is atomic).
-pub(crate) fn temp_sibling_file(dest: &Path) -> Result<tempfile::NamedTempFile> {
-    let parent = parent_dir(dest)?;
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    tempfile::Builder::new().prefix(&format!(".{name}.nixoci-")).tempfile_in(&parent).map_err(|e| {
-        anyhow::anyhow!("cannot write {}: creating a temporary file in {}: {e}", dest.display(), parent.display())
-    })
-}
-
 /// Fails unless files can be made in `dir` (or, when it does not exist yet, in its nearest
 /// existing ancestor, where it would be created). Creates nothing that stays behind.
 pub(crate) fn check_writable(dir: &Path, dest: &ImageRef) -> Result<()> {

@@ -6,12 +6,12 @@
 //! layout as it was, and a blob that is already there is never rewritten.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use oci_spec::image::ImageIndex;
 
+use crate::atomic::atomic_write_bytes;
 use crate::blob::Digest;
 use crate::image::{self, Image};
 
@@ -128,7 +128,7 @@ fn add_to_layout(dir: &Path, tag: Option<&str>, image: &Image, blobs: &dyn BlobS
     for json in [&image.config, &image.manifest] {
         let dest = blob_dir.join(json.digest.hex());
         if !dest.exists() {
-            write_atomic(&dest, &json.bytes)?;
+            atomic_write_bytes(&dest, &json.bytes)?;
         }
     }
     let index_path = dir.join("index.json");
@@ -147,7 +147,7 @@ fn add_to_layout(dir: &Path, tag: Option<&str>, image: &Image, blobs: &dyn BlobS
     }
     manifests.push(image::manifest_descriptor(image, tag)?);
     let index = image::index(manifests)?;
-    write_atomic(&index_path, &index.bytes)
+    atomic_write_bytes(&index_path, &index.bytes)
 }
 
 /// Hard-links `src` to `dest` when they share a filesystem, else copies; atomic either way.
@@ -163,16 +163,4 @@ fn place_blob(src: &Path, dest: &Path) -> Result<()> {
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
         .with_context(|| format!("writing blob {}", dest.display()))?;
     fs::rename(&tmp, dest).with_context(|| format!("writing blob {}", dest.display()))
-}
-
-/// Writes `bytes` to a temporary sibling of `dest` and renames it into place.
-pub(crate) fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = super::temp_sibling_file(dest)?;
-    tmp.write_all(bytes).with_context(|| format!("writing {}", dest.display()))?;
-    tmp.as_file().sync_data().ok();
-    let tmp_path = tmp.into_temp_path();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&tmp_path, fs::Permissions::from_mode(0o644))?;
-    tmp_path.persist(dest).with_context(|| format!("writing {}", dest.display()))?;
-    Ok(())
 }

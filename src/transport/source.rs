@@ -13,12 +13,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
-use sha2::{Digest as _, Sha256};
 
 use super::ImageRef;
 use super::oci_dir::REF_NAME;
 use super::registry::{self, Repository};
-use crate::blob::{Digest, HashWriter};
+use crate::blob::{Digest, HashReader, HashWriter};
 
 /// One layer as the manifest describes it, with its diff_id from the config.
 #[derive(Debug, Clone)]
@@ -152,38 +151,36 @@ pub fn decompress<'a, R: Read + 'a>(raw: R, media_type: &str) -> Result<Box<dyn 
     })
 }
 
-/// A reader that hashes what it reads and fails at the end when digest or size differ.
+/// A reader that hashes what it reads ([`HashReader`]) and fails at the end when digest or size
+/// differ from the descriptor's.
 pub struct Verified<R> {
-    inner: R,
-    hasher: Sha256,
-    read: u64,
+    inner: HashReader<R>,
     digest: Digest,
     size: u64,
 }
 
 impl<R: Read> Verified<R> {
     pub fn new(inner: R, digest: Digest, size: u64) -> Self {
-        Self { inner, hasher: Sha256::new(), read: 0, digest, size }
+        Self { inner: HashReader::new(inner), digest, size }
     }
 }
 
 impl<R: Read> Read for Verified<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.read += n as u64;
-        if self.read > self.size {
+        let read = self.inner.count();
+        if read > self.size {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("blob {} is larger than its descriptor's {} bytes", self.digest, self.size),
             ));
         }
         if n == 0 && !buf.is_empty() {
-            let got = Digest::from_sha256(&self.hasher.clone().finalize());
-            if self.read != self.size {
+            let got = self.inner.digest();
+            if read != self.size {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("blob {} is truncated: {} of {} bytes", self.digest, self.read, self.size),
+                    format!("blob {} is truncated: {read} of {} bytes", self.digest, self.size),
                 ));
             }
             if got != self.digest {

@@ -3,8 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -178,18 +177,12 @@ impl Repository {
         jobs: usize,
         reporter: &dyn Reporter,
     ) -> Result<PushStats> {
-        let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_by_key(|&i| (std::cmp::Reverse(items[i].size), i));
         let progress: Vec<Progress> = items.iter().map(|_| Progress::default()).collect();
         let active: Vec<AtomicBool> = items.iter().map(|_| AtomicBool::new(false)).collect();
-        let next = AtomicUsize::new(0);
-        let failed = AtomicBool::new(false);
-        let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-        let outcomes: Vec<Mutex<Option<Outcome>>> = items.iter().map(|_| Mutex::new(None)).collect();
-        let workers = jobs.max(1).min(items.len().max(1));
-        // Dropped when the workers are done: stops the ticker at once.
+        let sizes: Vec<u64> = items.iter().map(|it| it.size).collect();
+        // Dropped when the uploads are done: stops the ticker at once.
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        std::thread::scope(|s| {
+        let outcomes = std::thread::scope(|s| {
             // Progress: a ticker publishes each active upload's position.
             let (progress, active) = (&progress, &active);
             s.spawn(move || {
@@ -203,52 +196,31 @@ impl Repository {
                     }
                 }
             });
-            let handles: Vec<_> = (0..workers)
-                .map(|_| {
-                    s.spawn(|| {
-                        while !failed.load(Ordering::Relaxed) {
-                            let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                                return;
-                            };
-                            let item = &items[i];
-                            let start = || {
-                                active[i].store(true, Ordering::Relaxed);
-                                reporter.upload_started(i, &item.label, item.size);
-                            };
-                            match self.push_blob(item, blobs, &progress[i], &start) {
-                                Ok(o) => {
-                                    active[i].store(false, Ordering::Relaxed);
-                                    reporter.upload_finished(i, &item.label, o.as_str());
-                                    *outcomes[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(o);
-                                }
-                                Err(e) => {
-                                    active[i].store(false, Ordering::Relaxed);
-                                    failed.store(true, Ordering::Relaxed);
-                                    first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
-                                }
-                            }
-                        }
-                    })
-                })
-                .collect();
-            for h in handles {
-                let _ = h.join();
-            }
+            let outcomes = crate::parallel::largest_first(&sizes, jobs, |i| {
+                let item = &items[i];
+                let start = || {
+                    active[i].store(true, Ordering::Relaxed);
+                    reporter.upload_started(i, &item.label, item.size);
+                };
+                let outcome = self.push_blob(item, blobs, &progress[i], &start);
+                active[i].store(false, Ordering::Relaxed);
+                if let Ok(o) = &outcome {
+                    reporter.upload_finished(i, &item.label, o.as_str());
+                }
+                outcome
+            });
             drop(stop);
-        });
-        if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            return Err(e);
-        }
+            outcomes
+        })?;
         let mut stats = PushStats {
             bytes_uploaded: progress.iter().map(|p| p.sent.load(Ordering::Relaxed)).sum(),
             ..Default::default()
         };
         for o in outcomes {
-            match o.into_inner().unwrap_or_else(|e| e.into_inner()) {
-                Some(Outcome::Skipped) => stats.blobs_skipped += 1,
-                Some(Outcome::Mounted) => stats.blobs_mounted += 1,
-                Some(Outcome::Uploaded) => stats.blobs_uploaded += 1,
-                None => bail!("internal error: a blob was neither pushed nor failed"),
+            match o {
+                Outcome::Skipped => stats.blobs_skipped += 1,
+                Outcome::Mounted => stats.blobs_mounted += 1,
+                Outcome::Uploaded => stats.blobs_uploaded += 1,
             }
         }
         Ok(stats)
