@@ -78,11 +78,7 @@ struct Listed {
 
 impl Listed {
     fn label(&self) -> String {
-        match self.paths.as_slice() {
-            [] => self.group.clone(),
-            [one] => one.name().to_owned(),
-            [first, rest @ ..] => format!("{} +{}", first.name(), rest.len()),
-        }
+        image::layer_label(&self.paths, Some(&self.group))
     }
 
     fn data_size(&self) -> u64 {
@@ -419,29 +415,13 @@ fn make_blobs(
     Ok(blobs
         .into_iter()
         .zip(layers)
-        .map(|(blob, l)| LayerDesc {
-            blob,
-            group: l.group.clone(),
-            paths: l.paths.clone(),
-        })
+        .map(|(blob, l)| LayerDesc { blob, group: l.group.clone(), paths: l.paths.clone() })
         .collect())
 }
 
 /// The tag for `oci:DIR` without one: the image spec's name's tag, else `latest`.
 fn default_tag(spec: &ImageSpec) -> String {
-    let last = spec.name.as_deref().and_then(|n| n.rsplit('/').next()).unwrap_or("");
-    last.split_once(':').map_or("latest", |(_, t)| t).to_owned()
-}
-
-/// A directory beside the first file destination (so blobs can be hard-linked into an oci dir);
-/// the temporary directory when every destination is a registry.
-fn staging_parent(outputs: &[ImageRef]) -> PathBuf {
-    match outputs.iter().find_map(|o| o.local_path()) {
-        Some(p) => {
-            p.parent().map(Path::to_owned).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."))
-        }
-        None => std::env::temp_dir(),
-    }
+    spec.name.as_deref().and_then(transport::tag_of).unwrap_or("latest").to_owned()
 }
 
 /// Where this build's blobs are made and read from: the cache's blob directory, or (with
@@ -456,7 +436,7 @@ impl BlobStore {
         if let Some(dir) = cache_dir {
             return Ok(Self { cache: Some(Cache::open(dir)?), staging: None });
         }
-        let parent = staging_parent(outputs);
+        let parent = transport::staging_parent(outputs);
         let dir = tempfile::Builder::new()
             .prefix(".nixoci-staging-")
             .tempdir_in(&parent)
@@ -497,7 +477,9 @@ impl BlobStore {
         let file = AtomicFile::new_in(&tmp_dir)?;
         let w = std::io::BufWriter::with_capacity(1 << 20, file.file());
         let (w, info) = blob::write_layer(entries, epoch, compression, Some(pool), w, on_data)?;
-        w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing a layer blob in {}", tmp_dir.display()))?;
+        w.into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("writing a layer blob in {}", tmp_dir.display()))?;
         // Blobs are hard-linked into oci: layouts: readable like the layout's other files.
         file.commit(&self.path(&info.digest), FILE_MODE)?;
         Ok(info)

@@ -22,7 +22,7 @@ use crate::progress::Reporter;
 use crate::transport::oci_dir::{self, BlobSource};
 use crate::transport::registry::{PushStats, Repository};
 use crate::transport::source::SourceImage;
-use crate::transport::{ImageRef, archive};
+use crate::transport::{self, ImageRef, archive};
 
 #[derive(Debug, Clone)]
 pub struct CopyOptions {
@@ -66,7 +66,7 @@ pub fn copy(src: &ImageRef, dest: &ImageRef, opts: &CopyOptions, reporter: &dyn 
     let image = image_of(&source)?;
     let staging = tempfile::Builder::new()
         .prefix(".nixoci-copy-")
-        .tempdir_in(staging_parent(dest))
+        .tempdir_in(transport::staging_parent([dest]))
         .context("creating a staging directory")?;
     let blobs = Staged {
         source: &source,
@@ -77,7 +77,7 @@ pub fn copy(src: &ImageRef, dest: &ImageRef, opts: &CopyOptions, reporter: &dyn 
     let mut upload = PushStats::default();
     match dest {
         ImageRef::OciDir { dir, tag } => {
-            let tag = tag.clone().unwrap_or_else(|| source_tag(src));
+            let tag = tag.clone().unwrap_or_else(|| source_tag(src).to_owned());
             oci_dir::write(dir, Some(&tag), &image, &blobs)?;
         }
         ImageRef::OciArchive { file, reference } => {
@@ -85,7 +85,7 @@ pub fn copy(src: &ImageRef, dest: &ImageRef, opts: &CopyOptions, reporter: &dyn 
         }
         ImageRef::Registry(r) => {
             let repo = dest_repo.as_ref().ok_or_else(|| anyhow!("internal error: {r} was not connected"))?;
-            let at = r.manifest_reference().unwrap_or_else(|| source_tag(src));
+            let at = r.manifest_reference().unwrap_or_else(|| source_tag(src).to_owned());
             upload = repo.push(&image, &at, &blobs, opts.jobs, reporter).with_context(|| format!("pushing to {r}"))?;
         }
         ImageRef::DockerArchive { .. } | ImageRef::Stdout => unreachable!("refused above"),
@@ -130,23 +130,8 @@ fn image_of(source: &SourceImage) -> Result<Image> {
 }
 
 /// The tag a copy gives when the destination names none: the source's, else `latest`.
-fn source_tag(src: &ImageRef) -> String {
-    match src {
-        ImageRef::OciDir { tag: Some(t), .. } => t.clone(),
-        ImageRef::Registry(r) if r.tag.is_some() => r.tag.clone().unwrap_or_default(),
-        // `file.tar:localhost/app:1.0` → `1.0`
-        ImageRef::OciArchive { reference: Some(r), .. } | ImageRef::DockerArchive { reference: Some(r), .. } => {
-            r.rsplit('/').next().and_then(|last| last.split_once(':')).map_or("latest", |(_, t)| t).to_owned()
-        }
-        _ => "latest".into(),
-    }
-}
-
-fn staging_parent(dest: &ImageRef) -> PathBuf {
-    dest.local_path()
-        .and_then(|p| p.parent())
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(std::env::temp_dir, |p| p.to_owned())
+fn source_tag(src: &ImageRef) -> &str {
+    src.tag().unwrap_or("latest")
 }
 
 /// Blobs fetched from the source when a destination asks for them.

@@ -99,11 +99,7 @@ pub struct LayerInfo {
 impl LayerInfo {
     /// `python3.14-torch-2.10.0`, `hello-1.0 +3`, or the group when the layer holds no store path.
     pub fn label(&self) -> String {
-        match self.paths.as_slice() {
-            [] => self.group.clone().unwrap_or_else(|| "(no store paths)".to_owned()),
-            [one] => one.name().to_owned(),
-            [first, rest @ ..] => format!("{} +{}", first.name(), rest.len()),
-        }
+        crate::image::layer_label(&self.paths, self.group.as_deref())
     }
 }
 

@@ -35,35 +35,7 @@ use crate::image::{ANNOTATION_GROUP, ANNOTATION_STORE_PATHS};
 use crate::tarball::{Content, Entry, Kind};
 use crate::transport::source::SourceImage;
 
-/// A byte count written as `"10GiB"`, `"500MB"`, `"1.5G"` or a plain integer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(try_from = "SizeRepr")]
-pub struct Size(pub u64);
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum SizeRepr {
-    Int(u64),
-    Str(String),
-}
-
-impl TryFrom<SizeRepr> for Size {
-    type Error = String;
-    fn try_from(r: SizeRepr) -> Result<Self, String> {
-        match r {
-            SizeRepr::Int(n) => Ok(Size(n)),
-            SizeRepr::Str(s) => s.parse(),
-        }
-    }
-}
-
-impl std::str::FromStr for Size {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        crate::size::parse_size(s).map(Size).map_err(|e| e.to_string())
-    }
-}
-
+pub use crate::size::Size;
 pub use crate::size::human as human_size;
 
 /// The file as written, before globs are compiled.
@@ -396,12 +368,7 @@ impl LayerFacts {
     }
 
     fn label(&self) -> String {
-        match (self.store_paths.as_slice(), &self.group) {
-            ([one], _) => one.name().to_owned(),
-            ([first, rest @ ..], _) => format!("{} +{}", first.name(), rest.len()),
-            ([], Some(g)) => g.clone(),
-            ([], None) => "no store paths".to_owned(),
-        }
+        crate::image::layer_label(&self.store_paths, self.group.as_deref())
     }
 
     fn judge_entry(&mut self, path: &str, kind: EntryKind, mode: u32) {

@@ -1,6 +1,39 @@
 //! Byte sizes as people write them (`4GiB`, `500MB`, `1.5 GiB`, `65536`) and as we print them.
 
 use anyhow::{Result, bail};
+use serde::Deserialize;
+
+/// A value of a TOML or JSON file that may be written as an integer or as a string: the one
+/// serde adapter behind sizes (`4294967296` or `"4GiB"`), durations (`30` or `"1m30s"`), layer
+/// limits (`4` or `"10%"`) and modes (refused as integers, `"0755"` as strings).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum IntOrString {
+    Int(u64),
+    Str(String),
+}
+
+/// A size in a file: bytes as an integer, or a string in the syntax of [`parse_size`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "IntOrString")]
+pub struct Size(pub u64);
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_size(s).map(Size).map_err(|e| e.to_string())
+    }
+}
+
+impl TryFrom<IntOrString> for Size {
+    type Error = String;
+    fn try_from(r: IntOrString) -> Result<Self, String> {
+        match r {
+            IntOrString::Int(n) => Ok(Size(n)),
+            IntOrString::Str(s) => s.parse(),
+        }
+    }
+}
 
 /// Parses a size: a number (decimals allowed) and an optional unit. SI units are powers of 1000
 /// (`kB`, `MB`, `GB`, `TB`); IEC units and bare letters are powers of 1024 (`KiB`/`K`, `MiB`/`M`,

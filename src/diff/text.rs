@@ -52,7 +52,7 @@ pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
             short_digest(l.digest.as_str()).to_owned(),
             human_size(l.size),
             l.group.clone().unwrap_or_else(|| "-".to_owned()),
-            label(l),
+            path_names(l),
         ]);
     }
     t.write(w, 2)?;
@@ -159,8 +159,8 @@ pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
     Ok(())
 }
 
-/// The store path names of a layer, or its group when it holds none.
-fn label(l: &LayerRef) -> String {
+/// Every store path name of a layer, one a line; `-` when it holds none.
+fn path_names(l: &LayerRef) -> String {
     if l.paths.is_empty() {
         return "-".to_owned();
     }

@@ -24,6 +24,16 @@ pub const ANNOTATION_GROUP: &str = "org.nixos.nixoci.group";
 /// The group name of the customisation layer.
 pub const CUSTOM_GROUP: &str = "customisation";
 
+/// How a layer is named in progress lines and reports: `python3.14-torch-2.10.0`, `hello-1.0 +3`,
+/// or its group when it holds no store path.
+pub fn layer_label(paths: &[crate::closure::StorePath], group: Option<&str>) -> String {
+    match paths {
+        [] => group.map_or_else(|| "(no store paths)".to_owned(), str::to_owned),
+        [one] => one.name().to_owned(),
+        [first, rest @ ..] => format!("{} +{}", first.name(), rest.len()),
+    }
+}
+
 /// A built layer: its blob and what it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LayerDesc {

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use crate::size::IntOrString;
 use crate::tarball::{Content, Entry, Kind};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -88,24 +89,17 @@ pub struct Group {
 /// A mode, as a string of octal digits (`"1777"`, `"0755"`). TOML integers are refused: `755`
 /// would silently be decimal (0o1363), and `0o755` cannot be told from it once parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "ModeRepr")]
+#[serde(try_from = "IntOrString")]
 pub struct Mode(pub u32);
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ModeRepr {
-    Int(u32),
-    Str(String),
-}
-
-impl TryFrom<ModeRepr> for Mode {
+impl TryFrom<IntOrString> for Mode {
     type Error = String;
-    fn try_from(r: ModeRepr) -> Result<Self, String> {
+    fn try_from(r: IntOrString) -> Result<Self, String> {
         let m = match r {
-            ModeRepr::Int(n) => {
+            IntOrString::Int(n) => {
                 return Err(format!("mode = {n}: write the mode as a string of octal digits, e.g. mode = \"0755\""));
             }
-            ModeRepr::Str(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
+            IntOrString::Str(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
                 .map_err(|_| format!("mode {s:?} is not an octal number"))?,
         };
         if m > 0o7777 {

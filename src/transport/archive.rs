@@ -93,7 +93,6 @@ pub fn write_oci_archive(
     })
 }
 
-
 /// One layer to stream into a docker-archive.
 pub struct StreamLayer<'a> {
     pub entries: &'a [Entry],
@@ -160,17 +159,12 @@ pub fn write_docker_archive<W: Write>(
     out.bytes(&config_name, &config.bytes)?;
     let manifest = vec![DockerManifestEntry {
         config: config_name,
-        repo_tags: reference.map(with_tag).into_iter().collect(),
+        // docker load treats a tagless RepoTags entry poorly: `app` → `app:latest`.
+        repo_tags: reference.map(super::with_default_tag).into_iter().collect(),
         layers: names,
     }];
     out.bytes("manifest.json", &serde_json::to_vec(&manifest)?)?;
     Ok((out.finish()?, descs, config))
-}
-
-/// `app` → `app:latest`: docker load treats a tagless RepoTags entry poorly.
-fn with_tag(reference: &str) -> String {
-    let last = reference.rsplit('/').next().unwrap_or(reference);
-    if last.contains(':') || last.contains('@') { reference.to_owned() } else { format!("{reference}:latest") }
 }
 
 /// `docker-archive:FILE[:REF]`: streams into a temporary sibling, then renames it into place.

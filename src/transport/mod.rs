@@ -82,6 +82,19 @@ impl ImageRef {
         }
     }
 
+    /// The tag this reference names: an `oci:` tag, a registry tag, or the tag of an archive's
+    /// reference (`file.tar:localhost/app:1.0` → `1.0`).
+    pub fn tag(&self) -> Option<&str> {
+        match self {
+            ImageRef::OciDir { tag, .. } => tag.as_deref(),
+            ImageRef::Registry(r) => r.tag.as_deref(),
+            ImageRef::OciArchive { reference, .. } | ImageRef::DockerArchive { reference, .. } => {
+                reference.as_deref().and_then(tag_of)
+            }
+            ImageRef::Stdout => None,
+        }
+    }
+
     /// Gives a registry reference the options (credentials, TLS, retries) to reach it with;
     /// other references are returned as they are.
     pub fn with_registry_options(self, options: &Arc<registry::RegistryOptions>) -> Self {
@@ -90,6 +103,22 @@ impl ImageRef {
             other => other,
         }
     }
+}
+
+/// The tag of an image name: `localhost/app:1.0` → `1.0`; none for `app`, `host:5000/app` or a
+/// digest reference (`app@sha256:…`).
+pub fn tag_of(name: &str) -> Option<&str> {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if last.contains('@') {
+        return None;
+    }
+    last.split_once(':').map(|(_, t)| t)
+}
+
+/// `app` → `app:latest`; a name with a tag or a digest is returned as it is.
+pub fn with_default_tag(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if tag_of(name).is_some() || last.contains('@') { name.to_owned() } else { format!("{name}:latest") }
 }
 
 /// Splits `PATH[:REF]`. For a tag (oci:), what follows the last colon must look like a tag; for a
@@ -127,6 +156,19 @@ impl fmt::Display for ImageRef {
             ImageRef::Stdout => f.write_str("-"),
             ImageRef::Registry(r) => r.fmt(f),
         }
+    }
+}
+
+/// Where blobs are staged for writing `outputs`: beside the first local destination (the same
+/// filesystem, so blobs can be hard-linked into an `oci:` layout; `.` for a bare file name), else
+/// the temporary directory (every destination is a registry).
+pub fn staging_parent<'a>(outputs: impl IntoIterator<Item = &'a ImageRef>) -> PathBuf {
+    match outputs.into_iter().find_map(ImageRef::local_path) {
+        Some(p) => match p.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+            _ => PathBuf::from("."),
+        },
+        None => std::env::temp_dir(),
     }
 }
 
@@ -187,5 +229,25 @@ mod tests {
         assert_eq!(r.to_string(), "docker://127.0.0.1:5000/app:1.4");
         assert!(ImageRef::parse("docker:app").is_err());
         assert_eq!(ImageRef::parse("oci:out:1.4").unwrap().to_string(), "oci:out:1.4");
+    }
+
+    #[test]
+    fn tags_of_names_and_references() {
+        for (name, tag, tagged) in [
+            ("app", None, "app:latest"),
+            ("localhost/app:1.0", Some("1.0"), "localhost/app:1.0"),
+            ("host:5000/app", None, "host:5000/app:latest"),
+            ("host:5000/app:2", Some("2"), "host:5000/app:2"),
+            ("app@sha256:abc", None, "app@sha256:abc"),
+        ] {
+            assert_eq!(tag_of(name), tag, "{name}");
+            assert_eq!(with_default_tag(name), tagged, "{name}");
+        }
+        let tag = |s: &str| ImageRef::parse(s).unwrap().tag().map(str::to_owned);
+        assert_eq!(tag("oci:out:1.4").as_deref(), Some("1.4"));
+        assert_eq!(tag("oci-archive:x.tar:localhost/app:1").as_deref(), Some("1"));
+        assert_eq!(tag("docker-archive:x.tar:app").as_deref(), None);
+        assert_eq!(tag("docker://127.0.0.1:5000/app:1.4").as_deref(), Some("1.4"));
+        assert_eq!(tag("-"), None);
     }
 }
