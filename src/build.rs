@@ -1,5 +1,6 @@
 //! `nixoci build`: plan → list → layer blobs → image → destinations.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -11,7 +12,7 @@ use crate::atomic::{AtomicFile, FILE_MODE};
 use crate::blob::{self, BlobInfo, Compression, Digest, Pool};
 use crate::cache::{Cache, LayerKey};
 use crate::closure::Closure;
-use crate::image::{self, CUSTOM_GROUP, Image, ImageSpec, LayerDesc};
+use crate::image::{self, CUSTOM_GROUP, Image, ImageSpec, JsonBlob, LayerDesc};
 use crate::layering::Plan;
 use crate::progress::Reporter;
 use crate::tarball::{self, Entry};
@@ -86,7 +87,15 @@ impl Listed {
     }
 }
 
-pub fn build(closure: &Closure, plan: &Plan, opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildReport> {
+/// Builds the image and writes it to every destination of `opts.outputs`. `stdout` is where
+/// `-o -` writes (the caller decides it is not a terminal); nothing else is written there.
+pub fn build(
+    closure: &Closure,
+    plan: &Plan,
+    opts: &BuildOptions,
+    stdout: Option<&mut dyn Write>,
+    reporter: &dyn Reporter,
+) -> Result<BuildReport> {
     if opts.outputs.is_empty() {
         bail!("no destination: give at least one -o DEST");
     }
@@ -94,118 +103,35 @@ pub fn build(closure: &Closure, plan: &Plan, opts: &BuildOptions, reporter: &dyn
         bail!("-o - is given twice: stdout can carry one image");
     }
     for out in &opts.outputs {
-        preflight(out)?;
+        preflight(out, stdout.is_some())?;
     }
     // Registries are reached first: a wrong password, an untrusted certificate or a registry
     // that is down fails the build before any work.
     let repos = connect_registries(&opts.outputs)?;
     let mut stats = Stats::default();
-    let mut clock = Instant::now();
-    let mut lap = |stats: &mut Stats, stage: &str| {
-        *stats.seconds.entry(stage.to_owned()).or_default() += clock.elapsed().as_secs_f64();
-        clock = Instant::now();
-    };
+    let mut clock = Stopwatch(Instant::now());
     let layers = list_layers(closure, plan, opts)?;
-    lap(&mut stats, "list");
-    let oci_outputs: Vec<&ImageRef> = opts
-        .outputs
-        .iter()
-        .filter(|o| matches!(o, ImageRef::OciDir { .. } | ImageRef::OciArchive { .. } | ImageRef::Registry(_)))
-        .collect();
-    let mut primary: Option<Image> = None;
+    clock.lap(&mut stats, "list");
     let mut written = Vec::new();
-    if !oci_outputs.is_empty() {
-        let store = BlobStore::new(opts.cache_dir.as_deref(), &opts.outputs)?;
-        // A registry answers with a HEAD: a warm rebuild pushing there reads no store file.
-        let dests_have = |d: &Digest, size: u64| {
-            oci_outputs.iter().all(|o| match o {
-                ImageRef::OciDir { dir, .. } => oci_dir::has_blob(dir, d, size),
-                ImageRef::Registry(r) => repo_for(&repos, r).is_some_and(|repo| match repo.has_blob(d, size) {
-                    Ok(there) => there,
-                    Err(e) => {
-                        tracing::warn!("{e}");
-                        false
-                    }
-                }),
-                _ => false,
-            })
-        };
-        let descs = make_blobs(closure, &layers, opts, &store, &dests_have, reporter, &mut stats)?;
-        lap(&mut stats, "layers");
-        let image = image::assemble(&opts.spec, descs, opts.epoch)?;
-        gate(opts, &layers, image.layers.iter().map(|l| l.blob.size))?;
-        for out in oci_outputs {
-            match out {
-                ImageRef::OciDir { dir, tag } => {
-                    let tag = tag.clone().unwrap_or_else(|| default_tag(&opts.spec));
-                    oci_dir::write(dir, Some(&tag), &image, &store)?
-                }
-                ImageRef::OciArchive { file, reference } => {
-                    let r = reference.clone().or_else(|| opts.spec.name.clone());
-                    archive::write_oci_archive(file, r.as_deref(), &image, &store, opts.epoch)?
-                }
-                ImageRef::Registry(r) => {
-                    let repo = repo_for(&repos, r).ok_or_else(|| anyhow!("internal error: {r} was not connected"))?;
-                    let at = r.manifest_reference().unwrap_or_else(|| default_tag(&opts.spec));
-                    let pushed = repo
-                        .push(&image, &at, &store, opts.jobs, reporter)
-                        .with_context(|| format!("pushing to {r}"))?;
-                    stats.upload.add(&pushed);
-                    reporter.note(&format!(
-                        "pushed {out}: {} uploaded, {} already there, {} mounted",
-                        pushed.blobs_uploaded, pushed.blobs_skipped, pushed.blobs_mounted
-                    ));
-                    written.push(out.to_string());
-                    continue;
-                }
-                _ => unreachable!(),
-            }
-            reporter.note(&format!("wrote {out}"));
+    let mut primary: Option<Image> = None;
+    if opts.outputs.iter().any(is_oci_output) {
+        let (image, store) = make_oci_image(closure, &layers, opts, &repos, reporter, &mut stats)?;
+        clock.lap(&mut stats, "layers");
+        for out in opts.outputs.iter().filter(|o| is_oci_output(o)) {
+            write_oci_output(out, &image, &store, opts, &repos, reporter, &mut stats)?;
             written.push(out.to_string());
         }
-        lap(&mut stats, "write");
+        clock.lap(&mut stats, "write");
         primary = Some(image);
-    }
-    if primary.is_none() {
+    } else {
         // docker-archive layers are uncompressed tars, whose exact size the listing gives.
         gate(opts, &layers, layers.iter().map(|l| tarball::tar_size(&l.entries)))?;
     }
-    for out in opts.outputs.iter().filter(|o| matches!(o, ImageRef::DockerArchive { .. } | ImageRef::Stdout)) {
-        let stream: Vec<StreamLayer<'_>> = layers
-            .iter()
-            .map(|l| StreamLayer { entries: &l.entries, group: l.group.clone(), paths: l.paths.clone() })
-            .collect();
-        let total = layers.len();
-        let mut read = 0u64;
-        let mut on_layer = |i: usize, n: u64, done: Option<&BlobInfo>| match done {
-            Some(b) => reporter.layer_finished(i, b),
-            None => {
-                read += n;
-                reporter.layer_progress(i, n)
-            }
-        };
-        for (i, l) in layers.iter().enumerate() {
-            reporter.layer_started(i, total, &l.label(), l.data_size());
-        }
-        let config = |descs: &[LayerDesc]| image::config(&opts.spec, descs, opts.epoch);
-        let (descs, config) = match out {
-            ImageRef::DockerArchive { file, reference } => {
-                let r = reference.clone().or_else(|| opts.spec.name.clone());
-                archive::write_docker_archive_file(file, r.as_deref(), &stream, opts.epoch, &config, &mut on_layer)?
-            }
-            _ => {
-                let stdout = std::io::stdout().lock();
-                let w = std::io::BufWriter::with_capacity(1 << 20, stdout);
-                let r = opts.spec.name.clone();
-                let (w, d, c) =
-                    archive::write_docker_archive(w, r.as_deref(), &stream, opts.epoch, &config, &mut on_layer)?;
-                let mut stdout = w.into_inner().map_err(|e| e.into_error()).context("writing to stdout")?;
-                std::io::Write::flush(&mut stdout).context("writing to stdout")?;
-                (d, c)
-            }
-        };
-        stats.bytes_read += read;
-        stats.bytes_written += descs.iter().map(|d| d.blob.size).sum::<u64>();
+    let mut stdout = stdout;
+    for out in opts.outputs.iter().filter(|o| !is_oci_output(o)) {
+        // `-o -` is given once at most (checked above): it takes stdout.
+        let to = if *out == ImageRef::Stdout { stdout.take() } else { None };
+        let (descs, config) = write_stream_output(out, &layers, opts, to, reporter, &mut stats)?;
         match &primary {
             Some(p) if p.config != config => {
                 bail!("internal error: the docker-archive's config differs from the OCI image's")
@@ -215,7 +141,7 @@ pub fn build(closure: &Closure, plan: &Plan, opts: &BuildOptions, reporter: &dyn
         }
         reporter.note(&format!("wrote {out}"));
         written.push(out.to_string());
-        lap(&mut stats, "write");
+        clock.lap(&mut stats, "write");
     }
     let image = primary.ok_or_else(|| anyhow!("internal error: no image was made"))?;
     Ok(BuildReport {
@@ -225,6 +151,139 @@ pub fn build(closure: &Closure, plan: &Plan, opts: &BuildOptions, reporter: &dyn
         outputs: written,
         stats,
     })
+}
+
+/// Adds the time since the last lap to a stage of [`Stats::seconds`].
+struct Stopwatch(Instant);
+
+impl Stopwatch {
+    fn lap(&mut self, stats: &mut Stats, stage: &str) {
+        *stats.seconds.entry(stage.to_owned()).or_default() += self.0.elapsed().as_secs_f64();
+        self.0 = Instant::now();
+    }
+}
+
+/// Destinations that take the OCI image (compressed blobs); the others stream a docker-archive.
+fn is_oci_output(out: &ImageRef) -> bool {
+    matches!(out, ImageRef::OciDir { .. } | ImageRef::OciArchive { .. } | ImageRef::Registry(_))
+}
+
+/// Makes every layer blob (or finds it in the cache or at the destinations), assembles the
+/// image and runs the policy gate.
+fn make_oci_image(
+    closure: &Closure,
+    layers: &[Listed],
+    opts: &BuildOptions,
+    repos: &[Repository],
+    reporter: &dyn Reporter,
+    stats: &mut Stats,
+) -> Result<(Image, BlobStore)> {
+    let store = BlobStore::new(opts.cache_dir.as_deref(), &opts.outputs)?;
+    // A registry answers with a HEAD: a warm rebuild pushing there reads no store file.
+    let dests_have = |d: &Digest, size: u64| {
+        opts.outputs.iter().filter(|o| is_oci_output(o)).all(|o| match o {
+            ImageRef::OciDir { dir, .. } => oci_dir::has_blob(dir, d, size),
+            ImageRef::Registry(r) => repo_for(repos, r).is_some_and(|repo| match repo.has_blob(d, size) {
+                Ok(there) => there,
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    false
+                }
+            }),
+            _ => false,
+        })
+    };
+    let descs = make_blobs(closure, layers, opts, &store, &dests_have, reporter, stats)?;
+    let image = image::assemble(&opts.spec, descs, opts.epoch)?;
+    gate(opts, layers, image.layers.iter().map(|l| l.blob.size))?;
+    Ok((image, store))
+}
+
+/// Writes the OCI image to one `oci:`, `oci-archive:` or `docker://` destination.
+fn write_oci_output(
+    out: &ImageRef,
+    image: &Image,
+    store: &BlobStore,
+    opts: &BuildOptions,
+    repos: &[Repository],
+    reporter: &dyn Reporter,
+    stats: &mut Stats,
+) -> Result<()> {
+    match out {
+        ImageRef::OciDir { dir, tag } => {
+            let tag = tag.clone().unwrap_or_else(|| default_tag(&opts.spec));
+            oci_dir::write(dir, Some(&tag), image, store)?;
+            reporter.note(&format!("wrote {out}"));
+        }
+        ImageRef::OciArchive { file, reference } => {
+            let r = reference.clone().or_else(|| opts.spec.name.clone());
+            archive::write_oci_archive(file, r.as_deref(), image, store, opts.epoch)?;
+            reporter.note(&format!("wrote {out}"));
+        }
+        ImageRef::Registry(r) => {
+            let repo = repo_for(repos, r).ok_or_else(|| anyhow!("internal error: {r} was not connected"))?;
+            let at = r.manifest_reference().unwrap_or_else(|| default_tag(&opts.spec));
+            let pushed =
+                repo.push(image, &at, store, opts.jobs, reporter).with_context(|| format!("pushing to {r}"))?;
+            stats.upload.add(&pushed);
+            reporter.note(&format!(
+                "pushed {out}: {} uploaded, {} already there, {} mounted",
+                pushed.blobs_uploaded, pushed.blobs_skipped, pushed.blobs_mounted
+            ));
+        }
+        ImageRef::DockerArchive { .. } | ImageRef::Stdout => {
+            bail!("internal error: {out} takes a docker-archive stream, not the OCI image")
+        }
+    }
+    Ok(())
+}
+
+/// Streams a docker-archive (uncompressed layers, tarred as they are written) to a file or to
+/// `stdout`; returns its layers and config.
+fn write_stream_output(
+    out: &ImageRef,
+    layers: &[Listed],
+    opts: &BuildOptions,
+    stdout: Option<&mut dyn Write>,
+    reporter: &dyn Reporter,
+    stats: &mut Stats,
+) -> Result<(Vec<LayerDesc>, JsonBlob)> {
+    let stream: Vec<StreamLayer<'_>> = layers
+        .iter()
+        .map(|l| StreamLayer { entries: &l.entries, group: l.group.clone(), paths: l.paths.clone() })
+        .collect();
+    let total = layers.len();
+    let mut read = 0u64;
+    let mut on_layer = |i: usize, n: u64, done: Option<&BlobInfo>| match done {
+        Some(b) => reporter.layer_finished(i, b),
+        None => {
+            read += n;
+            reporter.layer_progress(i, n)
+        }
+    };
+    for (i, l) in layers.iter().enumerate() {
+        reporter.layer_started(i, total, &l.label(), l.data_size());
+    }
+    let config = |descs: &[LayerDesc]| image::config(&opts.spec, descs, opts.epoch);
+    let (descs, config) = match (out, stdout) {
+        (ImageRef::DockerArchive { file, reference }, _) => {
+            let r = reference.clone().or_else(|| opts.spec.name.clone());
+            archive::write_docker_archive_file(file, r.as_deref(), &stream, opts.epoch, &config, &mut on_layer)?
+        }
+        (ImageRef::Stdout, Some(stdout)) => {
+            let w = std::io::BufWriter::with_capacity(1 << 20, stdout);
+            let r = opts.spec.name.clone();
+            let (w, d, c) =
+                archive::write_docker_archive(w, r.as_deref(), &stream, opts.epoch, &config, &mut on_layer)?;
+            let stdout = w.into_inner().map_err(|e| e.into_error()).context("writing to stdout")?;
+            stdout.flush().context("writing to stdout")?;
+            (d, c)
+        }
+        _ => bail!("internal error: {out} is not a docker-archive stream"),
+    };
+    stats.bytes_read += read;
+    stats.bytes_written += descs.iter().map(|d| d.blob.size).sum::<u64>();
+    Ok((descs, config))
 }
 
 /// `--policy`: judges the listed layers (with their blob `sizes`) before anything is written.
@@ -266,15 +325,12 @@ fn repo_for<'a>(repos: &'a [Repository], r: &RegistryRef) -> Option<&'a Reposito
 }
 
 /// Fails early, before any work, when a destination cannot be written.
-fn preflight(out: &ImageRef) -> Result<()> {
+fn preflight(out: &ImageRef, have_stdout: bool) -> Result<()> {
     match out {
         ImageRef::Registry(_) => {}
         ImageRef::Stdout => {
-            use std::io::IsTerminal;
-            if std::io::stdout().is_terminal() {
-                bail!(
-                    "refusing to write a docker-archive to a terminal: pipe it, e.g. `nixoci build … -o - | podman load`"
-                );
+            if !have_stdout {
+                bail!("internal error: -o - without a stdout to write to");
             }
         }
         ImageRef::OciDir { dir, .. } => {
@@ -295,7 +351,7 @@ fn preflight(out: &ImageRef) -> Result<()> {
 
 /// Lists every layer's entries up front: a missing path or a fifo fails the build before
 /// anything is written. A layer whose tar would exceed the plan's `max_layer_size` is cut into
-/// parts by its files here, where they can be seen (`layering::split`).
+/// parts by its files here, where they can be seen (`tarball::split`).
 fn list_layers(closure: &Closure, plan: &Plan, opts: &BuildOptions) -> Result<Vec<Listed>> {
     let mut listed = Vec::with_capacity(plan.layers.len() + 1);
     for layer in &plan.layers {
@@ -309,7 +365,7 @@ fn list_layers(closure: &Closure, plan: &Plan, opts: &BuildOptions) -> Result<Ve
         tarball::normalize(&mut entries)?;
         match plan.max_layer_size {
             Some(cap) if tarball::tar_size(&entries) > cap => {
-                let cut = crate::layering::split::split_entries(&entries, cap);
+                let cut = tarball::split::split_entries(&entries, cap);
                 for w in &cut.warnings {
                     tracing::warn!("{w}");
                 }

@@ -29,7 +29,7 @@ fn try_build_example(store_root: &Path, outputs: Vec<ImageRef>) -> anyhow::Resul
         cache_dir: None,
         policy: None,
     };
-    build(&closure, &plan, &opts, &Silent).map(|_| ())
+    build(&closure, &plan, &opts, None, &Silent).map(|_| ())
 }
 
 fn build_example(outputs: Vec<ImageRef>) {

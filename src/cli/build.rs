@@ -77,7 +77,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
         policy: args.policy.as_deref().map(nixoci::policy::Policy::load).transpose()?,
     };
     let reporter = CliReporter::new(args.quiet);
-    let mut report = build::build(&closure, &plan, &opts, &reporter)?;
+    let mut stdout_lock;
+    let stdout: Option<&mut dyn std::io::Write> = if opts.outputs.contains(&ImageRef::Stdout) {
+        use std::io::IsTerminal;
+        if std::io::stdout().is_terminal() {
+            anyhow::bail!(
+                "refusing to write a docker-archive to a terminal: pipe it, e.g. `nixoci build … -o - | podman load`"
+            );
+        }
+        stdout_lock = std::io::stdout().lock();
+        Some(&mut stdout_lock)
+    } else {
+        None
+    };
+    let mut report = build::build(&closure, &plan, &opts, stdout, &reporter)?;
     report.stats.seconds.insert("closure".into(), closure_secs);
     report.stats.seconds.insert("plan".into(), plan_secs);
     report.stats.seconds.insert("total".into(), started.elapsed().as_secs_f64());

@@ -47,7 +47,7 @@
 //!    the `auto` partition, laid out last. Layers never mix partitions (but see step 4).
 //! 2. **Components.** Every path starts as its own component. A path larger than
 //!    `max_layer_size` is marked *split at build time*: it takes `⌈size / cap⌉` layers of the
-//!    budget, never shares a layer, and is cut by its files when the build lists it ([`split`]).
+//!    budget, never shares a layer, and is cut by its files when the build lists it ([`crate::tarball::split`]).
 //! 3. **Group limits.** A group without `split` is one layer, or at most its `max_layers`
 //!    (packed by cost), or what the cap forces; `split = "per-path"` keeps one layer per path
 //!    unless its `max_layers` or the budget say otherwise. `max_layers` is a number of layers or
@@ -107,7 +107,6 @@ pub mod groups;
 mod model;
 mod pack;
 pub mod previous;
-pub mod split;
 
 use std::collections::BTreeSet;
 

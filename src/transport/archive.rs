@@ -52,7 +52,7 @@ impl<W: Write> Outer<W> {
     }
 
     fn finish(mut self) -> Result<W> {
-        self.w.write_all(&[0u8; 1024])?;
+        self.w.write_all(&[0u8; tarball::END_MARKER as usize])?;
         Ok(self.w)
     }
 }

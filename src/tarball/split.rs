@@ -11,13 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::{END_MARKER, Entry, Kind};
 use crate::closure::StorePath;
-use crate::tarball::{Entry, Kind};
-
 use crate::size::human;
-
-/// Two zero blocks end every tar stream.
-const TAR_END: u64 = 1024;
 
 /// One part of a split layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +40,7 @@ pub fn split_entries(entries: &[Entry], cap: u64) -> Cut {
     let mut warnings = Vec::new();
     let mut cur: Vec<Entry> = Vec::new();
     let mut cur_dirs: BTreeSet<&str> = BTreeSet::new();
-    let mut cur_size = TAR_END;
+    let mut cur_size = END_MARKER;
     for e in entries {
         let missing = |cur_dirs: &BTreeSet<&str>| -> Vec<&Entry> {
             ancestors(&e.path).filter(|a| !cur_dirs.contains(a)).filter_map(|a| dirs.get(a).copied()).collect()
@@ -54,7 +50,7 @@ pub fn split_entries(entries: &[Entry], cap: u64) -> Cut {
         if !cur.is_empty() && cur_size + cost(&need) > cap {
             parts.push(std::mem::take(&mut cur));
             cur_dirs.clear();
-            cur_size = TAR_END;
+            cur_size = END_MARKER;
             need = missing(&cur_dirs);
         }
         let alone = cur_size + cost(&need) > cap;
@@ -78,7 +74,7 @@ pub fn split_entries(entries: &[Entry], cap: u64) -> Cut {
         if alone {
             parts.push(std::mem::take(&mut cur));
             cur_dirs.clear();
-            cur_size = TAR_END;
+            cur_size = END_MARKER;
         }
     }
     if !cur.is_empty() {

@@ -9,6 +9,8 @@
 //! (dirs 0555, files 0444 or 0555 by their executable bit, symlinks 0777), hardlinks written as
 //! regular files, no xattrs, GNU long-name records for names over 100 bytes.
 
+pub mod split;
+
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -87,9 +89,12 @@ fn long_record_size(len: usize) -> u64 {
     if len > NAME_FIELD { BLOCK + padded(len as u64 + 1) } else { 0 }
 }
 
+/// Two zero blocks end every tar stream.
+pub const END_MARKER: u64 = 2 * BLOCK;
+
 /// The exact size of the tar stream [`write`] produces for `entries`.
 pub fn tar_size(entries: &[Entry]) -> u64 {
-    entries.iter().map(Entry::tar_size).sum::<u64>() + 2 * BLOCK
+    entries.iter().map(Entry::tar_size).sum::<u64>() + END_MARKER
 }
 
 /// Sorts entries bytewise by path and checks there are no duplicates (directories may repeat
@@ -179,7 +184,7 @@ pub fn write<W: Write>(entries: &[Entry], epoch: u64, mut w: W, on_data: &mut dy
     for e in entries {
         write_entry(e, epoch, &mut w, &mut buf, on_data)?;
     }
-    w.write_all(&[0u8; 2 * BLOCK as usize])?;
+    w.write_all(&[0u8; END_MARKER as usize])?;
     Ok(w)
 }
 
