@@ -66,11 +66,13 @@ fn decode_nix32(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Standard base64, padded or not (Nix prints `sha256-…=`; hand-written fixtures may omit the `=`).
+/// Standard base64, as leniently as Nix reads it: padded or not, and ignoring the unused low bits
+/// of the last character (hand-written hashes such as `sha256-BBB…B=` set them).
 const B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     base64::engine::GeneralPurposeConfig::new()
-        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
 );
 
 fn decode_base64(s: &str) -> Option<Vec<u8>> {
@@ -84,6 +86,13 @@ fn encode_base64(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_as_lenient_as_nix() {
+        let padded = NarHash::parse("sha256-BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB=").unwrap();
+        assert_eq!(NarHash::parse("sha256-BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB").unwrap(), padded);
+        assert_eq!(padded.to_string(), "sha256-BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBA=");
+    }
 
     // The NAR hash of one path as printed by `nix path-info --json` (SRI), by
     // `nix-store -q --hash` (nix32) and in closureInfo's registration (hex).
