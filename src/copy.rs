@@ -6,22 +6,17 @@
 //! and registries are streamed, verified, into a staging directory first (registry → registry
 //! copies go through local disk, never memory).
 
-use std::collections::BTreeMap;
-use std::fs;
-use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
-use crate::atomic::{AtomicFile, FILE_MODE, write_then_commit};
 use crate::blob::{BlobInfo, Digest};
 use crate::image::{ANNOTATION_GROUP, Image, JsonBlob, LayerDesc};
 use crate::progress::Reporter;
-use crate::transport::oci_dir::{self, BlobSource};
+use crate::transport::oci_dir;
 use crate::transport::registry::{PushStats, Repository};
-use crate::transport::source::SourceImage;
+use crate::transport::source::{SourceImage, Staged};
 use crate::transport::{self, ImageRef, archive};
 
 #[derive(Debug, Clone)]
@@ -68,12 +63,7 @@ pub fn copy(src: &ImageRef, dest: &ImageRef, opts: &CopyOptions, reporter: &dyn 
         .prefix(".nixoci-copy-")
         .tempdir_in(transport::staging_parent([dest]))
         .context("creating a staging directory")?;
-    let blobs = Staged {
-        source: &source,
-        dir: staging.path().to_owned(),
-        read: Mutex::new(0),
-        sizes: image.layers.iter().map(|l| (l.blob.digest.clone(), l.blob.size)).collect(),
-    };
+    let blobs = Staged::new(&source, staging.path());
     let mut upload = PushStats::default();
     match dest {
         ImageRef::OciDir { dir, tag } => {
@@ -91,7 +81,7 @@ pub fn copy(src: &ImageRef, dest: &ImageRef, opts: &CopyOptions, reporter: &dyn 
         ImageRef::DockerArchive { .. } | ImageRef::Stdout => unreachable!("refused above"),
     }
     reporter.note(&format!("copied {src} to {dest}"));
-    let bytes_read = *blobs.read.lock().unwrap_or_else(|e| e.into_inner());
+    let bytes_read = blobs.bytes_read();
     Ok(CopyReport {
         source: src.to_string(),
         destination: dest.to_string(),
@@ -134,40 +124,3 @@ fn source_tag(src: &ImageRef) -> &str {
     src.tag().unwrap_or("latest")
 }
 
-/// Blobs fetched from the source when a destination asks for them.
-struct Staged<'a> {
-    source: &'a SourceImage,
-    dir: PathBuf,
-    read: Mutex<u64>,
-    sizes: BTreeMap<Digest, u64>,
-}
-
-impl BlobSource for Staged<'_> {
-    fn blob_path(&self, digest: &Digest) -> Result<PathBuf> {
-        let size =
-            *self.sizes.get(digest).ok_or_else(|| anyhow!("internal error: {digest} is not a layer of the image"))?;
-        let staged = self.dir.join(digest.hex());
-        if staged.is_file() {
-            return Ok(staged);
-        }
-        if let Some(p) = self.source.blob_file(digest) {
-            // An oci: layout: verify the file in place and hand it over.
-            let got = crate::cache::hash_file(&p).with_context(|| format!("reading blob {}", p.display()))?;
-            let len = fs::metadata(&p)?.len();
-            if got != *digest || len != size {
-                bail!(
-                    "blob {} does not match its descriptor ({got}, {len} bytes; expected {digest}, {size} bytes)",
-                    p.display()
-                );
-            }
-            *self.read.lock().unwrap_or_else(|e| e.into_inner()) += len;
-            return Ok(p);
-        }
-        let n = write_then_commit(AtomicFile::new_in(&self.dir)?, &staged, FILE_MODE, |w| {
-            std::io::copy(&mut self.source.open_blob(digest, size)?, w)
-                .with_context(|| format!("reading blob {digest} from {}", self.source.reference))
-        })?;
-        *self.read.lock().unwrap_or_else(|e| e.into_inner()) += n;
-        Ok(staged)
-    }
-}

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result, anyhow, bail};
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
@@ -17,6 +18,8 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest,
 use super::ImageRef;
 use super::oci_dir::REF_NAME;
 use super::registry::{self, Repository};
+use super::oci_dir::BlobSource;
+use crate::atomic::{AtomicFile, FILE_MODE, write_then_commit};
 use crate::blob::{Digest, HashReader, HashWriter};
 
 /// One layer as the manifest describes it, with its diff_id from the config.
@@ -72,16 +75,23 @@ fn is_manifest_type(mt: &str) -> bool {
 }
 
 impl SourceImage {
+    /// Opens an image; from an image index, its linux/amd64 manifest.
     pub fn open(r: &ImageRef) -> Result<Self> {
+        Self::open_for(r, "amd64")
+    }
+
+    /// Opens an image; from an image index, its manifest for linux/`architecture`.
+    pub fn open_for(r: &ImageRef, architecture: &str) -> Result<Self> {
         let reference = r.to_string();
         let img = (|| match r {
-            ImageRef::OciDir { dir, tag } => open_layout(Blobs::Dir(dir.clone()), tag.as_deref(), reference.clone()),
+            ImageRef::OciDir { dir, tag } => open_layout(Blobs::Dir(dir.clone()), tag.as_deref(), reference.clone(), architecture),
             ImageRef::OciArchive { file, reference: want } => {
                 let members = index_tar(file)?;
                 open_layout(
                     Blobs::Tar { file: file.clone(), members, layout: TarLayout::Oci },
                     want.as_deref(),
                     reference.clone(),
+                    architecture,
                 )
             }
             ImageRef::DockerArchive { file, reference: want } => {
@@ -92,12 +102,13 @@ impl SourceImage {
                         Blobs::Tar { file: file.clone(), members, layout: TarLayout::Oci },
                         want.as_deref(),
                         reference.clone(),
+                        architecture,
                     )
                 } else {
                     open_docker_archive(file, members, want.as_deref(), reference.clone())
                 }
             }
-            ImageRef::Registry(r) => open_registry(r, reference.clone()),
+            ImageRef::Registry(r) => open_registry(r, reference.clone(), architecture),
             ImageRef::Stdout => bail!(
                 "`-` is a destination only; to read an image use oci:, oci-archive:, docker-archive: or docker://"
             ),
@@ -124,6 +135,68 @@ impl SourceImage {
         let l = self.layers.get(i).ok_or_else(|| anyhow!("{}: no layer {i}", self.reference))?;
         let raw = self.open_blob(&l.digest, l.size)?;
         decompress(raw, &l.media_type)
+    }
+}
+
+/// The layer blobs of a source image as files, for writers that want paths ([`BlobSource`]):
+/// a blob of an `oci:` layout is verified and used in place; others are fetched, verified as they
+/// stream, into `dir` when a destination first asks for them (a blob the destination already has
+/// is never read).
+pub struct Staged<'a> {
+    source: &'a SourceImage,
+    dir: PathBuf,
+    read: Mutex<u64>,
+    sizes: BTreeMap<Digest, u64>,
+}
+
+impl<'a> Staged<'a> {
+    pub fn new(source: &'a SourceImage, dir: &Path) -> Self {
+        let sizes = source.layers.iter().map(|l| (l.digest.clone(), l.size)).collect();
+        Self { source, dir: dir.to_owned(), read: Mutex::new(0), sizes }
+    }
+
+    /// Whether `digest` is one of the source's layers.
+    pub fn has(&self, digest: &Digest) -> bool {
+        self.sizes.contains_key(digest)
+    }
+
+    /// Blob bytes read from the source so far.
+    pub fn bytes_read(&self) -> u64 {
+        *self.read.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count(&self, n: u64) {
+        *self.read.lock().unwrap_or_else(|e| e.into_inner()) += n;
+    }
+}
+
+impl BlobSource for Staged<'_> {
+    fn blob_path(&self, digest: &Digest) -> Result<PathBuf> {
+        let size =
+            *self.sizes.get(digest).ok_or_else(|| anyhow!("internal error: {digest} is not a layer of the image"))?;
+        let staged = self.dir.join(digest.hex());
+        if staged.is_file() {
+            return Ok(staged);
+        }
+        if let Some(p) = self.source.blob_file(digest) {
+            // An oci: layout: verify the file in place and hand it over.
+            let got = crate::cache::hash_file(&p).with_context(|| format!("reading blob {}", p.display()))?;
+            let len = std::fs::metadata(&p)?.len();
+            if got != *digest || len != size {
+                bail!(
+                    "blob {} does not match its descriptor ({got}, {len} bytes; expected {digest}, {size} bytes)",
+                    p.display()
+                );
+            }
+            self.count(len);
+            return Ok(p);
+        }
+        let n = write_then_commit(AtomicFile::new_in(&self.dir)?, &staged, FILE_MODE, |w| {
+            io::copy(&mut self.source.open_blob(digest, size)?, w)
+                .with_context(|| format!("reading blob {digest} from {}", self.source.reference))
+        })?;
+        self.count(n);
+        Ok(staged)
     }
 }
 
@@ -301,7 +374,7 @@ fn index_tar(file: &Path) -> Result<BTreeMap<String, (u64, u64)>> {
     Ok(members)
 }
 
-fn open_layout(blobs: Blobs, want: Option<&str>, reference: String) -> Result<SourceImage> {
+fn open_layout(blobs: Blobs, want: Option<&str>, reference: String, architecture: &str) -> Result<SourceImage> {
     let index_bytes = blobs.read_named("index.json")?;
     let index: ImageIndex = serde_json::from_slice(&index_bytes).context("parsing index.json")?;
     let refname = |m: &Descriptor| m.annotations().as_ref().and_then(|a| a.get(REF_NAME)).cloned();
@@ -322,12 +395,12 @@ fn open_layout(blobs: Blobs, want: Option<&str>, reference: String) -> Result<So
             }
         },
     };
-    let desc = resolve_platform(&blobs, chosen.clone())?;
+    let desc = resolve_platform(&blobs, chosen.clone(), architecture)?;
     load(blobs, &desc, reference)
 }
 
-/// Follows a nested image index to its linux/amd64 manifest.
-fn resolve_platform(blobs: &Blobs, mut desc: Descriptor) -> Result<Descriptor> {
+/// Follows a nested image index to its linux/`architecture` manifest.
+fn resolve_platform(blobs: &Blobs, mut desc: Descriptor, architecture: &str) -> Result<Descriptor> {
     for _ in 0..4 {
         if *desc.media_type() != MediaType::ImageIndex
             && desc.media_type().to_string() != "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -342,17 +415,17 @@ fn resolve_platform(blobs: &Blobs, mut desc: Descriptor) -> Result<Descriptor> {
             .find(|m| {
                 m.platform()
                     .as_ref()
-                    .is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == "amd64")
+                    .is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == architecture)
             })
             .cloned()
-            .ok_or_else(|| anyhow!("the image index has no linux/amd64 manifest"))?;
+            .ok_or_else(|| anyhow!("the image index has no linux/{architecture} manifest"))?;
     }
     bail!("image indexes nest too deep")
 }
 
 /// `docker://…`: the manifest at the tag (default `latest`) or digest, following an index to
-/// its linux/amd64 manifest.
-fn open_registry(r: &registry::RegistryRef, reference: String) -> Result<SourceImage> {
+/// its linux/`architecture` manifest.
+fn open_registry(r: &registry::RegistryRef, reference: String, architecture: &str) -> Result<SourceImage> {
     let repo = Repository::open(r)?;
     let at = r.manifest_reference().unwrap_or_else(|| "latest".into());
     let (bytes, content_type) = repo.get_manifest(&at)?;
@@ -371,7 +444,7 @@ fn open_registry(r: &registry::RegistryRef, reference: String) -> Result<SourceI
     let blobs = Blobs::Registry(Box::new(repo));
     if media_type == registry::request::MT_OCI_INDEX || media_type == registry::request::MT_DOCKER_LIST {
         let desc = crate::image::descriptor(MediaType::from(media_type.as_str()), &digest, bytes.len() as u64, None)?;
-        let desc = resolve_platform(&blobs, desc)?;
+        let desc = resolve_platform(&blobs, desc, architecture)?;
         return load(blobs, &desc, reference);
     }
     load_manifest(blobs, bytes, digest, reference)
