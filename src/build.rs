@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -9,6 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
 use crate::atomic::{AtomicFile, FILE_MODE};
+use crate::base::Base;
 use crate::blob::{self, BlobInfo, Compression, Digest, Pool};
 use crate::cache::{Cache, LayerKey};
 use crate::closure::Closure;
@@ -16,9 +18,10 @@ use crate::image::{self, CUSTOM_GROUP, Image, ImageSpec, JsonBlob, LayerDesc};
 use crate::layering::Plan;
 use crate::progress::Reporter;
 use crate::tarball::{self, Entry};
-use crate::transport::archive::{self, StreamLayer};
+use crate::transport::archive::{self, LayerTar, StreamLayer};
 use crate::transport::oci_dir::{self, BlobSource};
 use crate::transport::registry::{PushStats, RegistryRef, Repository};
+use crate::transport::source::Staged;
 use crate::transport::{self, ImageRef};
 
 /// Everything a build needs besides the closure and the plan.
@@ -36,6 +39,8 @@ pub struct BuildOptions {
     pub cache_dir: Option<PathBuf>,
     /// `--policy`: the image must pass it before anything is written.
     pub policy: Option<crate::policy::Policy>,
+    /// `--from`: the image to build on; its layers come first, as they are.
+    pub base: Option<Arc<Base>>,
 }
 
 /// What a build made.
@@ -137,7 +142,7 @@ pub fn build(
                 bail!("internal error: the docker-archive's config differs from the OCI image's")
             }
             Some(_) => {}
-            None => primary = Some(image::assemble(&opts.spec, descs, opts.epoch)?),
+            None => primary = Some(image::assemble(&opts.spec, descs, opts.epoch, opts.base.as_deref())?),
         }
         reporter.note(&format!("wrote {out}"));
         written.push(out.to_string());
@@ -170,15 +175,15 @@ fn is_oci_output(out: &ImageRef) -> bool {
 
 /// Makes every layer blob (or finds it in the cache or at the destinations), assembles the
 /// image and runs the policy gate.
-fn make_oci_image(
+fn make_oci_image<'a>(
     closure: &Closure,
     layers: &[Listed],
-    opts: &BuildOptions,
+    opts: &'a BuildOptions,
     repos: &[Repository],
     reporter: &dyn Reporter,
     stats: &mut Stats,
-) -> Result<(Image, BlobStore)> {
-    let store = BlobStore::new(opts.cache_dir.as_deref(), &opts.outputs)?;
+) -> Result<(Image, BlobStore<'a>)> {
+    let store = BlobStore::new(opts.cache_dir.as_deref(), &opts.outputs, opts.base.as_deref())?;
     // A registry answers with a HEAD: a warm rebuild pushing there reads no store file.
     let dests_have = |d: &Digest, size: u64| {
         opts.outputs.iter().filter(|o| is_oci_output(o)).all(|o| match o {
@@ -193,8 +198,12 @@ fn make_oci_image(
             _ => false,
         })
     };
-    let descs = make_blobs(closure, layers, opts, &store, &dests_have, reporter, stats)?;
-    let image = image::assemble(&opts.spec, descs, opts.epoch)?;
+    let mut descs = match &opts.base {
+        Some(b) => b.layers()?,
+        None => Vec::new(),
+    };
+    descs.extend(make_blobs(closure, layers, opts, &store, &dests_have, reporter, stats)?);
+    let image = image::assemble(&opts.spec, descs, opts.epoch, opts.base.as_deref())?;
     gate(opts, layers, image.layers.iter().map(|l| l.blob.size))?;
     Ok((image, store))
 }
@@ -203,7 +212,7 @@ fn make_oci_image(
 fn write_oci_output(
     out: &ImageRef,
     image: &Image,
-    store: &BlobStore,
+    store: &BlobStore<'_>,
     opts: &BuildOptions,
     repos: &[Repository],
     reporter: &dyn Reporter,
@@ -239,7 +248,8 @@ fn write_oci_output(
 }
 
 /// Streams a docker-archive (uncompressed layers, tarred as they are written) to a file or to
-/// `stdout`; returns its layers and config.
+/// `stdout`; returns its layers and config. A base's layers are decompressed into a staging
+/// directory first (once per build).
 fn write_stream_output(
     out: &ImageRef,
     layers: &[Listed],
@@ -248,11 +258,30 @@ fn write_stream_output(
     reporter: &dyn Reporter,
     stats: &mut Stats,
 ) -> Result<(Vec<LayerDesc>, JsonBlob)> {
-    let stream: Vec<StreamLayer<'_>> = layers
-        .iter()
-        .map(|l| StreamLayer { entries: &l.entries, group: l.group.clone(), paths: l.paths.clone() })
-        .collect();
-    let total = layers.len();
+    let mut stream: Vec<StreamLayer<'_>> = Vec::new();
+    let staging;
+    if let Some(base) = &opts.base {
+        let parent = transport::staging_parent([out]);
+        staging = tempfile::Builder::new()
+            .prefix(".nixoci-base-")
+            .tempdir_in(&parent)
+            .with_context(|| format!("creating a staging directory in {}", parent.display()))?;
+        for (i, d) in base.layers()?.iter().enumerate() {
+            let (path, size) = base.uncompressed_layer(i, staging.path())?;
+            stream.push(StreamLayer {
+                tar: LayerTar::File { path, size },
+                group: d.group.clone(),
+                paths: d.paths.clone(),
+            });
+        }
+    }
+    let n_base = stream.len();
+    stream.extend(layers.iter().map(|l| StreamLayer {
+        tar: LayerTar::Entries(&l.entries),
+        group: l.group.clone(),
+        paths: l.paths.clone(),
+    }));
+    let total = stream.len();
     let mut read = 0u64;
     let mut on_layer = |i: usize, n: u64, done: Option<&BlobInfo>| match done {
         Some(b) => reporter.layer_finished(i, b),
@@ -261,10 +290,16 @@ fn write_stream_output(
             reporter.layer_progress(i, n)
         }
     };
-    for (i, l) in layers.iter().enumerate() {
-        reporter.layer_started(i, total, &l.label(), l.data_size());
+    for i in 0..n_base {
+        reporter.layer_started(i, total, &format!("base layer {}", i + 1), stream[i].tar.size());
     }
-    let config = |descs: &[LayerDesc]| image::config(&opts.spec, descs, opts.epoch);
+    for (i, l) in layers.iter().enumerate() {
+        reporter.layer_started(n_base + i, total, &l.label(), l.data_size());
+    }
+    let config = |descs: &[LayerDesc]| {
+        // The base's tars hash to its config's diff_ids (checked as they were decompressed).
+        image::config(&opts.spec, descs, opts.epoch, opts.base.as_deref().map(Base::config))
+    };
     let (descs, config) = match (out, stdout) {
         (ImageRef::DockerArchive { file, reference }, _) => {
             let r = reference.clone().or_else(|| opts.spec.name.clone());
@@ -286,18 +321,36 @@ fn write_stream_output(
     Ok((descs, config))
 }
 
-/// `--policy`: judges the listed layers (with their blob `sizes`) before anything is written.
+/// `--policy`: judges the listed layers (with their blob `sizes`, a base's layers first) before
+/// anything is written. A base's layers count in size and number; their files are judged by
+/// `nixoci check` of the result, which reads them.
 fn gate(opts: &BuildOptions, layers: &[Listed], sizes: impl Iterator<Item = u64>) -> Result<()> {
     use crate::policy::{ImageFacts, LayerFacts};
     let Some(policy) = &opts.policy else { return Ok(()) };
+    let mut sizes = sizes;
+    let n_base = opts.base.as_ref().map_or(0, |b| b.layer_count());
+    let base_facts: Vec<LayerFacts> = match &opts.base {
+        Some(b) => b
+            .layers()?
+            .into_iter()
+            .zip(sizes.by_ref())
+            .map(|(d, size)| LayerFacts::from_entries(size, &d.group, d.paths, &[]))
+            .collect(),
+        None => Vec::new(),
+    };
+    debug_assert_eq!(base_facts.len(), n_base);
     let facts = ImageFacts {
         reference: "the image being built".to_owned(),
         user: opts.spec.user.clone(),
         passwd: crate::policy::passwd_of_entries(layers.iter().map(|l| l.entries.as_slice())),
-        layers: layers
-            .iter()
-            .zip(sizes)
-            .map(|(l, size)| LayerFacts::from_entries(size, &l.group, l.paths.clone(), &l.entries))
+        layers: base_facts
+            .into_iter()
+            .chain(
+                layers
+                    .iter()
+                    .zip(sizes)
+                    .map(|(l, size)| LayerFacts::from_entries(size, &l.group, l.paths.clone(), &l.entries)),
+            )
             .collect(),
     };
     let verdict = policy.evaluate(&facts);
@@ -399,10 +452,16 @@ fn list_layers(closure: &Closure, plan: &Plan, opts: &BuildOptions) -> Result<Ve
         }
     }
     if opts.spec.has_layer() {
+        let spec = &opts.spec;
+        // Users and groups join the base's: read its /etc/passwd and /etc/group only then.
+        let accounts = match &opts.base {
+            Some(b) if !(spec.users.is_empty() && spec.groups.is_empty()) => Some((b.accounts()?, b.name.as_str())),
+            _ => None,
+        };
         listed.push(Listed {
             group: CUSTOM_GROUP.to_owned(),
             paths: Vec::new(),
-            entries: opts.spec.layer_entries()?,
+            entries: spec.layer_entries_on(accounts.as_ref().map(|(a, n)| (a, *n)))?,
             variant: String::new(),
         });
     }
@@ -425,7 +484,7 @@ fn make_blobs(
     closure: &Closure,
     layers: &[Listed],
     opts: &BuildOptions,
-    store: &BlobStore,
+    store: &BlobStore<'_>,
     dests_have: &(dyn Fn(&Digest, u64) -> bool + Sync),
     reporter: &dyn Reporter,
     stats: &mut Stats,
@@ -481,23 +540,35 @@ fn default_tag(spec: &ImageSpec) -> String {
 }
 
 /// Where this build's blobs are made and read from: the cache's blob directory, or (with
-/// `--no-cache`) a staging directory removed when the build ends.
-struct BlobStore {
+/// `--no-cache`) a staging directory removed when the build ends; a base's blobs come from the
+/// base ([`Staged`]: in place, or fetched into a staging directory when first needed).
+struct BlobStore<'a> {
     cache: Option<Cache>,
     staging: Option<tempfile::TempDir>,
+    base: Option<(Staged<'a>, tempfile::TempDir)>,
 }
 
-impl BlobStore {
-    fn new(cache_dir: Option<&Path>, outputs: &[ImageRef]) -> Result<Self> {
+fn staging_dir(prefix: &str, outputs: &[ImageRef]) -> Result<tempfile::TempDir> {
+    let parent = transport::staging_parent(outputs);
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a staging directory in {}", parent.display()))
+}
+
+impl<'a> BlobStore<'a> {
+    fn new(cache_dir: Option<&Path>, outputs: &[ImageRef], base: Option<&'a Base>) -> Result<Self> {
+        let base = match base {
+            Some(b) => {
+                let dir = staging_dir(".nixoci-base-", outputs)?;
+                Some((Staged::new(&b.source, dir.path()), dir))
+            }
+            None => None,
+        };
         if let Some(dir) = cache_dir {
-            return Ok(Self { cache: Some(Cache::open(dir)?), staging: None });
+            return Ok(Self { cache: Some(Cache::open(dir)?), staging: None, base });
         }
-        let parent = transport::staging_parent(outputs);
-        let dir = tempfile::Builder::new()
-            .prefix(".nixoci-staging-")
-            .tempdir_in(&parent)
-            .with_context(|| format!("creating a staging directory in {}", parent.display()))?;
-        Ok(Self { cache: None, staging: Some(dir) })
+        Ok(Self { cache: None, staging: Some(staging_dir(".nixoci-staging-", outputs)?), base })
     }
 
     fn tmp_dir(&self) -> PathBuf {
@@ -542,8 +613,13 @@ impl BlobStore {
     }
 }
 
-impl BlobSource for BlobStore {
+impl BlobSource for BlobStore<'_> {
     fn blob_path(&self, digest: &Digest) -> Result<PathBuf> {
+        if let Some((base, _)) = &self.base
+            && base.has(digest)
+        {
+            return base.blob_path(digest);
+        }
         let p = self.path(digest);
         if !p.is_file() {
             bail!("internal error: blob {digest} is in neither the cache nor the staging directory");

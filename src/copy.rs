@@ -123,4 +123,3 @@ fn image_of(source: &SourceImage) -> Result<Image> {
 fn source_tag(src: &ImageRef) -> &str {
     src.tag().unwrap_or("latest")
 }
-

@@ -435,7 +435,7 @@ fn read_entries<R: Read>(r: R, files: Option<&FileScan<'_>>) -> Result<LayerScan
 }
 
 /// `./nix/store/x/` → `nix/store/x`.
-fn normalise(p: &str) -> &str {
+pub(crate) fn normalise(p: &str) -> &str {
     let mut p = p;
     loop {
         let next = p.trim_start_matches('/').trim_start_matches("./");
@@ -452,7 +452,7 @@ fn normalise(p: &str) -> &str {
 /// layers; Go's and GNU tar's readers fail on them, umoci and podman accept them). The bytes are
 /// not hashed: the diff_id still covers exactly what the layer holds. [`read_entries`] checks
 /// that the real bytes did not end inside an entry's data.
-struct LenientEnd<R> {
+pub(crate) struct LenientEnd<R> {
     inner: R,
     pos: u64,
     /// Where `inner` ended, once it has.
@@ -462,7 +462,7 @@ struct LenientEnd<R> {
 }
 
 impl<R: Read> LenientEnd<R> {
-    fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         Self { inner, pos: 0, ended_at: None, zeros: None }
     }
 }

@@ -5,6 +5,7 @@
 //! an image between transports; [`policy`] and [`smoke`] gate the result.
 
 pub mod atomic;
+pub mod base;
 pub mod blob;
 pub mod build;
 pub mod cache;

@@ -48,6 +48,16 @@ pub struct Args {
     /// is written: a failing image is refused and no destination is touched.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<std::path::PathBuf>,
+    /// A label in the image config (repeatable; podman build's spelling), over the image spec's
+    /// `labels`, e.g. --label org.opencontainers.image.revision=$GITHUB_SHA.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub labels: Vec<(String, String)>,
+    /// A manifest annotation (repeatable), over the image spec's `annotations`, e.g.
+    /// --annotation org.opencontainers.image.source=https://github.com/acme/comfy.
+    /// org.opencontainers.image.created (from SOURCE_DATE_EPOCH) and, with --from,
+    /// org.opencontainers.image.base.name and .base.digest are set by default.
+    #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub annotations: Vec<(String, String)>,
     /// Print one JSON document (digests, layers, stats) on stdout.
     #[arg(long)]
     pub json: bool,
@@ -63,8 +73,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let started = std::time::Instant::now();
     let closure = args.inputs.closure()?;
     let closure_secs = started.elapsed().as_secs_f64();
-    let spec = args.inputs.spec()?;
-    let plan = args.inputs.plan(&closure, &spec)?;
+    let mut spec = args.inputs.spec()?;
+    spec.labels.extend(args.labels);
+    spec.annotations.extend(args.annotations);
+    let base = args.inputs.base(&spec)?;
+    let plan = args.inputs.plan(&closure, &spec, base.as_ref().map_or(0, |b| b.layer_count()))?;
     let plan_secs = started.elapsed().as_secs_f64() - closure_secs;
     let opts = BuildOptions {
         store_root: args.inputs.store_root.clone(),
@@ -72,9 +85,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         compression: args.compression,
         jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         epoch: source_date_epoch()?,
-        outputs: args.inputs.registry.apply(args.outputs)?,
+        outputs: mount_from_base(args.inputs.registry.apply(args.outputs)?, args.inputs.from.as_ref()),
         cache_dir: if args.no_cache { None } else { args.cache_dir.or_else(nixoci::cache::Cache::default_dir) },
         policy: args.policy.as_deref().map(nixoci::policy::Policy::load).transpose()?,
+        base: base.map(std::sync::Arc::new),
     };
     let reporter = CliReporter::new(args.quiet);
     let mut stdout_lock;
@@ -118,6 +132,33 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `KEY=VALUE`, for --label and --annotation.
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+/// A base in a repository of the same registry as a destination is mounted from there, not
+/// uploaded (unless `--mount-from` names another repository).
+fn mount_from_base(outputs: Vec<ImageRef>, from: Option<&ImageRef>) -> Vec<ImageRef> {
+    let Some(ImageRef::Registry(base)) = from else { return outputs };
+    outputs
+        .into_iter()
+        .map(|o| match o {
+            ImageRef::Registry(r) if r.host == base.host && r.options.mount_from.is_none() => {
+                let options = nixoci::transport::registry::RegistryOptions {
+                    mount_from: Some(base.repo.clone()),
+                    ..(*r.options).clone()
+                };
+                ImageRef::Registry(r.with_options(std::sync::Arc::new(options)))
+            }
+            other => other,
+        })
+        .collect()
 }
 
 /// `SOURCE_DATE_EPOCH`, or 1 (not 0: some tools treat a zero mtime as "unset").

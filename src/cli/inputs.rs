@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use nixoci::base::{BASE_GROUP, Base};
 use nixoci::closure::{self, Closure};
 use nixoci::image::{ANNOTATION_GROUP, ANNOTATION_STORE_PATHS, ImageSpec};
 use nixoci::layering::{self, Budget, LayersFile, Plan, Previous};
@@ -50,6 +51,11 @@ pub struct Inputs {
     /// annotations) or the JSON that `nixoci plan --json` or `nixoci build --json` printed for it.
     #[arg(long, value_name = "IMAGE|PLAN.json")]
     pub previous: Option<String>,
+    /// Build on this image (any source transport, e.g. docker://HOST/REPO:TAG, oci:DIR:TAG): its
+    /// layers come first, as they are, and count in --max-layers; its config (Env, Entrypoint,
+    /// Cmd, User…) is inherited where the image spec gives none; its platform must match.
+    #[arg(long, value_name = "IMAGE", value_parser = ImageRef::parse)]
+    pub from: Option<ImageRef>,
     #[command(flatten)]
     pub registry: super::registry::RegistryArgs,
 }
@@ -88,8 +94,16 @@ impl Inputs {
         }
     }
 
-    /// Plans the layers; warnings (unmatched globs, budget notes) go to stderr.
-    pub fn plan(&self, closure: &Closure, spec: &ImageSpec) -> Result<Plan> {
+    /// `--from`: the base image, opened (its manifest and config read) for `spec`'s platform.
+    pub fn base(&self, spec: &ImageSpec) -> Result<Option<Base>> {
+        let Some(r) = &self.from else { return Ok(None) };
+        let r = r.clone().with_registry_options(&self.registry.options()?);
+        Base::open(&r, &spec.architecture).map(Some).with_context(|| format!("--from {r}"))
+    }
+
+    /// Plans the layers, `base_layers` of the budget being taken by a base image's; warnings
+    /// (unmatched globs, budget notes) go to stderr.
+    pub fn plan(&self, closure: &Closure, spec: &ImageSpec, base_layers: usize) -> Result<Plan> {
         let file = match &self.layers {
             Some(f) => LayersFile::load(f)?,
             None => LayersFile::default(),
@@ -98,10 +112,13 @@ impl Inputs {
             Some(f) => file.groups.warnings(closure, &f.display().to_string()),
             None => Vec::new(),
         };
-        let custom = usize::from(spec.has_layer());
+        let custom = usize::from(spec.has_layer()) + base_layers;
         let max = self.max_layers.or(file.max_layers).unwrap_or(DEFAULT_MAX_LAYERS) as usize;
         if max <= custom {
-            bail!("--max-layers {max} leaves no layer for the store paths (the customisation layer takes one)");
+            bail!(
+                "--max-layers {max} leaves no layer for the store paths ({} taken by the customisation layer, {base_layers} by the base image's)",
+                usize::from(spec.has_layer())
+            );
         }
         let max_layer_size = self.max_layer_size.or(file.max_layer_size);
         if let Some(n) = max_layer_size.filter(|&n| n < MIN_LAYER_SIZE) {
@@ -127,12 +144,17 @@ impl Inputs {
             return Previous::load(std::path::Path::new(arg)).map(Some);
         }
         let image = SourceImage::open(&ImageRef::parse(arg)?.with_registry_options(&self.registry.options()?))?;
-        let annotations = image.layers.iter().map(|l| {
-            (
-                l.annotations.get(ANNOTATION_GROUP).map(String::as_str),
-                l.annotations.get(ANNOTATION_STORE_PATHS).map(String::as_str),
-            )
-        });
+        // A base's layers are not the previous release's to keep: they come from --from.
+        let annotations = image
+            .layers
+            .iter()
+            .filter(|l| l.annotations.get(ANNOTATION_GROUP).map(String::as_str) != Some(BASE_GROUP))
+            .map(|l| {
+                (
+                    l.annotations.get(ANNOTATION_GROUP).map(String::as_str),
+                    l.annotations.get(ANNOTATION_STORE_PATHS).map(String::as_str),
+                )
+            });
         let previous = Previous::from_annotations(annotations)
             .with_context(|| format!("reading the layer annotations of --previous {arg}"))?;
         if previous.layers.is_empty() {

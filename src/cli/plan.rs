@@ -48,7 +48,8 @@ struct LayerJson<'a> {
 pub fn run(args: Args) -> Result<ExitCode> {
     let closure = args.inputs.closure()?;
     let spec = args.inputs.spec()?;
-    let plan = args.inputs.plan(&closure, &spec)?;
+    let base_layers = args.inputs.base(&spec)?.map_or(0, |b| b.layer_count());
+    let plan = args.inputs.plan(&closure, &spec, base_layers)?;
     let size = |paths: &[StorePath]| paths.iter().map(|p| closure.nar_size(p)).sum::<u64>();
     let layers: Vec<LayerJson<'_>> = plan
         .layers

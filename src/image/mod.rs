@@ -3,13 +3,13 @@
 
 pub mod spec;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, Result};
 use canon_json::CanonJsonSerialize;
 use oci_spec::image::{
-    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfigurationBuilder, ImageIndexBuilder,
-    ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder,
+    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder,
+    ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder,
 };
 use serde::Serialize;
 
@@ -98,34 +98,72 @@ pub fn rfc3339(epoch: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
-/// The image config: what the image spec asks for, plus rootfs diff_ids and history.
-pub fn config(spec: &ImageSpec, layers: &[LayerDesc], epoch: u64) -> Result<JsonBlob> {
+/// Manifest annotation: when the image was made (from the epoch, like the config's `created`).
+pub const ANNOTATION_CREATED: &str = "org.opencontainers.image.created";
+/// Manifest annotation: the image built on (`build --from`), as named.
+pub const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
+/// Manifest annotation: the manifest digest of the image built on.
+pub const ANNOTATION_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
+
+/// The image config: what the image spec asks for, over what the `base` image's config had
+/// (`build --from`), plus rootfs diff_ids and history.
+///
+/// Inheritance, as with dockerTools' `fromImage`: the base's `Env` first, ours replacing a
+/// variable of the same name; `Entrypoint`, `Cmd`, `WorkingDir`, `User` and `ExposedPorts` ours
+/// when the spec gives them, else the base's (but an entrypoint of ours drops the base's `Cmd`,
+/// as docker does); `Labels` merged, ours winning; the base's
+/// `Volumes` and `StopSignal` kept; the base's history entries first.
+pub fn config(
+    spec: &ImageSpec,
+    layers: &[LayerDesc],
+    epoch: u64,
+    base: Option<&ImageConfiguration>,
+) -> Result<JsonBlob> {
     let created = rfc3339(epoch);
+    let inherited = base.and_then(|b| b.config().clone()).unwrap_or_default();
+    let or_base = |ours: &[String], theirs: &Option<Vec<String>>| {
+        if ours.is_empty() { theirs.clone().unwrap_or_default() } else { ours.to_vec() }
+    };
     let mut cfg = ConfigBuilder::default();
-    if !spec.entrypoint.is_empty() {
-        cfg = cfg.entrypoint(spec.entrypoint.clone());
+    let entrypoint = or_base(&spec.entrypoint, inherited.entrypoint());
+    if !entrypoint.is_empty() {
+        cfg = cfg.entrypoint(entrypoint);
     }
-    if !spec.cmd.is_empty() {
-        cfg = cfg.cmd(spec.cmd.clone());
+    // As docker does: an entrypoint of ours resets the base's Cmd (it was the base entrypoint's
+    // arguments).
+    let cmd = if spec.entrypoint.is_empty() { or_base(&spec.cmd, inherited.cmd()) } else { spec.cmd.clone() };
+    if !cmd.is_empty() {
+        cfg = cfg.cmd(cmd);
     }
-    let env = spec.effective_env();
+    let env = spec.effective_env_over(inherited.env().as_deref().unwrap_or_default());
     if !env.is_empty() {
         cfg = cfg.env(env);
     }
-    if let Some(w) = &spec.workdir {
-        cfg = cfg.working_dir(w.clone());
+    if let Some(w) = spec.workdir.clone().or_else(|| inherited.working_dir().clone()) {
+        cfg = cfg.working_dir(w);
     }
-    if let Some(u) = &spec.user {
-        cfg = cfg.user(u.clone());
+    if let Some(u) = spec.user.clone().or_else(|| inherited.user().clone()) {
+        cfg = cfg.user(u);
     }
-    if !spec.labels.is_empty() {
-        cfg = cfg.labels(spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>());
+    let mut labels: HashMap<String, String> = inherited.labels().clone().unwrap_or_default();
+    labels.extend(spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if !labels.is_empty() {
+        cfg = cfg.labels(labels);
     }
-    if !spec.exposed_ports.is_empty() {
-        cfg = cfg.exposed_ports(spec.exposed_ports.clone());
+    let ports = or_base(&spec.exposed_ports, inherited.exposed_ports());
+    if !ports.is_empty() {
+        cfg = cfg.exposed_ports(ports);
     }
-    let history = layers
+    if let Some(v) = inherited.volumes() {
+        cfg = cfg.volumes(v.clone());
+    }
+    if let Some(s) = inherited.stop_signal() {
+        cfg = cfg.stop_signal(s.clone());
+    }
+    let base_history = base.and_then(|b| b.history().clone()).unwrap_or_default();
+    let ours = layers
         .iter()
+        .filter(|l| l.group != crate::base::BASE_GROUP)
         .map(|l| {
             let what = if l.group == CUSTOM_GROUP {
                 "nixoci: customisation layer".to_owned()
@@ -135,6 +173,7 @@ pub fn config(spec: &ImageSpec, layers: &[LayerDesc], epoch: u64) -> Result<Json
             HistoryBuilder::default().created(created.clone()).created_by(what).build()
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let history: Vec<_> = base_history.into_iter().chain(ours).collect();
     let rootfs = RootFsBuilder::default()
         .typ("layers")
         .diff_ids(layers.iter().map(|l| l.blob.diff_id.to_string()).collect::<Vec<_>>())
@@ -150,8 +189,9 @@ pub fn config(spec: &ImageSpec, layers: &[LayerDesc], epoch: u64) -> Result<Json
     JsonBlob::of(&config)
 }
 
-/// The OCI manifest for `layers` (already compressed as they will be stored).
-pub fn manifest(config: &JsonBlob, layers: &[LayerDesc]) -> Result<JsonBlob> {
+/// The OCI manifest for `layers` (already compressed as they will be stored), with
+/// `annotations` (none: no `annotations` field).
+pub fn manifest(config: &JsonBlob, layers: &[LayerDesc], annotations: &BTreeMap<String, String>) -> Result<JsonBlob> {
     let config_desc = descriptor(MediaType::ImageConfig, &config.digest, config.bytes.len() as u64, None)?;
     let layer_descs = layers
         .iter()
@@ -167,19 +207,40 @@ pub fn manifest(config: &JsonBlob, layers: &[LayerDesc]) -> Result<JsonBlob> {
             descriptor(MediaType::from(l.blob.media_type.as_str()), &l.blob.digest, l.blob.size, Some(ann))
         })
         .collect::<Result<Vec<_>>>()?;
-    let manifest = ImageManifestBuilder::default()
+    let mut manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
         .config(config_desc)
-        .layers(layer_descs)
-        .build()?;
-    JsonBlob::of(&manifest)
+        .layers(layer_descs);
+    if !annotations.is_empty() {
+        manifest =
+            manifest.annotations(annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>());
+    }
+    JsonBlob::of(&manifest.build()?)
 }
 
-/// Assembles config and manifest.
-pub fn assemble(spec: &ImageSpec, layers: Vec<LayerDesc>, epoch: u64) -> Result<Image> {
-    let config = config(spec, &layers, epoch)?;
-    let manifest = manifest(&config, &layers)?;
+/// The manifest annotations of a build: `org.opencontainers.image.created` from the epoch, the
+/// base's name and digest with `--from`, then the image spec's (`annotations`, `--annotation`),
+/// which win.
+pub fn annotations(spec: &ImageSpec, epoch: u64, base: Option<&crate::base::Base>) -> BTreeMap<String, String> {
+    let mut a = BTreeMap::from([(ANNOTATION_CREATED.to_owned(), rfc3339(epoch))]);
+    if let Some(b) = base {
+        a.insert(ANNOTATION_BASE_NAME.to_owned(), b.name.clone());
+        a.insert(ANNOTATION_BASE_DIGEST.to_owned(), b.manifest_digest().to_string());
+    }
+    a.extend(spec.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
+    a
+}
+
+/// Assembles config and manifest; `layers` start with the base's when there is one.
+pub fn assemble(
+    spec: &ImageSpec,
+    layers: Vec<LayerDesc>,
+    epoch: u64,
+    base: Option<&crate::base::Base>,
+) -> Result<Image> {
+    let config = config(spec, &layers, epoch, base.map(crate::base::Base::config))?;
+    let manifest = manifest(&config, &layers, &annotations(spec, epoch, base))?;
     Ok(Image { config, manifest, layers, architecture: spec.architecture.clone() })
 }
 
@@ -199,11 +260,21 @@ pub fn descriptor(
     Ok(d.build()?)
 }
 
-/// The descriptor of `image`'s manifest in an index, with its platform and optional ref name.
+/// The descriptor of `image`'s manifest in an index, with its platform, the manifest's own
+/// annotations and the optional ref name.
 pub fn manifest_descriptor(image: &Image, ref_name: Option<&str>) -> Result<Descriptor> {
     let platform =
         PlatformBuilder::default().architecture(Arch::from(image.architecture.as_str())).os(Os::Linux).build()?;
-    let ann = ref_name.map(|r| HashMap::from([("org.opencontainers.image.ref.name".to_owned(), r.to_owned())]));
+    #[derive(serde::Deserialize)]
+    struct Annotated {
+        annotations: Option<HashMap<String, String>>,
+    }
+    let mut ann =
+        serde_json::from_slice::<Annotated>(&image.manifest.bytes).ok().and_then(|m| m.annotations).unwrap_or_default();
+    if let Some(r) = ref_name {
+        ann.insert("org.opencontainers.image.ref.name".to_owned(), r.to_owned());
+    }
+    let ann = (!ann.is_empty()).then_some(ann);
     let mut d = descriptor(
         MediaType::from(image.manifest_media_type().as_str()),
         &image.manifest.digest,
@@ -240,11 +311,83 @@ mod tests {
         let spec: ImageSpec =
             toml::from_str("labels = { b = \"2\", a = \"1\", c = \"3\" }\nexposed_ports = [\"2/tcp\", \"1/tcp\"]")
                 .unwrap();
-        let a = config(&spec, &[], 1).unwrap();
+        let a = config(&spec, &[], 1, None).unwrap();
         for _ in 0..20 {
-            assert_eq!(config(&spec, &[], 1).unwrap(), a);
+            assert_eq!(config(&spec, &[], 1, None).unwrap(), a);
         }
         let text = String::from_utf8(a.bytes).unwrap();
         assert!(text.contains(r#""Labels":{"a":"1","b":"2","c":"3"}"#), "{text}");
+    }
+
+    fn base_config(json: &str) -> ImageConfiguration {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn config_of(spec: &str, base: &ImageConfiguration) -> serde_json::Value {
+        let spec: ImageSpec = toml::from_str(spec).unwrap();
+        let layers = vec![LayerDesc {
+            blob: BlobInfo {
+                digest: Digest::of(b"l"),
+                size: 1,
+                diff_id: Digest::of(b"t"),
+                uncompressed_size: 1,
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            },
+            group: "auto".into(),
+            paths: vec![],
+        }];
+        serde_json::from_slice(&config(&spec, &layers, 1, Some(base)).unwrap().bytes).unwrap()
+    }
+
+    const BASE: &str = r#"{"architecture":"amd64","os":"linux",
+        "config":{"Env":["PATH=/bin","LANG=C","TZ=UTC"],"Entrypoint":["/entry"],"Cmd":["/bin/sh"],
+                  "WorkingDir":"/w","User":"bob","ExposedPorts":{"80/tcp":{}},"Labels":{"a":"base","b":"base"},
+                  "StopSignal":"SIGTERM"},
+        "rootfs":{"type":"layers","diff_ids":["sha256:0000000000000000000000000000000000000000000000000000000000000000"]},
+        "history":[{"created_by":"base step"},{"created_by":"base config","empty_layer":true}]}"#;
+
+    #[test]
+    fn a_bare_spec_inherits_the_whole_base_config() {
+        let c = config_of("", &base_config(BASE));
+        let cfg = &c["config"];
+        assert_eq!(cfg["Env"], serde_json::json!(["PATH=/bin", "LANG=C", "TZ=UTC"]));
+        assert_eq!(cfg["Entrypoint"], serde_json::json!(["/entry"]));
+        assert_eq!(cfg["Cmd"], serde_json::json!(["/bin/sh"]));
+        assert_eq!((cfg["WorkingDir"].as_str(), cfg["User"].as_str()), (Some("/w"), Some("bob")));
+        assert_eq!(cfg["ExposedPorts"], serde_json::json!({"80/tcp": {}}));
+        assert_eq!(cfg["StopSignal"], "SIGTERM");
+        let history: Vec<&str> = c["history"].as_array().unwrap().iter().map(|h| h["created_by"].as_str().unwrap()).collect();
+        assert_eq!(history, ["base step", "base config", "nixoci: group auto, 0 store path(s)"]);
+    }
+
+    #[test]
+    fn ours_win_by_variable_key_and_field() {
+        let spec = r#"
+            env = ["LANG=C.UTF-8", "APP=1"]
+            cmd = ["serve"]
+            user = "app"
+            workdir = "/app"
+            exposed_ports = ["8188/tcp"]
+            labels = { b = "ours", c = "ours" }
+        "#;
+        let c = config_of(spec, &base_config(BASE));
+        let cfg = &c["config"];
+        assert_eq!(cfg["Env"], serde_json::json!(["PATH=/bin", "LANG=C.UTF-8", "TZ=UTC", "APP=1"]));
+        assert_eq!(cfg["Entrypoint"], serde_json::json!(["/entry"]), "kept: the spec gives none");
+        assert_eq!(cfg["Cmd"], serde_json::json!(["serve"]));
+        assert_eq!((cfg["WorkingDir"].as_str(), cfg["User"].as_str()), (Some("/app"), Some("app")));
+        assert_eq!(cfg["ExposedPorts"], serde_json::json!({"8188/tcp": {}}));
+        assert_eq!(cfg["Labels"], serde_json::json!({"a": "base", "b": "ours", "c": "ours"}));
+    }
+
+    #[test]
+    fn our_entrypoint_drops_the_base_cmd_and_gpu_extends_the_merged_env() {
+        let c = config_of("entrypoint = [\"/app\"]\ngpu = true", &base_config(BASE));
+        let cfg = &c["config"];
+        assert_eq!(cfg["Entrypoint"], serde_json::json!(["/app"]));
+        assert!(cfg.get("Cmd").is_none_or(|c| c.is_null()), "{cfg}");
+        let env: Vec<&str> = cfg["Env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+        assert_eq!(&env[..3], ["PATH=/bin", "LANG=C", "TZ=UTC"]);
+        assert!(env.contains(&"NVIDIA_VISIBLE_DEVICES=all"), "{env:?}");
     }
 }

@@ -28,6 +28,10 @@ pub struct ImageSpec {
     pub user: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Manifest annotations (`org.opencontainers.image.source`, `.revision`, `.version`…), also
+    /// on the manifest's descriptor in an OCI layout's index.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
     #[serde(default)]
     pub exposed_ports: Vec<String>,
     #[serde(default = "default_arch")]
@@ -182,11 +186,24 @@ impl ImageSpec {
     /// The config's environment: `env`, plus what `gpu = true` adds. `LD_LIBRARY_PATH` keeps its
     /// place and value in `env` with the driver directories appended (those not already there).
     pub fn effective_env(&self) -> Vec<String> {
-        let mut env = self.env.clone();
+        self.effective_env_over(&[])
+    }
+
+    /// [`Self::effective_env`] over a base image's `Env`: the base's variables first, each of
+    /// `env` replacing the one of the same name in place or added after them; then what
+    /// `gpu = true` adds.
+    pub fn effective_env_over(&self, base: &[String]) -> Vec<String> {
+        let key = |e: &String| e.split_once('=').map(|(k, _)| k.to_owned()).unwrap_or_default();
+        let mut env = base.to_vec();
+        for e in &self.env {
+            match env.iter_mut().find(|x| key(x) == key(e)) {
+                Some(x) => x.clone_from(e),
+                None => env.push(e.clone()),
+            }
+        }
         if !self.gpu {
             return env;
         }
-        let key = |e: &String| e.split_once('=').map(|(k, _)| k.to_owned()).unwrap_or_default();
         match env.iter_mut().find(|e| key(e) == "LD_LIBRARY_PATH") {
             Some(e) => {
                 let mut dirs: Vec<String> =
@@ -219,6 +236,13 @@ impl ImageSpec {
 
     /// The customisation layer's entries, normalised; missing parent directories are added (0755, root).
     pub fn layer_entries(&self) -> Result<Vec<Entry>> {
+        self.layer_entries_on(None)
+    }
+
+    /// [`Self::layer_entries`] on a base image (`build --from`) whose `/etc/passwd` and
+    /// `/etc/group` are `base.0`: ours are merged into them ([`crate::base::merge_accounts`]);
+    /// `base.1` names the base in errors.
+    pub fn layer_entries_on(&self, base: Option<(&crate::base::Accounts, &str)>) -> Result<Vec<Entry>> {
         let mut entries = Vec::new();
         for d in &self.dirs {
             entries.push(Entry {
@@ -249,8 +273,25 @@ impl ImageSpec {
             });
         }
         if !self.users.is_empty() || !self.groups.is_empty() {
-            entries.push(inline("etc/passwd", self.passwd()));
-            entries.push(inline("etc/group", self.group()));
+            let merge = |theirs: Option<&String>, ours: &dyn Fn(bool) -> String, kind, file| match (theirs, base) {
+                (Some(theirs), Some((_, name))) => crate::base::merge_accounts(theirs, &ours(false), kind, file, name),
+                _ => Ok(ours(true)),
+            };
+            let accounts = base.map(|b| b.0);
+            let passwd = merge(
+                accounts.and_then(|a| a.passwd.as_ref()),
+                &|root| self.passwd(root),
+                ("user", "uid"),
+                "/etc/passwd",
+            )?;
+            let group = merge(
+                accounts.and_then(|a| a.group.as_ref()),
+                &|root| self.group(root),
+                ("group", "gid"),
+                "/etc/group",
+            )?;
+            entries.push(inline("etc/passwd", passwd));
+            entries.push(inline("etc/group", group));
         }
         let have: BTreeSet<String> = entries.iter().map(|e| e.path.clone()).collect();
         let mut parents = BTreeSet::new();
@@ -268,9 +309,11 @@ impl ImageSpec {
         Ok(entries)
     }
 
-    fn passwd(&self) -> String {
+    /// `/etc/passwd` of `users`, with a root line first unless `users` has uid 0 or `root` is
+    /// false (the base image has its own).
+    fn passwd(&self, root: bool) -> String {
         let mut out = String::new();
-        if !self.users.iter().any(|u| u.uid == 0) {
+        if root && !self.users.iter().any(|u| u.uid == 0) {
             out.push_str("root:x:0:0:root:/root:/sbin/nologin\n");
         }
         for u in &self.users {
@@ -287,9 +330,9 @@ impl ImageSpec {
         out
     }
 
-    fn group(&self) -> String {
+    fn group(&self, root: bool) -> String {
         let mut out = String::new();
-        if !self.groups.iter().any(|g| g.gid == 0) {
+        if root && !self.groups.iter().any(|g| g.gid == 0) {
             out.push_str("root:x:0:\n");
         }
         for g in &self.groups {

@@ -7,7 +7,7 @@
 
 use std::io::Write;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use super::oci_dir::BlobSource;
@@ -95,9 +95,26 @@ pub fn write_oci_archive(
 
 /// One layer to stream into a docker-archive.
 pub struct StreamLayer<'a> {
-    pub entries: &'a [Entry],
+    pub tar: LayerTar<'a>,
     pub group: String,
     pub paths: Vec<crate::closure::StorePath>,
+}
+
+/// Where a streamed layer's tar comes from.
+pub enum LayerTar<'a> {
+    /// Listed entries, tarred as they are written.
+    Entries(&'a [Entry]),
+    /// A tar file made elsewhere (a base image's layer), copied as it is.
+    File { path: std::path::PathBuf, size: u64 },
+}
+
+impl LayerTar<'_> {
+    pub fn size(&self) -> u64 {
+        match self {
+            LayerTar::Entries(e) => tarball::tar_size(e),
+            LayerTar::File { size, .. } => *size,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -122,7 +139,7 @@ pub fn write_docker_archive<W: Write>(
     let mut descs = Vec::with_capacity(layers.len());
     let mut names = Vec::with_capacity(layers.len());
     for (i, layer) in layers.iter().enumerate() {
-        let size = tarball::tar_size(layer.entries);
+        let size = layer.tar.size();
         let name = format!("{i:03}.tar");
         // The header announces `size` bytes; the layer tar then streams through a hasher.
         let header = Entry {
@@ -137,7 +154,16 @@ pub fn write_docker_archive<W: Write>(
         // Hashing on its own thread: this stream is otherwise one thread reading files,
         // hashing and writing the pipe.
         let hashed = OffloadHashWriter::new(&mut out.w);
-        let hashed = tarball::write(layer.entries, epoch, hashed, &mut |n| on_layer(i, n, None))?;
+        let hashed = match &layer.tar {
+            LayerTar::Entries(entries) => tarball::write(entries, epoch, hashed, &mut |n| on_layer(i, n, None))?,
+            LayerTar::File { path, .. } => {
+                let mut hashed = hashed;
+                let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+                let n = std::io::copy(&mut f, &mut hashed).with_context(|| format!("reading {}", path.display()))?;
+                on_layer(i, n, None);
+                hashed
+            }
+        };
         let (_, diff_id, written) = hashed.finish()?;
         if written != size {
             bail!("internal error: layer {i} is {written} bytes, its listing said {size}");

@@ -16,9 +16,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 
 use super::ImageRef;
+use super::oci_dir::BlobSource;
 use super::oci_dir::REF_NAME;
 use super::registry::{self, Repository};
-use super::oci_dir::BlobSource;
 use crate::atomic::{AtomicFile, FILE_MODE, write_then_commit};
 use crate::blob::{Digest, HashReader, HashWriter};
 
@@ -84,7 +84,9 @@ impl SourceImage {
     pub fn open_for(r: &ImageRef, architecture: &str) -> Result<Self> {
         let reference = r.to_string();
         let img = (|| match r {
-            ImageRef::OciDir { dir, tag } => open_layout(Blobs::Dir(dir.clone()), tag.as_deref(), reference.clone(), architecture),
+            ImageRef::OciDir { dir, tag } => {
+                open_layout(Blobs::Dir(dir.clone()), tag.as_deref(), reference.clone(), architecture)
+            }
             ImageRef::OciArchive { file, reference: want } => {
                 let members = index_tar(file)?;
                 open_layout(
