@@ -125,48 +125,54 @@ impl SmokeReport {
             self.seconds
         );
         for c in &self.checks {
-            let _ = write!(
-                x,
-                "    <testcase name=\"{}\" classname=\"nixoci.smoke\" time=\"{:.3}\">",
-                xml_escape(&c.name),
-                c.seconds
-            );
-            match c.status {
-                Status::Passed => {}
-                Status::Skipped => {
-                    let _ = write!(x, "\n      <skipped message=\"{}\"/>", xml_escape(&c.message));
-                }
-                Status::Failed | Status::TimedOut => {
-                    let kind = if c.status == Status::TimedOut { "timeout" } else { "failed" };
-                    let body = format!(
-                        "command: {}\n{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                        c.command.join(" "),
-                        c.message,
-                        c.stdout,
-                        c.stderr
-                    );
-                    let _ = write!(
-                        x,
-                        "\n      <failure message=\"{}\" type=\"{kind}\">{}</failure>",
-                        xml_escape(&c.message),
-                        xml_escape(&body)
-                    );
-                }
-            }
-            if !c.stdout.is_empty() {
-                let _ = write!(x, "\n      <system-out>{}</system-out>", xml_escape(&c.stdout));
-            }
-            if !c.stderr.is_empty() {
-                let _ = write!(x, "\n      <system-err>{}</system-err>", xml_escape(&c.stderr));
-            }
-            if c.status != Status::Passed || !c.stdout.is_empty() || !c.stderr.is_empty() {
-                x.push_str("\n    ");
-            }
-            x.push_str("</testcase>\n");
+            junit_testcase(&mut x, c);
         }
         x.push_str("  </testsuite>\n</testsuites>\n");
         x
     }
+}
+
+/// One `<testcase>`: `<failure>` (message, command and output) or `<skipped>`, and the captured
+/// `<system-out>`/`<system-err>`.
+fn junit_testcase(x: &mut String, c: &CheckResult) {
+    let _ = write!(
+        x,
+        "    <testcase name=\"{}\" classname=\"nixoci.smoke\" time=\"{:.3}\">",
+        xml_escape(&c.name),
+        c.seconds
+    );
+    match c.status {
+        Status::Passed => {}
+        Status::Skipped => {
+            let _ = write!(x, "\n      <skipped message=\"{}\"/>", xml_escape(&c.message));
+        }
+        Status::Failed | Status::TimedOut => {
+            let kind = if c.status == Status::TimedOut { "timeout" } else { "failed" };
+            let body = format!(
+                "command: {}\n{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                c.command.join(" "),
+                c.message,
+                c.stdout,
+                c.stderr
+            );
+            let _ = write!(
+                x,
+                "\n      <failure message=\"{}\" type=\"{kind}\">{}</failure>",
+                xml_escape(&c.message),
+                xml_escape(&body)
+            );
+        }
+    }
+    if !c.stdout.is_empty() {
+        let _ = write!(x, "\n      <system-out>{}</system-out>", xml_escape(&c.stdout));
+    }
+    if !c.stderr.is_empty() {
+        let _ = write!(x, "\n      <system-err>{}</system-err>", xml_escape(&c.stderr));
+    }
+    if c.status != Status::Passed || !c.stdout.is_empty() || !c.stderr.is_empty() {
+        x.push_str("\n    ");
+    }
+    x.push_str("</testcase>\n");
 }
 
 fn short(id: &str) -> &str {

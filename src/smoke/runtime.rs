@@ -341,45 +341,20 @@ pub fn run_captured(mut cmd: Command, timeout: Duration, on_timeout: &mut dyn Fn
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {cmd:?}"))?;
-    let pipe = |r: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut kept: Vec<u8> = Vec::new();
-            let mut truncated = false;
-            if let Some(mut r) = r {
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = r.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    kept.extend_from_slice(&buf[..n]);
-                    if kept.len() > 2 * OUTPUT_LIMIT {
-                        kept.drain(..kept.len() - OUTPUT_LIMIT);
-                        truncated = true;
-                    }
-                }
-            }
-            if kept.len() > OUTPUT_LIMIT {
-                kept.drain(..kept.len() - OUTPUT_LIMIT);
-                truncated = true;
-            }
-            let text = String::from_utf8_lossy(&kept).into_owned();
-            if truncated { format!("[… earlier output dropped …]\n{text}") } else { text }
-        })
-    };
+    let pipe = |r: Option<Box<dyn Read + Send>>| std::thread::spawn(move || r.map(read_tail).unwrap_or_default());
     let out_t = pipe(child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
     let err_t = pipe(child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    let waiting = || format!("waiting for {}", cmd.get_program().to_string_lossy());
     let mut timed_out = false;
     let status = loop {
-        if let Some(s) =
-            child.try_wait().with_context(|| format!("waiting for {}", cmd.get_program().to_string_lossy()))?
-        {
+        if let Some(s) = child.try_wait().with_context(waiting)? {
             break s;
         }
         if started.elapsed() >= timeout {
             timed_out = true;
             on_timeout();
             let _ = child.kill();
-            break child.wait().with_context(|| format!("waiting for {}", cmd.get_program().to_string_lossy()))?;
+            break child.wait().with_context(waiting)?;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -387,6 +362,30 @@ pub fn run_captured(mut cmd: Command, timeout: Duration, on_timeout: &mut dyn Fn
     let stdout = out_t.join().unwrap_or_default();
     let stderr = err_t.join().unwrap_or_default();
     Ok(Captured { exit_code: if timed_out { None } else { status.code() }, timed_out, stdout, stderr, elapsed })
+}
+
+/// Reads `r` to its end; returns the last [`OUTPUT_LIMIT`] bytes as text, marked when earlier
+/// output was dropped.
+fn read_tail(mut r: Box<dyn Read + Send>) -> String {
+    let mut kept: Vec<u8> = Vec::new();
+    let mut truncated = false;
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = r.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        kept.extend_from_slice(&buf[..n]);
+        if kept.len() > 2 * OUTPUT_LIMIT {
+            kept.drain(..kept.len() - OUTPUT_LIMIT);
+            truncated = true;
+        }
+    }
+    if kept.len() > OUTPUT_LIMIT {
+        kept.drain(..kept.len() - OUTPUT_LIMIT);
+        truncated = true;
+    }
+    let text = String::from_utf8_lossy(&kept).into_owned();
+    if truncated { format!("[… earlier output dropped …]\n{text}") } else { text }
 }
 
 /// How running one check's command in a container went.
@@ -459,6 +458,16 @@ mod tests {
         assert!(c.timed_out && called && c.exit_code.is_none());
         assert!(c.elapsed < Duration::from_secs(5));
         assert_eq!(c.stdout, "started\n");
+    }
+
+    #[test]
+    fn only_the_end_of_long_output_is_kept() {
+        let mut long = vec![b'a'; 3 * OUTPUT_LIMIT];
+        long.extend_from_slice(b"the end\n");
+        let text = read_tail(Box::new(std::io::Cursor::new(long)));
+        assert!(text.starts_with("[… earlier output dropped …]\n") && text.ends_with("the end\n"));
+        assert_eq!(text.len(), "[… earlier output dropped …]\n".len() + OUTPUT_LIMIT);
+        assert_eq!(read_tail(Box::new(std::io::Cursor::new(b"short".to_vec()))), "short");
     }
 
     #[test]
