@@ -1,6 +1,7 @@
 //! The checks file of `nixoci smoke`: `[[check]]` tables, parsed and validated (unknown keys name
 //! their line; names unique; commands and `env` entries well-formed), and the duration syntax
-//! (`"30s"`, `"1m30s"`, `"500ms"`, or an integer of seconds) its `timeout` and `--load-timeout` use.
+//! (`"30s"`, `"1m30s"`, `"500ms"`, or an integer of seconds, through `size::IntOrString`) its
+//! `timeout` and `--load-timeout` use.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -9,27 +10,22 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use crate::size::IntOrString;
+
 /// A check's timeout when it names none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A duration written as `"30s"`, `"2m"`, `"1m30s"`, `"500ms"`, `"1h"`, or an integer of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "DurationRepr")]
+#[serde(try_from = "IntOrString")]
 pub struct Timeout(pub Duration);
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum DurationRepr {
-    Int(u64),
-    Str(String),
-}
-
-impl TryFrom<DurationRepr> for Timeout {
+impl TryFrom<IntOrString> for Timeout {
     type Error = String;
-    fn try_from(r: DurationRepr) -> Result<Self, String> {
+    fn try_from(r: IntOrString) -> Result<Self, String> {
         match r {
-            DurationRepr::Int(n) => Ok(Timeout(Duration::from_secs(n))),
-            DurationRepr::Str(s) => s.parse(),
+            IntOrString::Int(n) => Ok(Timeout(Duration::from_secs(n))),
+            IntOrString::Str(s) => s.parse(),
         }
     }
 }
@@ -179,5 +175,9 @@ mod tests {
                 .is_err()
         );
         assert!(Checks::parse("").is_err());
+        let c = Checks::parse("[[check]]\nname = \"a\"\ncommand = [\"x\"]\ntimeout = 5").unwrap();
+        assert_eq!(c.check[0].timeout(), Duration::from_secs(5));
+        let err = Checks::parse("[[check]]\nname = \"a\"\ncommand = [\"x\"]\ntimeout = \"5 weeks\"").unwrap_err();
+        assert!(format!("{err:#}").contains("\"5 weeks\" is not like"), "{err:#}");
     }
 }
