@@ -397,6 +397,68 @@ expect_stdout = "-python3.11-env 1000 True False False"
     assert!(out.status.success() && !stderr.contains("loading") && stderr.contains("result: PASS"), "{stderr}");
 }
 
+/// A `podman` that answers `--version` and `image exists` but hangs in `load` and `pull`
+/// (recording its pid): what a stuck storage lock or a stalled registry looks like.
+const HANGING_PODMAN: &str = r#"#!/bin/sh
+case "$1" in
+  --version) echo "podman version 4.3.1 (hanging test double)" ;;
+  image) exit 1 ;;
+  load|pull) echo "$$" >"$NIXOCI_TEST_PID_FILE"; exec sleep 600 ;;
+  *) exit 0 ;;
+esac
+"#;
+
+#[test]
+fn smoke_kills_a_hung_load_or_pull_after_load_timeout() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().unwrap();
+    let bin = work.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let podman = bin.join("podman");
+    std::fs::write(&podman, HANGING_PODMAN).unwrap();
+    std::fs::set_permissions(&podman, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let checks = work.path().join("checks.toml");
+    std::fs::write(&checks, "[[check]]\nname = \"never runs\"\ncommand = [\"true\"]\n").unwrap();
+    // A real image (smoke opens and verifies it before loading): the shipped example.
+    let e = repo().join("examples/hello");
+    let archive = format!("oci-archive:{}", work.path().join("hello.tar").display());
+    let dir = format!("oci:{}:v1", work.path().join("hello").display());
+    let arg = |p: &str| e.join(p).to_str().unwrap().to_owned();
+    let (closure, store, image) = (arg("closure.json"), arg("store"), arg("image.toml"));
+    let out = nixoci(
+        &["build", "--closure", &closure, "--store-root", &store, "--image", &image, "-q", "-o", &archive, "-o", &dir],
+        &[],
+    );
+    assert!(out.status.success(), "nixoci build failed:\n{}", text(&out.stderr));
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    for (image, command) in [(&archive, "podman load -i "), (&dir, "podman pull -q oci:")] {
+        let pid_file = work.path().join("pid");
+        let _ = std::fs::remove_file(&pid_file);
+        let t = std::time::Instant::now();
+        let out = Command::new(NIXOCI)
+            .args(["smoke", image, "--checks", checks.to_str().unwrap(), "--load-timeout", "2s"])
+            .env("PATH", &path)
+            .env("NIXOCI_TEST_PID_FILE", &pid_file)
+            .output()
+            .unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{image}: a hung load is an error:\n{stderr}");
+        assert!((2.0..30.0).contains(&secs), "{image}: smoke returned after {secs:.1}s, not after its 2s load timeout");
+        assert!(
+            stderr.contains(&format!("`{command}"))
+                && stderr.contains(&format!("did not finish loading {image} into podman within 2s: it was killed")),
+            "{image}: the error names the command, the image and the timeout:\n{stderr}"
+        );
+        assert!(stderr.contains("--load-timeout"), "{stderr}");
+        // The hung runtime process is gone (killed and reaped), not left sleeping.
+        let pid =
+            std::fs::read_to_string(&pid_file).unwrap_or_else(|e| panic!("{image}: the fake podman never ran ({e})"));
+        let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
+        assert!(!proc_dir.exists(), "{image}: the hung `{command}…` (pid {}) is still running", pid.trim());
+    }
+}
+
 const PASSING: &str = r#"
 max_layers = 10
 max_layer_size = "100MiB"

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use super::reporter::CliReporter;
-use nixoci::smoke::{self, Checks, GpuMode, Runtime, SmokeOptions};
+use nixoci::smoke::{self, Checks, GpuMode, Runtime, SmokeOptions, Timeout};
 use nixoci::transport::ImageRef;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -55,6 +55,10 @@ pub struct Args {
     /// Print the results as one JSON document on stdout.
     #[arg(long)]
     pub json: bool,
+    /// How long loading or pulling the image into the runtime may take before it is killed
+    /// ("30s", "10m", "1h30m").
+    #[arg(long, value_name = "DURATION", default_value_t = Timeout(smoke::DEFAULT_LOAD_TIMEOUT))]
+    pub load_timeout: Timeout,
     /// Also write the results as JUnit XML to FILE.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
@@ -72,6 +76,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             (_, true) => GpuMode::Off,
             _ => GpuMode::Auto,
         },
+        load_timeout: args.load_timeout.0,
     };
     let reporter = CliReporter::new(false);
     let image = args.image.clone().with_registry_options(&args.registry.options()?);
