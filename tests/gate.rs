@@ -76,7 +76,13 @@ fn python_closure() -> &'static PyClosure {
 }
 
 fn nixoci(args: &[&str], envs: &[(&str, &Path)]) -> Output {
+    // A layer cache of its own for every run, as tests/common gives the other suites: a cache
+    // shared with other runs would hide what this run's store holds.
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("gate-cache-{}-{n}", std::process::id()));
     let mut cmd = Command::new(NIXOCI);
+    cmd.env("XDG_CACHE_HOME", &cache);
     cmd.args(args);
     for (k, v) in envs {
         cmd.env(k, v);

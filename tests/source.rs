@@ -28,6 +28,7 @@ fn try_build_example(store_root: &Path, outputs: Vec<ImageRef>) -> anyhow::Resul
         outputs,
         cache_dir: None,
         policy: None,
+        base: None,
     };
     build(&closure, &plan, &opts, None, &Silent).map(|_| ())
 }
