@@ -290,8 +290,8 @@ fn write_stream_output(
             reporter.layer_progress(i, n)
         }
     };
-    for i in 0..n_base {
-        reporter.layer_started(i, total, &format!("base layer {}", i + 1), stream[i].tar.size());
+    for (i, l) in stream[..n_base].iter().enumerate() {
+        reporter.layer_started(i, total, &format!("base layer {}", i + 1), l.tar.size());
     }
     for (i, l) in layers.iter().enumerate() {
         reporter.layer_started(n_base + i, total, &l.label(), l.data_size());

@@ -45,6 +45,9 @@ pub struct Inspection {
     pub platform: String,
     pub created: Option<String>,
     pub config: RunConfig,
+    /// The manifest's annotations (`org.opencontainers.image.*`; with `build --from`, the base's
+    /// name and digest).
+    pub annotations: BTreeMap<String, String>,
     pub layers: Vec<LayerInfo>,
     /// Sum of the layers' compressed sizes (each distinct blob once).
     pub compressed_size: u64,
@@ -206,6 +209,7 @@ pub fn inspect(img: &SourceImage, opts: &InspectOptions, reporter: &dyn Reporter
         platform: format!("{}/{}", img.config.os(), img.config.architecture()),
         created: img.config.created().clone(),
         config,
+        annotations: img.manifest.annotations().clone().unwrap_or_default().into_iter().collect(),
         layers,
         compressed_size,
     })
@@ -614,6 +618,13 @@ pub fn write_text<W: Write>(ins: &Inspection, w: &mut W) -> io::Result<()> {
     }
     for (k, v) in config_lines(&ins.config) {
         kv(k, v);
+    }
+    if let Some(name) = ins.annotations.get(crate::image::ANNOTATION_BASE_NAME) {
+        let digest = ins.annotations.get(crate::image::ANNOTATION_BASE_DIGEST).map_or("", String::as_str);
+        kv("BASE", format!("{name} {digest} (its layers: group base)").replace("  ", " "));
+    }
+    if !ins.annotations.is_empty() {
+        kv("ANNOTATIONS", ins.annotations.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n"));
     }
     kv("SIZE", format!("{} in {} layer(s)", human_size(ins.compressed_size), ins.layers.len()));
     write_kv(&head, w)?;

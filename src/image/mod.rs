@@ -356,7 +356,8 @@ mod tests {
         assert_eq!((cfg["WorkingDir"].as_str(), cfg["User"].as_str()), (Some("/w"), Some("bob")));
         assert_eq!(cfg["ExposedPorts"], serde_json::json!({"80/tcp": {}}));
         assert_eq!(cfg["StopSignal"], "SIGTERM");
-        let history: Vec<&str> = c["history"].as_array().unwrap().iter().map(|h| h["created_by"].as_str().unwrap()).collect();
+        let history: Vec<&str> =
+            c["history"].as_array().unwrap().iter().map(|h| h["created_by"].as_str().unwrap()).collect();
         assert_eq!(history, ["base step", "base config", "nixoci: group auto, 0 store path(s)"]);
     }
 

@@ -1,0 +1,235 @@
+//! `build --from IMAGE`: the Nix test closure on a base nixoci did not build — a busybox rootfs
+//! (Debian's busybox-static) made into an OCI image by umoci — and the metadata CI pipelines stamp
+//! (`--label`, `--annotation`). Real tools: umoci, skopeo, podman (runc, private settings).
+//! Registry bases are tested in tests/registry.rs.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::*;
+use serde_json::Value;
+
+/// A busybox image made by umoci in `dir/base` (tag `1`): `/bin/sh` and `/bin/cat` are busybox,
+/// `/etc/passwd` has root and bob (1001), the config sets `PATH`, `BASEVAR`, a `Cmd` and a label.
+fn busybox_base(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::create_dir_all(rootfs.join("etc")).unwrap();
+    fs::copy(which("busybox").expect("busybox (busybox-static)"), rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "id"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nbob:x:1001:1001::/home/bob:/bin/sh\n")
+        .unwrap();
+    fs::write(rootfs.join("etc/group"), "root:x:0:\nbob:x:1001:\n").unwrap();
+    let layout = dir.join("base");
+    let img = format!("{}:1", layout.display());
+    let umoci = |args: &[&str]| run_ok(Command::new("umoci").args(args));
+    umoci(&["init", "--layout", &layout.display().to_string()]);
+    umoci(&["new", "--image", &img]);
+    umoci(&["insert", "--rootless", "--image", &img, &rootfs.display().to_string(), "/"]);
+    umoci(&[
+        "config",
+        "--image",
+        &img,
+        "--config.env",
+        "PATH=/bin",
+        "--config.env",
+        "BASEVAR=from-base",
+        "--config.cmd",
+        "/bin/sh",
+        "--config.label",
+        "org.example.base=busybox",
+    ]);
+    layout
+}
+
+/// `nix/store/…-hello/bin/hello`.
+fn hello_rel(c: &NixClosure) -> String {
+    format!("{}/bin/hello", c.hello.trim_start_matches('/'))
+}
+
+/// The base's manifest digest and its one layer's descriptor (umoci's manifest has no
+/// mediaType, which `Layout::image` insists on).
+fn base_manifest(layout: &Path) -> (String, Value) {
+    let l = Layout::new(layout);
+    let desc = l.manifest_descriptor(Some("1"));
+    let manifest: Value = serde_json::from_slice(&l.blob(&desc)).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "umoci made one layer");
+    (desc["digest"].as_str().unwrap().to_owned(), layers[0].clone())
+}
+
+#[test]
+fn closure_on_a_busybox_base_runs_with_the_base_shell() {
+    require_tools!("umoci", "busybox", "skopeo", "podman", "runc");
+    let Some(c) = nix_closure(test_name!(), 1) else { return };
+    let t = tempdir();
+    let layout = busybox_base(t.path());
+    let base_ref = format!("oci:{}:1", layout.display());
+    let spec = nix_image_toml(c, t.path());
+    let out = t.path().join("out");
+    let (oa, da) = (t.path().join("img.tar"), t.path().join("img-docker.tar"));
+    let args = |extra: &[String]| -> Vec<String> {
+        let mut a = vec![
+            "--closure".into(),
+            c.closure_json().display().to_string(),
+            "--image".into(),
+            spec.display().to_string(),
+            "--from".into(),
+            base_ref.clone(),
+            "--label".into(),
+            "org.opencontainers.image.revision=abc123".into(),
+            "--annotation".into(),
+            "org.opencontainers.image.source=https://example.invalid/comfy".into(),
+        ];
+        a.extend(extra.iter().cloned());
+        a
+    };
+    let built = build(&args(&[
+        "-o".into(),
+        format!("oci:{}:1", out.display()),
+        "-o".into(),
+        format!("oci-archive:{}:localhost/based:1", oa.display()),
+        "-o".into(),
+        format!("docker-archive:{}:localhost/based-docker:1", da.display()),
+    ]));
+
+    // The base's layer comes first, byte for byte: same digest, same blob.
+    let (base_manifest, want) = base_manifest(&layout);
+    let first = &built.layers[0];
+    assert_eq!(first["digest"], want["digest"]);
+    assert_eq!(first["group"], "base");
+    let digest = want["digest"].as_str().unwrap();
+    let blob = |dir: &Path| fs::read(dir.join("blobs/sha256").join(&digest[7..])).unwrap();
+    assert!(blob(&layout) == blob(&out), "the base blob was copied, not remade");
+    let image = Layout::new(&out).image(Some("1"));
+    assert_eq!(image.manifest["layers"][0]["annotations"]["org.nixos.nixoci.group"], "base");
+    // umoci checks every layer's digest, size and diff_id as it unpacks.
+    let bundle = t.path().join("bundle");
+    run_ok(
+        Command::new("umoci").args(["unpack", "--rootless", "--image", &format!("{}:1", out.display())]).arg(&bundle),
+    );
+    assert!(bundle.join("rootfs/bin/busybox").is_file() && bundle.join("rootfs").join(hello_rel(c)).is_file());
+
+    // Config: the base's Env first (ours replace by name, then add), its history first, labels
+    // merged.
+    let config = &image.config["config"];
+    let env: Vec<&str> = config["Env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    assert_eq!(env[0], format!("PATH={}/bin", c.root), "ours replaces the base's PATH in place");
+    assert_eq!(env[1], "BASEVAR=from-base");
+    assert!(env.contains(&"GREETING=nixoci e2e"), "{env:?}");
+    assert_eq!(config["Labels"]["org.example.base"], "busybox");
+    assert_eq!(config["Labels"]["org.opencontainers.image.revision"], "abc123");
+    let history = image.config["history"].as_array().unwrap();
+    assert!(history[0]["created_by"].as_str().unwrap().starts_with("umoci"), "{history:?}");
+
+    // Metadata as the tools CI uses see it.
+    let inspect: Value = serde_json::from_str(&run_ok_str(
+        Command::new("skopeo").args(["inspect", &format!("oci:{}:1", out.display())]),
+    ))
+    .unwrap();
+    assert_eq!(inspect["Labels"]["org.opencontainers.image.revision"], "abc123");
+    let raw: Value = serde_json::from_str(&run_ok_str(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        &format!("oci:{}:1", out.display()),
+    ])))
+    .unwrap();
+    let ann = &raw["annotations"];
+    assert_eq!(ann["org.opencontainers.image.source"], "https://example.invalid/comfy");
+    assert_eq!(ann["org.opencontainers.image.created"], "1970-01-01T00:00:01Z");
+    assert_eq!(ann["org.opencontainers.image.base.name"], base_ref);
+    assert_eq!(ann["org.opencontainers.image.base.digest"], base_manifest.as_str());
+    let text = run_ok_str(nixoci().args(["inspect", &format!("oci:{}:1", out.display())]));
+    assert!(text.contains(&base_ref) && text.contains("base"), "{text}");
+    assert!(text.contains("org.opencontainers.image.source"), "inspect shows the annotations:\n{text}");
+
+    // podman: the base's /bin/sh runs the closure's program, from every archive kind.
+    let podman = Podman::new();
+    let hello = format!("{}/bin/hello", c.hello);
+    for (file, name) in [(&oa, "localhost/based:1"), (&da, "localhost/based-docker:1")] {
+        podman.load(file);
+        let got = run_ok_str(
+            podman
+                .cmd()
+                .args(["run", "--rm", "--pull", "never", "--entrypoint", "/bin/sh", name, "-c"])
+                .arg(format!("exec {hello}")),
+        );
+        assert_eq!(got, c.expected_hello, "{name}");
+        let passwd = run_ok_str(podman.cmd().args([
+            "run",
+            "--rm",
+            "--pull",
+            "never",
+            "--entrypoint",
+            "/bin/cat",
+            name,
+            "/etc/passwd",
+        ]));
+        assert!(passwd.starts_with("root:x:0:0:root:/root:/bin/sh\nbob:x:1001:"), "the base's users first:\n{passwd}");
+        assert!(passwd.contains("\napp:x:1000:1000:"), "ours added:\n{passwd}");
+    }
+    // … and `-o - | podman load`.
+    let mut producer = nixoci()
+        .arg("build")
+        .args(args(&["-o".into(), "-".into(), "-q".into()]))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let load = podman.cmd().arg("load").stdin(producer.stdout.take().unwrap()).output().unwrap();
+    assert!(producer.wait().unwrap().success());
+    assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
+    let id = String::from_utf8_lossy(&load.stdout).lines().last().unwrap().rsplit(' ').next().unwrap().to_owned();
+    let got = run_ok_str(
+        podman
+            .cmd()
+            .args(["run", "--rm", "--pull", "never", "--entrypoint", "/bin/sh", &id, "-c"])
+            .arg(format!("exec {hello}")),
+    );
+    assert_eq!(got, c.expected_hello);
+
+    // Reproducible on a base: the same digest again, with one job and a cold cache.
+    let again = build(&args(&["-o".into(), format!("oci:{}:again", out.display()), "--jobs".into(), "1".into()]));
+    assert_eq!(again.manifest_digest, built.manifest_digest);
+}
+
+#[test]
+fn a_base_of_another_platform_or_a_clashing_user_is_refused() {
+    require_tools!("umoci", "busybox");
+    let Some(c) = nix_closure(test_name!(), 1) else { return };
+    let t = tempdir();
+    let layout = busybox_base(t.path());
+    let base_ref = format!("oci:{}:1", layout.display());
+    let refused = |spec: &str, want: &[&str]| {
+        let file = t.path().join("spec.toml");
+        fs::write(&file, spec).unwrap();
+        let dest = t.path().join("never");
+        let out = output(nixoci().args(["build", "--closure"]).arg(c.closure_json()).args([
+            "--image",
+            &file.display().to_string(),
+            "--from",
+            &base_ref,
+            "-o",
+            &format!("oci:{}:1", dest.display()),
+        ]));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "should fail: {spec}");
+        for w in want {
+            assert!(err.contains(w), "error lacks {w:?}:\n{err}");
+        }
+        assert!(!dest.exists(), "nothing written");
+    };
+    refused("architecture = \"arm64\"\n", &["--from", "is linux/amd64, the image being built is linux/arm64"]);
+    refused(
+        "[[users]]\nname = \"carl\"\nuid = 1001\ngid = 1001\n",
+        &[
+            "user carl (uid 1001) of the image spec clashes with the base image's user bob (uid 1001)",
+            "/etc/passwd",
+            &base_ref,
+        ],
+    );
+}
