@@ -350,7 +350,7 @@ fn list_layers(closure: &Closure, plan: &Plan, opts: &BuildOptions) -> Result<Ve
         listed.push(Listed {
             group: CUSTOM_GROUP.to_owned(),
             paths: Vec::new(),
-            entries: opts.spec.layer_entries()?,
+            entries: opts.spec.layer_entries_for(closure, opts.epoch)?,
             variant: String::new(),
         });
     }
