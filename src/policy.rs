@@ -693,7 +693,10 @@ mod tests {
             Path::new("/nix/store/x-policy"),
         )
         .unwrap();
-        assert_eq!((j.max_layers, j.max_total_size, j.non_root_user), (t.max_layers, t.max_total_size, t.non_root_user));
+        assert_eq!(
+            (j.max_layers, j.max_total_size, j.non_root_user),
+            (t.max_layers, t.max_total_size, t.non_root_user)
+        );
         assert_eq!(j.forbid[0].pattern, "gcc-*");
         let err = format!("{:#}", Policy::parse(r#"{"max_layrs": 4}"#, Path::new("p.json")).unwrap_err());
         assert!(err.contains("p.json") && err.contains("unknown field `max_layrs`"), "{err}");

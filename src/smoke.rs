@@ -859,7 +859,8 @@ mod tests {
         assert!(Checks::parse("").is_err());
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("checks.json");
-        std::fs::write(&file, r#"{"check": [{"name": "a", "command": ["true"], "timeout": "2s", "gpu": true}]}"#).unwrap();
+        std::fs::write(&file, r#"{"check": [{"name": "a", "command": ["true"], "timeout": "2s", "gpu": true}]}"#)
+            .unwrap();
         assert_eq!(Checks::load(&file).unwrap(), c);
         std::fs::write(&file, r#"{"check": [{"name": "a", "command": ["true"], "expect": "x"}]}"#).unwrap();
         let err = format!("{:#}", Checks::load(&file).unwrap_err());

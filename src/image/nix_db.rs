@@ -113,7 +113,8 @@ pub fn database(closure: &Closure, registration_time: u64) -> Result<Vec<u8>> {
             }
             to.sort_unstable();
             for r in to {
-                refs.execute(params![from, r]).with_context(|| format!("registering the references of {}", info.path))?;
+                refs.execute(params![from, r])
+                    .with_context(|| format!("registering the references of {}", info.path))?;
             }
         }
     }

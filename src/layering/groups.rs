@@ -411,15 +411,24 @@ max_layers = 3
         let json = r#"{"max_layers": 40, "max_layer_size": "4GiB", "group": [
             {"name": "base", "match": ["glibc-*"]},
             {"name": "torch", "match": ["python3.14-torch-*", "nothing-*"], "split": "per-path", "max_layers": 3}]}"#;
-        let (t, j) = (LayersFile::parse(FILE, "t.toml").unwrap(), LayersFile::parse(json, "/nix/store/x-layers").unwrap());
+        let (t, j) =
+            (LayersFile::parse(FILE, "t.toml").unwrap(), LayersFile::parse(json, "/nix/store/x-layers").unwrap());
         assert_eq!((j.max_layers, j.max_layer_size), (t.max_layers, t.max_layer_size));
-        let names = |f: &LayersFile| f.groups.iter().map(|g| (g.name.clone(), g.split, g.limit(40))).collect::<Vec<_>>();
+        let names =
+            |f: &LayersFile| f.groups.iter().map(|g| (g.name.clone(), g.split, g.limit(40))).collect::<Vec<_>>();
         assert_eq!(names(&j), names(&t));
-        let globs = |f: &LayersFile| f.groups.iter().flat_map(|g| g.patterns.iter().map(|p| p.glob.clone())).collect::<Vec<_>>();
+        let globs = |f: &LayersFile| {
+            f.groups.iter().flat_map(|g| g.patterns.iter().map(|p| p.glob.clone())).collect::<Vec<_>>()
+        };
         assert_eq!(globs(&j), globs(&t));
-        let err = format!("{:#}", LayersFile::parse(r#"{"group": [{"name": "a", "match": ["x"], "splt": "per-path"}]}"#, "l.json").unwrap_err());
+        let err = format!(
+            "{:#}",
+            LayersFile::parse(r#"{"group": [{"name": "a", "match": ["x"], "splt": "per-path"}]}"#, "l.json")
+                .unwrap_err()
+        );
         assert!(err.contains("l.json") && err.contains("unknown field `splt`"), "{err}");
-        let err = format!("{:#}", LayersFile::parse(r#"{"group": [{"name": "a", "match": ["["]}]}"#, "l.json").unwrap_err());
+        let err =
+            format!("{:#}", LayersFile::parse(r#"{"group": [{"name": "a", "match": ["["]}]}"#, "l.json").unwrap_err());
         assert!(err.contains("l.json") && err.contains("group \"a\"") && err.contains("invalid glob"), "{err}");
     }
 
