@@ -386,17 +386,31 @@ fn check_and_plan_scripts_pass_arguments_through() {
 fn every_nix_file_parses_and_lib_evaluates_through_a_plain_import() {
     let Some(c) = common::nix_closure(test_name!(), 1) else { return };
     let repo = common::repo();
-    let mut files = vec![repo.join("flake.nix")];
-    files.extend(
-        fs::read_dir(repo.join("nix"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "nix")),
-    );
-    assert!(files.len() >= 2, "{files:?}");
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if p.is_dir() && !name.starts_with('.') && name != "target" {
+                walk(&p, out);
+            } else if name.ends_with(".nix") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&repo, &mut files);
+    files.sort();
+    for want in ["flake.nix", "nix/default.nix", "examples/comfyui/flake.nix"] {
+        assert!(files.contains(&repo.join(want)), "{want} not found among {files:?}");
+    }
     for f in &files {
         run_ok(nix_cmd(c, "nix-instantiate").arg("--parse").arg(f));
     }
+    // The README's ComfyUI flake is examples/comfyui/flake.nix, so it parses too.
+    let readme = fs::read_to_string(repo.join("README.md")).unwrap();
+    let section = &readme[readme.find("## From Nix").expect("README has a From Nix section")..];
+    let block = section.split("```nix\n").nth(1).and_then(|b| b.split("```\n").next()).expect("a nix block");
+    assert_eq!(block, fs::read_to_string(repo.join("examples/comfyui/flake.nix")).unwrap());
     let eval = |expr: String| {
         run_ok_str(nix_cmd(c, "nix-instantiate").args(["--eval", "--strict", "-E", &expr])).trim().to_owned()
     };
