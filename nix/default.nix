@@ -66,7 +66,8 @@ let
       # The image's name (`localhost/hello`, `ghcr.io/acme/comfyui`) and tag (default "latest").
       name,
       tag ? null,
-      # Derivations (or store paths) whose closure is the image's content.
+      # Derivations whose closure is the image's content (or store paths that carry their
+      # context, e.g. from builtins.storePath: exportReferencesGraph needs them as inputs).
       roots,
       # The image spec as an attribute set: entrypoint, cmd, env, workdir, user, labels,
       # exposed_ports, users, groups, dirs, files, symlinks, gpu, nix_db (see image.toml).
