@@ -461,7 +461,7 @@ fn list_layers(closure: &Closure, plan: &Plan, opts: &BuildOptions) -> Result<Ve
         listed.push(Listed {
             group: CUSTOM_GROUP.to_owned(),
             paths: Vec::new(),
-            entries: spec.layer_entries_on(accounts.as_ref().map(|(a, n)| (a, *n)))?,
+            entries: spec.layer_entries_for(closure, opts.epoch, accounts.as_ref().map(|(a, n)| (a, *n)))?,
             variant: String::new(),
         });
     }

@@ -10,6 +10,7 @@ pub mod blob;
 pub mod build;
 pub mod cache;
 pub mod closure;
+pub mod config_format;
 pub mod copy;
 pub mod diff;
 pub mod image;

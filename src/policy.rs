@@ -31,6 +31,7 @@ use globset::{Glob, GlobMatcher};
 use serde::{Deserialize, Serialize};
 
 use crate::closure::StorePath;
+use crate::config_format::{Format, Located};
 use crate::image::{ANNOTATION_GROUP, ANNOTATION_STORE_PATHS};
 use crate::tarball::{Content, Entry, Kind};
 use crate::transport::source::SourceImage;
@@ -38,17 +39,18 @@ use crate::transport::source::SourceImage;
 pub use crate::size::Size;
 pub use crate::size::human as human_size;
 
-/// The file as written, before globs are compiled.
+/// The file as written, before globs are compiled. `G` is a glob: `Spanned<String>` from TOML
+/// (errors give its line), `String` from JSON.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PolicyFile {
+struct PolicyFile<G> {
     max_layers: Option<u64>,
     max_layer_size: Option<Size>,
     max_total_size: Option<Size>,
-    #[serde(default)]
-    forbid: Vec<toml::Spanned<String>>,
-    #[serde(default)]
-    require: Vec<toml::Spanned<String>>,
+    #[serde(default = "Vec::new")]
+    forbid: Vec<G>,
+    #[serde(default = "Vec::new")]
+    require: Vec<G>,
     #[serde(default)]
     non_root_user: bool,
     #[serde(default)]
@@ -96,14 +98,25 @@ impl Policy {
         Self::parse(&text, file)
     }
 
-    /// Parses policy TOML; `file` names it in errors.
+    /// Parses a policy, TOML or JSON (by `file`'s name or the text: [`crate::config_format`]);
+    /// `file` names it in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Self> {
-        let raw: PolicyFile = toml::from_str(text).with_context(|| format!("in policy {}", file.display()))?;
-        let globs = |list: &[toml::Spanned<String>]| -> Result<Vec<NameGlob>> {
+        match Format::detect(&file.display().to_string(), text) {
+            Format::Toml => Self::from_raw(Format::Toml.parse::<PolicyFile<toml::Spanned<String>>>(text), text, file),
+            Format::Json => Self::from_raw(Format::Json.parse::<PolicyFile<String>>(text), text, file),
+        }
+    }
+
+    fn from_raw<G: Located>(raw: Result<PolicyFile<G>>, text: &str, file: &Path) -> Result<Self> {
+        let raw = raw.with_context(|| format!("in policy {}", file.display()))?;
+        let globs = |list: &[G]| -> Result<Vec<NameGlob>> {
             list.iter()
                 .map(|g| {
-                    let line = text[..g.span().start].matches('\n').count() + 1;
-                    NameGlob::new(g.get_ref()).with_context(|| format!("in policy {}, line {line}", file.display()))
+                    let at = match g.line(text) {
+                        Some(line) => format!("in policy {}, line {line}", file.display()),
+                        None => format!("in policy {}", file.display()),
+                    };
+                    NameGlob::new(g.value()).context(at)
                 })
                 .collect()
         };
@@ -637,6 +650,25 @@ mod tests {
         f.user = Some("app".into());
         f.passwd = None;
         assert!(!p.evaluate(&f).passed);
+    }
+
+    #[test]
+    fn json_policies_have_the_same_schema() {
+        let t = policy("max_layers = 3\nmax_total_size = \"1GiB\"\nforbid = [\"gcc-*\"]\nnon_root_user = true\n");
+        let j = Policy::parse(
+            r#"{"max_layers": 3, "max_total_size": "1GiB", "forbid": ["gcc-*"], "non_root_user": true}"#,
+            Path::new("/nix/store/x-policy"),
+        )
+        .unwrap();
+        assert_eq!(
+            (j.max_layers, j.max_total_size, j.non_root_user),
+            (t.max_layers, t.max_total_size, t.non_root_user)
+        );
+        assert_eq!(j.forbid[0].pattern, "gcc-*");
+        let err = format!("{:#}", Policy::parse(r#"{"max_layrs": 4}"#, Path::new("p.json")).unwrap_err());
+        assert!(err.contains("p.json") && err.contains("unknown field `max_layrs`"), "{err}");
+        let err = format!("{:#}", Policy::parse(r#"{"require": ["a["]}"#, Path::new("p.json")).unwrap_err());
+        assert!(err.contains("in policy p.json") && err.contains("a["), "{err}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use nixoci::transport::ImageRef;
 use nixoci::transport::source::SourceImage;
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "POLICY FILE (TOML; every rule optional, unknown keys are errors):
+#[command(after_help = "POLICY FILE (TOML, or the same as JSON; every rule optional, unknown keys are errors):
   max_layers = 100                 max_layer_size = \"10GiB\"      max_total_size = \"40GiB\"
   forbid = [\"gcc-*\", \"*-dev\"]      require = [\"python3-*\"]       (globs on store path names)
   non_root_user = true             no_setuid = true              no_world_writable = true
@@ -26,7 +26,7 @@ pub struct Args {
     pub image: ImageRef,
     #[command(flatten)]
     pub registry: super::registry::RegistryArgs,
-    /// The policy TOML.
+    /// The policy file (TOML or JSON).
     #[arg(long, value_name = "FILE")]
     pub policy: PathBuf,
     /// Print the verdict as one JSON document on stdout.

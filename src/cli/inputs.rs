@@ -31,10 +31,11 @@ pub struct Inputs {
     /// /nix/store. The image still puts them at /nix/store.
     #[arg(long, value_name = "DIR", default_value = "/nix/store")]
     pub store_root: PathBuf,
-    /// Image spec TOML: entrypoint, env, user, users/groups, extra dirs/files/symlinks.
+    /// Image spec (TOML or JSON): entrypoint, env, user, users/groups, extra dirs/files/symlinks,
+    /// nix_db (a Nix database of the closure in the image).
     #[arg(long, value_name = "FILE")]
     pub image: Option<PathBuf>,
-    /// Layer groups TOML (e.g. layers/comfyui.toml): ordered groups of store paths, bottom
+    /// Layer groups, TOML or JSON (e.g. layers/comfyui.toml): ordered groups of store paths, bottom
     /// (most stable) first, plus default max_layers / max_layer_size.
     #[arg(long, value_name = "FILE")]
     pub layers: Option<PathBuf>,

@@ -16,7 +16,7 @@ pub enum RuntimeArg {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "CHECKS FILE (TOML):
+#[command(after_help = "CHECKS FILE (TOML, or the same as JSON):
   [[check]]
   name = \"torch sees the GPU\"
   command = [\"python3\", \"-c\", \"import torch; print(torch.cuda.is_available())\"]
@@ -40,7 +40,7 @@ pub struct Args {
     pub image: ImageRef,
     #[command(flatten)]
     pub registry: super::registry::RegistryArgs,
-    /// The checks TOML.
+    /// The checks file (TOML or JSON).
     #[arg(long, value_name = "FILE")]
     pub checks: PathBuf,
     /// The container runtime.

@@ -27,14 +27,20 @@ pub struct PathInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Closure {
     paths: BTreeMap<StorePath, PathInfo>,
+    /// Paths whose input listed themselves among their references (kept apart from
+    /// `references`, which layering reads; a Nix database registers them).
+    self_refs: BTreeSet<StorePath>,
 }
 
 impl Closure {
     /// Builds a closure, checking that every reference is inside it.
     pub fn new(infos: impl IntoIterator<Item = PathInfo>) -> Result<Self> {
         let mut paths = BTreeMap::new();
+        let mut self_refs = BTreeSet::new();
         for mut info in infos {
-            info.references.remove(&info.path);
+            if info.references.remove(&info.path) {
+                self_refs.insert(info.path.clone());
+            }
             if let Some(old) = paths.insert(info.path.clone(), info) {
                 bail!("store path {} is listed twice", old.path);
             }
@@ -47,7 +53,7 @@ impl Closure {
                 );
             }
         }
-        Ok(Self { paths })
+        Ok(Self { paths, self_refs })
     }
 
     pub fn len(&self) -> usize {
@@ -65,6 +71,12 @@ impl Closure {
     /// All paths, sorted.
     pub fn iter(&self) -> impl Iterator<Item = &PathInfo> {
         self.paths.values()
+    }
+
+    /// Whether the closure input listed `path` among its own references (Nix records a store
+    /// path that contains its own path as referring to itself).
+    pub fn refers_to_itself(&self, path: &StorePath) -> bool {
+        self.self_refs.contains(path)
     }
 
     /// Paths no other path refers to.

@@ -4,7 +4,8 @@
 //!   full store path, `null` for invalid paths (2.19–2.32); `{version, storeDir, info: {basename: …}}`
 //!   (2.33+, references as base names).
 //! - `exportReferencesGraph`: the classic text file (path, deriver, count, references…) and the
-//!   structured-attrs JSON `{"closure": [{path, narHash, narSize, references}]}`.
+//!   structured-attrs JSON `{"closure": [{path, narHash, narSize, references}]}`, alone or as the
+//!   whole `.attrs.json` Nix gives the builder (its `exportReferencesGraph` names the graphs).
 //! - A closureInfo output directory: `store-paths` and `registration`.
 
 use std::collections::BTreeSet;
@@ -86,6 +87,25 @@ fn parse_json(value: &Value) -> Result<Closure> {
         {
             let info = map["info"].as_object().ok_or_else(|| anyhow!("\"info\" is not an object"))?;
             info.iter().map(|(k, v)| path_info(Some(k), v)).collect::<Result<_>>()?
+        }
+        Value::Object(map) if map.get("exportReferencesGraph").is_some_and(Value::is_object) => {
+            // A whole `.attrs.json` of a structured-attrs derivation: its `exportReferencesGraph`
+            // names the attributes holding the graphs; several graphs are merged.
+            let mut seen = BTreeSet::new();
+            let mut infos = Vec::new();
+            for name in map["exportReferencesGraph"].as_object().into_iter().flat_map(|o| o.keys()) {
+                let items = map
+                    .get(name)
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| anyhow!("exportReferencesGraph names {name:?}, which is not an array here"))?;
+                for item in items {
+                    let info = path_info(None, item).with_context(|| format!("in {name:?}"))?;
+                    if seen.insert(info.path.clone()) {
+                        infos.push(info);
+                    }
+                }
+            }
+            infos
         }
         Value::Object(map) if map.len() == 1 && map.values().all(Value::is_array) => {
             // structured-attrs exportReferencesGraph: {"closure": [...]}, whatever the attribute name
@@ -265,6 +285,23 @@ mod tests {
             r#"{{"closure":[{{"path":"{A}","narHash":"sha256:{HEX}","narSize":1,"references":["{B}"]}},{{"path":"{B}","narSize":1,"references":[]}}]}}"#
         );
         check(&parse(&text).unwrap());
+    }
+
+    #[test]
+    fn whole_attrs_json_of_a_structured_attrs_derivation() {
+        let entry = |p: &str, refs: &str| {
+            format!(r#"{{"path":"{p}","narHash":"sha256:{HEX}","narSize":1,"references":[{refs}]}}"#)
+        };
+        let text = format!(
+            r#"{{"args":["-c","x"],"builder":"/bin/sh","exportReferencesGraph":{{"app":["{A}"],"lib":["{B}"]}},
+               "app":[{},{}],"lib":[{}],"name":"n","outputs":{{"out":"/nix/store/2a9p07z77phvv2hf6gm9f28syp39f1ag-n"}},"system":"x86_64-linux"}}"#,
+            entry(A, &format!("\"{B}\"")),
+            entry(B, ""),
+            entry(B, "")
+        );
+        check(&parse(&text).unwrap());
+        let err = format!("{:#}", parse(r#"{"exportReferencesGraph":{"g":["/nix/store/x"]},"name":"n"}"#).unwrap_err());
+        assert!(err.contains("\"g\""), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Config, manifest and index: built with `oci-spec` types, serialised once to canonical JSON;
 //! those exact bytes are hashed, written and pushed.
 
+pub mod nix_db;
 pub mod spec;
 
 use std::collections::{BTreeMap, HashMap};

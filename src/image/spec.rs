@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use crate::closure::Closure;
 use crate::size::IntOrString;
 use crate::tarball::{Content, Entry, Kind};
 
@@ -50,6 +51,10 @@ pub struct ImageSpec {
     /// `NVIDIA_VISIBLE_DEVICES` / `NVIDIA_DRIVER_CAPABILITIES` are set unless `env` sets them.
     #[serde(default)]
     pub gpu: bool,
+    /// Register every store path in a Nix database at `/nix/var/nix/db` (in the customisation
+    /// layer), so `nix` works inside the container: see [`super::nix_db`].
+    #[serde(default)]
+    pub nix_db: bool,
 }
 
 /// Where a container runtime's GPU support puts the driver libraries (`libcuda.so.1`): CDI and the
@@ -144,9 +149,10 @@ pub struct SymlinkSpec {
 }
 
 impl ImageSpec {
+    /// Reads an image spec, TOML or JSON (see [`crate::config_format`]).
     pub fn load(file: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading image spec {}", file.display()))?;
-        let spec: ImageSpec = toml::from_str(&text).with_context(|| format!("in image spec {}", file.display()))?;
+        let (text, format) = crate::config_format::read(file, "image spec")?;
+        let spec: ImageSpec = format.parse(&text).with_context(|| format!("in image spec {}", file.display()))?;
         spec.validate().with_context(|| format!("in image spec {}", file.display()))?;
         Ok(spec)
     }
@@ -168,6 +174,10 @@ impl ImageSpec {
             let rel = clean(p)?;
             if rel == "nix" || rel == "nix/store" || rel.starts_with("nix/store/") {
                 bail!("{p}: the image spec cannot write into /nix/store (that is the closure's)");
+            }
+            let db = super::nix_db::DB_DIR;
+            if self.nix_db && (rel == db || rel.starts_with(&format!("{db}/"))) {
+                bail!("{p}: with nix_db = true, /{db} is written by nixoci");
             }
             if !seen.insert(rel) {
                 bail!("{p} is defined twice");
@@ -227,7 +237,8 @@ impl ImageSpec {
 
     /// Whether the image needs a customisation layer at all.
     pub fn has_layer(&self) -> bool {
-        !(self.users.is_empty()
+        !(!self.nix_db
+            && self.users.is_empty()
             && self.groups.is_empty()
             && self.dirs.is_empty()
             && self.files.is_empty()
@@ -235,15 +246,30 @@ impl ImageSpec {
     }
 
     /// The customisation layer's entries, normalised; missing parent directories are added (0755, root).
+    /// Without the Nix database (`nix_db`), which needs the closure: see [`Self::layer_entries_for`].
     pub fn layer_entries(&self) -> Result<Vec<Entry>> {
-        self.layer_entries_on(None)
+        self.entries_with(Vec::new(), None)
     }
 
-    /// [`Self::layer_entries`] on a base image (`build --from`) whose `/etc/passwd` and
-    /// `/etc/group` are `base.0`: ours are merged into them ([`crate::base::merge_accounts`]);
-    /// `base.1` names the base in errors.
-    pub fn layer_entries_on(&self, base: Option<(&crate::base::Accounts, &str)>) -> Result<Vec<Entry>> {
-        let mut entries = Vec::new();
+    /// The customisation layer's entries for an image of `closure` made at `epoch`: with
+    /// `nix_db = true`, `/nix/var/nix/db` registering every path of it. On a base image
+    /// (`build --from`) whose `/etc/passwd` and `/etc/group` are `base.0`, ours are merged into
+    /// them ([`crate::base::merge_accounts`]); `base.1` names the base in errors.
+    pub fn layer_entries_for(
+        &self,
+        closure: &Closure,
+        epoch: u64,
+        base: Option<(&crate::base::Accounts, &str)>,
+    ) -> Result<Vec<Entry>> {
+        let db = if self.nix_db { super::nix_db::entries(closure, epoch)? } else { Vec::new() };
+        self.entries_with(db, base)
+    }
+
+    fn entries_with(
+        &self,
+        mut entries: Vec<Entry>,
+        base: Option<(&crate::base::Accounts, &str)>,
+    ) -> Result<Vec<Entry>> {
         for d in &self.dirs {
             entries.push(Entry {
                 path: clean(&d.path)?,
@@ -438,6 +464,27 @@ target = "/nix/store/x/bin/env"
         );
         let spec: ImageSpec = toml::from_str("env = [\"A=1\"]").unwrap();
         assert_eq!(spec.effective_env(), ["A=1"]);
+    }
+
+    #[test]
+    fn json_specs_load_like_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml_file = dir.path().join("image.toml");
+        std::fs::write(&toml_file, SPEC).unwrap();
+        let json = r#"{"entrypoint": ["/bin/app"], "env": ["A=1"], "user": "app", "workdir": null,
+            "users": [{"name": "app", "uid": 1000, "gid": 1000, "home": "/home/app"}],
+            "groups": [{"name": "app", "gid": 1000}],
+            "dirs": [{"path": "/tmp", "mode": "1777"}, {"path": "/home/app", "uid": 1000, "gid": 1000, "mode": "0700"}],
+            "symlinks": [{"path": "/usr/bin/env", "target": "/nix/store/x/bin/env"}]}"#;
+        let json_file = dir.path().join("spec"); // no extension: detected from the content
+        std::fs::write(&json_file, json).unwrap();
+        assert_eq!(ImageSpec::load(&json_file).unwrap(), ImageSpec::load(&toml_file).unwrap());
+        std::fs::write(&json_file, "{\"entrypoint\": [],\n \"entrypont\": []}").unwrap();
+        let err = format!("{:#}", ImageSpec::load(&json_file).unwrap_err());
+        assert!(err.contains("spec") && err.contains("unknown field `entrypont`") && err.contains("line 2"), "{err}");
+        std::fs::write(&json_file, r#"{"dirs": [{"path": "/data", "mode": 493}]}"#).unwrap();
+        let err = format!("{:#}", ImageSpec::load(&json_file).unwrap_err());
+        assert!(err.contains("string of octal digits"), "{err}");
     }
 
     #[test]

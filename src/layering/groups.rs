@@ -25,6 +25,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::closure::{Closure, StorePath};
+use crate::config_format::{Format, Located};
 
 use crate::size::parse_size;
 
@@ -239,21 +240,23 @@ pub struct LayersFile {
     pub max_layer_size: Option<u64>,
 }
 
+/// The file as written. `S` is a string that may know its line: `Spanned<String>` from TOML,
+/// `String` from JSON ([`Located`]).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileToml {
+struct FileToml<S> {
     max_layers: Option<u32>,
     max_layer_size: Option<SizeToml>,
-    #[serde(default)]
-    group: Vec<GroupToml>,
+    #[serde(default = "Vec::new")]
+    group: Vec<GroupToml<S>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct GroupToml {
-    name: Spanned<String>,
+struct GroupToml<S> {
+    name: S,
     #[serde(rename = "match")]
-    patterns: Vec<Spanned<String>>,
+    patterns: Vec<S>,
     #[serde(default)]
     split: SplitMode,
     max_layers: Option<LimitToml>,
@@ -281,10 +284,17 @@ impl LayersFile {
         Self::parse(&text, &file.display().to_string())
     }
 
-    /// Parses the text of a layers file; `origin` names it in errors.
+    /// Parses the text of a layers file, TOML or JSON (by `origin`'s name or the text:
+    /// [`crate::config_format`]); `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
-        let raw: FileToml = toml::from_str(text).with_context(|| format!("in layers file {origin}"))?;
-        let line_of = |span: std::ops::Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
+        match Format::detect(origin, text) {
+            Format::Toml => Self::from_raw(Format::Toml.parse::<FileToml<Spanned<String>>>(text), text, origin),
+            Format::Json => Self::from_raw(Format::Json.parse::<FileToml<String>>(text), text, origin),
+        }
+    }
+
+    fn from_raw<S: Located>(raw: Result<FileToml<S>>, text: &str, origin: &str) -> Result<Self> {
+        let raw = raw.with_context(|| format!("in layers file {origin}"))?;
         let max_layer_size = match raw.max_layer_size {
             None => None,
             Some(SizeToml::Bytes(n)) => Some(n),
@@ -297,10 +307,16 @@ impl LayersFile {
         }
         let mut groups = Vec::new();
         for g in raw.group {
-            let line = line_of(g.name.span());
-            let patterns =
-                g.patterns.into_iter().map(|p| Pattern { line: line_of(p.span()), glob: p.into_inner() }).collect();
-            let at = || format!("in layers file {origin}, line {line}");
+            let line = g.name.line(text);
+            let patterns = g
+                .patterns
+                .into_iter()
+                .map(|p| Pattern { line: p.line(text).unwrap_or(0), glob: p.into_value() })
+                .collect();
+            let at = || match line {
+                Some(line) => format!("in layers file {origin}, line {line}"),
+                None => format!("in layers file {origin}, group {:?}", g.name.value()),
+            };
             let max_layers = match g.max_layers {
                 None => None,
                 Some(LimitToml::Layers(n)) => Some(LayerLimit::Layers(n)),
@@ -309,13 +325,13 @@ impl LayersFile {
                         format!(
                             "group {:?}: max_layers {t:?} is neither a number of layers nor a share of the \
                              budget such as \"10%\" (above 0, at most 100)",
-                            g.name.get_ref()
+                            g.name.value()
                         )
                     });
                     Some(share.with_context(at)?)
                 }
             };
-            let group = Group::build(g.name.into_inner(), patterns, g.split, max_layers).with_context(at)?;
+            let group = Group::build(g.name.value().to_owned(), patterns, g.split, max_layers).with_context(at)?;
             groups.push(group);
         }
         let groups = Groups::new(groups).with_context(|| format!("in layers file {origin}"))?;
@@ -388,6 +404,32 @@ max_layers = 3
             LayersFile::parse("[[group]]\nname = \"a\"\nmatch = [\"x\"]\nsplit = \"each\"\n", "f.toml").unwrap_err()
         );
         assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn json_has_the_same_schema_and_errors() {
+        let json = r#"{"max_layers": 40, "max_layer_size": "4GiB", "group": [
+            {"name": "base", "match": ["glibc-*"]},
+            {"name": "torch", "match": ["python3.14-torch-*", "nothing-*"], "split": "per-path", "max_layers": 3}]}"#;
+        let (t, j) =
+            (LayersFile::parse(FILE, "t.toml").unwrap(), LayersFile::parse(json, "/nix/store/x-layers").unwrap());
+        assert_eq!((j.max_layers, j.max_layer_size), (t.max_layers, t.max_layer_size));
+        let names =
+            |f: &LayersFile| f.groups.iter().map(|g| (g.name.clone(), g.split, g.limit(40))).collect::<Vec<_>>();
+        assert_eq!(names(&j), names(&t));
+        let globs = |f: &LayersFile| {
+            f.groups.iter().flat_map(|g| g.patterns.iter().map(|p| p.glob.clone())).collect::<Vec<_>>()
+        };
+        assert_eq!(globs(&j), globs(&t));
+        let err = format!(
+            "{:#}",
+            LayersFile::parse(r#"{"group": [{"name": "a", "match": ["x"], "splt": "per-path"}]}"#, "l.json")
+                .unwrap_err()
+        );
+        assert!(err.contains("l.json") && err.contains("unknown field `splt`"), "{err}");
+        let err =
+            format!("{:#}", LayersFile::parse(r#"{"group": [{"name": "a", "match": ["["]}]}"#, "l.json").unwrap_err());
+        assert!(err.contains("l.json") && err.contains("group \"a\"") && err.contains("invalid glob"), "{err}");
     }
 
     #[test]

@@ -112,13 +112,19 @@ pub struct Checks {
 }
 
 impl Checks {
+    /// Reads a checks file, TOML or JSON (see [`crate::config_format`]).
     pub fn load(file: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading checks file {}", file.display()))?;
-        Self::parse(&text).with_context(|| format!("in checks file {}", file.display()))
+        let (text, format) = crate::config_format::read(file, "checks file")?;
+        Self::parse_as(&text, format).with_context(|| format!("in checks file {}", file.display()))
     }
 
+    /// Parses checks TOML.
     pub fn parse(text: &str) -> Result<Self> {
-        let checks: Checks = toml::from_str(text)?;
+        Self::parse_as(text, crate::config_format::Format::Toml)
+    }
+
+    fn parse_as(text: &str, format: crate::config_format::Format) -> Result<Self> {
+        let checks: Checks = format.parse(text)?;
         if checks.check.is_empty() {
             bail!("no [[check]] in it");
         }
@@ -175,6 +181,14 @@ mod tests {
                 .is_err()
         );
         assert!(Checks::parse("").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("checks.json");
+        std::fs::write(&file, r#"{"check": [{"name": "a", "command": ["true"], "timeout": "2s", "gpu": true}]}"#)
+            .unwrap();
+        assert_eq!(Checks::load(&file).unwrap(), c);
+        std::fs::write(&file, r#"{"check": [{"name": "a", "command": ["true"], "expect": "x"}]}"#).unwrap();
+        let err = format!("{:#}", Checks::load(&file).unwrap_err());
+        assert!(err.contains("checks.json") && err.contains("unknown field `expect`"), "{err}");
         let c = Checks::parse("[[check]]\nname = \"a\"\ncommand = [\"x\"]\ntimeout = 5").unwrap();
         assert_eq!(c.check[0].timeout(), Duration::from_secs(5));
         let err = Checks::parse("[[check]]\nname = \"a\"\ncommand = [\"x\"]\ntimeout = \"5 weeks\"").unwrap_err();
