@@ -20,6 +20,7 @@ pub mod markup;
 pub mod parallel;
 pub mod policy;
 pub mod progress;
+pub mod referrers;
 pub mod sbom;
 pub mod size;
 pub mod smoke;

@@ -388,11 +388,12 @@ fn open_layout(blobs: Blobs, want: Option<&str>, reference: String, architecture
                 if names.is_empty() { "none".into() } else { names.join(", ") }
             )
         })?,
-        None => match index.manifests().as_slice() {
-            [one] => one,
+        // Referrers (artifacts with an `artifactType`, e.g. SBOMs) are not images to choose.
+        None => match index.manifests().iter().filter(|m| m.artifact_type().is_none()).collect::<Vec<_>>().as_slice() {
+            [one] => *one,
             [] => bail!("index.json lists no image"),
             many => {
-                let names: Vec<String> = many.iter().filter_map(refname).collect();
+                let names: Vec<String> = many.iter().filter_map(|m| refname(m)).collect();
                 bail!("index.json lists {} images: name one with :TAG ({})", many.len(), names.join(", "))
             }
         },

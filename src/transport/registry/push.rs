@@ -430,18 +430,17 @@ impl Repository {
 
     /// `PUT` the manifest: the exact bytes hashed, typed by their media type.
     pub fn put_manifest(&self, image: &Image, reference: &str) -> Result<(), RegistryError> {
+        self.put_manifest_bytes(&image.manifest.bytes, &image.manifest_media_type(), reference)
+    }
+
+    /// `PUT` a manifest or index given as its bytes and media type at `reference`.
+    pub fn put_manifest_bytes(&self, bytes: &[u8], media_type: &str, reference: &str) -> Result<(), RegistryError> {
         let r = &self.reference;
-        let req = request::put_manifest(
-            &self.client.base,
-            &self.name(),
-            &r.repo,
-            reference,
-            Arc::from(image.manifest.bytes.as_slice()),
-            &image.manifest_media_type(),
-        );
+        let req =
+            request::put_manifest(&self.client.base, &self.name(), &r.repo, reference, Arc::from(bytes), media_type);
         let resp = self.client.send(&req)?;
         let resp = self.client.expect(&req, resp, &[200, 201, 202])?;
-        self.check_digest(&req, &resp, &image.manifest.digest)
+        self.check_digest(&req, &resp, &Digest::of(bytes))
     }
 }
 

@@ -197,6 +197,19 @@ pub fn get_manifest(base: &Url, name: &str, repo: &str, reference: &str) -> Req 
     r
 }
 
+/// `GET /v2/REPO/referrers/DIGEST` (OCI distribution 1.1): an image index of the manifests whose
+/// `subject` is `digest`. Registries without the API answer 404.
+pub fn get_referrers(base: &Url, name: &str, repo: &str, digest: &Digest) -> Req {
+    let mut r = req(
+        Method::GET,
+        url(base, &format!("/v2/{repo}/referrers/{digest}")),
+        vec![pull_scope(repo)],
+        format!("listing the referrers of {name}@{digest}"),
+    );
+    r.headers.push((ACCEPT, MT_OCI_INDEX.to_owned()));
+    r
+}
+
 pub fn get_blob(base: &Url, name: &str, repo: &str, digest: &Digest) -> Req {
     req(
         Method::GET,
