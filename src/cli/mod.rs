@@ -9,6 +9,7 @@ mod inspect;
 mod plan;
 mod registry;
 mod reporter;
+mod sbom;
 mod smoke;
 
 use std::process::ExitCode;
@@ -44,6 +45,9 @@ pub enum Command {
     /// Copy an image from any transport (oci:, oci-archive:, docker-archive:, docker://) to
     /// oci:, oci-archive: or docker://, keeping its digest.
     Copy(copy::Args),
+    /// An SBOM (SPDX 2.3 or CycloneDX 1.6 JSON): the one attached to an image, or computed from
+    /// a closure.
+    Sbom(sbom::Args),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -55,6 +59,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inspect(a) => inspect::run(a),
         Command::Diff(a) => diff::run(a),
         Command::Copy(a) => copy::run(a),
+        Command::Sbom(a) => sbom::run(a),
     }
 }
 

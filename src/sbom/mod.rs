@@ -210,6 +210,37 @@ impl Sbom {
     }
 }
 
+/// The file name an SBOM artifact gives its document.
+pub fn file_name(format: Format) -> &'static str {
+    match format {
+        Format::Spdx => "sbom.spdx.json",
+        Format::CycloneDx => "sbom.cdx.json",
+    }
+}
+
+/// Attaches `sbom` in each of `formats` to manifest `subject` of `dest` (an `oci:` layout or a
+/// `docker://` repository) as OCI 1.1 referrers; returns the artifact digests.
+pub fn attach(
+    sbom: &Sbom,
+    formats: &[Format],
+    dest: &crate::transport::ImageRef,
+    subject: &Digest,
+    reporter: &dyn crate::progress::Reporter,
+) -> Result<Vec<Digest>> {
+    let store = crate::referrers::Store::open(dest, true)?.ok_or_else(|| {
+        anyhow::anyhow!("cannot attach an SBOM to {dest}: only oci: layouts and docker:// registries hold referrers")
+    })?;
+    let subject = store.subject(subject)?;
+    let mut out = Vec::new();
+    for &f in formats {
+        let doc = sbom.render(f)?;
+        let artifact = crate::referrers::Artifact::new(f.media_type(), &doc, file_name(f), &subject, sbom.epoch)?;
+        store.attach(&artifact, reporter).with_context(|| format!("attaching the {f} SBOM to {dest}"))?;
+        out.push(artifact.manifest.digest.clone());
+    }
+    Ok(out)
+}
+
 /// The layers of a build or an image by store path: `(layer digest, store paths in it)`.
 pub fn layers_by_path<'a>(
     layers: impl IntoIterator<Item = (&'a Digest, &'a [StorePath])>,
