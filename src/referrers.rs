@@ -404,7 +404,8 @@ fn attach_registry(repo: &Repository, artifact: &Artifact, subject: &Digest, rep
             .map(|(d, b)| Ok((d.digest().to_string().parse()?, b.clone())))
             .collect::<Result<_>>()?,
     };
-    repo.push(&as_image, artifact.manifest.digest.as_str(), &blobs, 1, reporter)?;
+    repo.push(&as_image, artifact.manifest.digest.as_str(), &blobs, 1, &crate::progress::Silent)?;
+    reporter.note(&format!("{}: artifact {} pushed", repo.name(), artifact.manifest.digest));
     if let Some(listed) = registry_api_referrers(repo, subject)?
         && listed.iter().any(|d| d.digest().to_string() == artifact.manifest.digest.as_str())
     {

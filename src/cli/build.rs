@@ -58,6 +58,10 @@ pub struct Args {
     /// org.opencontainers.image.base.name and .base.digest are set by default.
     #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = key_value)]
     pub annotations: Vec<(String, String)>,
+    /// Attach SBOMs of the closure (spdx, cyclonedx; comma-separated) to every oci: and docker://
+    /// output as OCI 1.1 referrers (see `nixoci sbom --help`).
+    #[arg(long, value_name = "FORMAT,…", value_delimiter = ',')]
+    pub sbom: Vec<nixoci::sbom::Format>,
     /// Print one JSON document (digests, layers, stats) on stdout.
     #[arg(long)]
     pub json: bool,
@@ -108,6 +112,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     report.stats.seconds.insert("closure".into(), closure_secs);
     report.stats.seconds.insert("plan".into(), plan_secs);
     report.stats.seconds.insert("total".into(), started.elapsed().as_secs_f64());
+    if !args.sbom.is_empty() {
+        attach_sboms(&closure, &report, &opts, &args.sbom, args.quiet, &reporter)?;
+    }
     reporter.finish();
     if args.json {
         super::print_json(&report)?;
@@ -132,6 +139,38 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--sbom`: the closure's SBOMs, with the layer of each store path, attached to each output
+/// that holds referrers.
+fn attach_sboms(
+    closure: &nixoci::closure::Closure,
+    report: &build::BuildReport,
+    opts: &BuildOptions,
+    formats: &[nixoci::sbom::Format],
+    quiet: bool,
+    reporter: &CliReporter,
+) -> Result<()> {
+    use nixoci::sbom::{self, CollectOptions, Sbom};
+    let layers = sbom::layers_by_path(report.layers.iter().map(|l| (&l.blob.digest, l.paths.as_slice())));
+    let collect = CollectOptions { store_root: Some(&opts.store_root), layers };
+    let doc = Sbom::collect(&sbom::document_name(closure), closure, opts.epoch, &collect)?;
+    for out in &opts.outputs {
+        match out {
+            ImageRef::OciDir { .. } | ImageRef::Registry(_) => {
+                let digests = sbom::attach(&doc, formats, out, &report.manifest_digest, reporter)?;
+                if !quiet {
+                    for (f, d) in formats.iter().zip(digests) {
+                        eprintln!("{f} SBOM attached to {out} as {d}");
+                    }
+                }
+            }
+            other => eprintln!(
+                "note: {other} holds no referrers: no SBOM attached there (write one with `nixoci sbom --closure …`)"
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// `KEY=VALUE`, for --label and --annotation.

@@ -36,10 +36,37 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let reporter = CliReporter::new(false);
     let ins = inspect::inspect(&img, &InspectOptions { read_layers: args.read_layers }, &reporter)?;
     reporter.finish();
+    let referrers = referrers(&args.image.clone().with_registry_options(&args.registry.options()?), &img);
     if args.json {
-        super::print_json(&ins)?;
+        let mut v = serde_json::to_value(&ins)?;
+        if let (Some(obj), Some(r)) = (v.as_object_mut(), &referrers) {
+            obj.insert("referrers".into(), serde_json::to_value(r)?);
+        }
+        super::print_json(&v)?;
     } else {
-        inspect::write_text(&ins, &mut std::io::stdout().lock())?;
+        let mut out = std::io::stdout().lock();
+        inspect::write_text(&ins, &mut out)?;
+        if let Some(r) = &referrers {
+            use std::io::Write;
+            writeln!(out, "\nreferrers:{}", if r.is_empty() { " none" } else { "" })?;
+            for r in r {
+                writeln!(out, "  {}  {}  {} bytes", r.digest, r.artifact_type.as_deref().unwrap_or("-"), r.size)?;
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The image's OCI 1.1 referrers (SBOMs…) where its transport keeps them; a failure to list
+/// them is a warning, not an error of inspect.
+fn referrers(image: &ImageRef, img: &SourceImage) -> Option<Vec<nixoci::referrers::Referrer>> {
+    let listed =
+        nixoci::referrers::Store::open(image, false).and_then(|s| s.map(|s| s.list(&img.manifest_digest)).transpose());
+    match listed {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("warning: listing the referrers of {image}: {e:#}");
+            None
+        }
+    }
 }

@@ -83,8 +83,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 }
             };
             let mut subject = None;
-            let name = match &image {
-                Some(img) => {
+            if let Some(img) = &image {
+                {
                     let src = SourceImage::open(img)?;
                     opts.layers = sbom::layers_by_path(
                         src.layers
@@ -100,11 +100,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
                             .map(|(d, p)| (*d, p.as_slice())),
                     );
                     subject = Some(src.manifest_digest.clone());
-                    img.to_string()
                 }
-                None => closure.roots().iter().map(|r| r.name()).collect::<Vec<_>>().join(" "),
-            };
-            let sbom = Sbom::collect(&name, &closure, super::build::source_date_epoch()?, &opts)?;
+            }
+            let sbom =
+                Sbom::collect(&sbom::document_name(&closure), &closure, super::build::source_date_epoch()?, &opts)?;
             if args.attach {
                 let (Some(img), Some(subject)) = (&image, &subject) else { unreachable!("--attach requires IMAGE") };
                 let reporter = CliReporter::new(true);

@@ -210,6 +210,11 @@ impl Sbom {
     }
 }
 
+/// The document name of a closure's SBOM: its roots' names (the same whichever command made it).
+pub fn document_name(closure: &Closure) -> String {
+    closure.roots().iter().map(|r| r.name()).collect::<Vec<_>>().join(" ")
+}
+
 /// The file name an SBOM artifact gives its document.
 pub fn file_name(format: Format) -> &'static str {
     match format {
