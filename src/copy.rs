@@ -101,7 +101,11 @@ pub fn copy(src: &ImageRef, dest: &ImageRef, opts: &CopyOptions, reporter: &dyn 
 /// Copies the referrers of manifest `subject` when both sides keep referrers.
 fn carry_referrers(src: &ImageRef, dest: &ImageRef, subject: &Digest, reporter: &dyn Reporter) -> Result<usize> {
     use crate::referrers::Store;
-    let (Some(from), Some(to)) = (Store::open(src, false)?, Store::open(dest, true)?) else { return Ok(0) };
+    let Some(from) = Store::open(src, false)? else { return Ok(0) };
+    if from.list(subject)?.is_empty() {
+        return Ok(0);
+    }
+    let Some(to) = Store::open(dest, true)? else { return Ok(0) };
     crate::referrers::carry(&from, &to, subject, reporter)
         .with_context(|| format!("copying the referrers of {subject} from {src} to {dest}"))
 }
