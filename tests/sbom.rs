@@ -372,6 +372,16 @@ fn build_sbom_attaches_referrers_to_layouts_and_registries_and_copy_carries_them
     let artifacts: Vec<&Value> =
         idx["manifests"].as_array().unwrap().iter().filter(|m| m.get("artifactType").is_some()).collect();
     assert_eq!(artifacts.len(), 2, "{idx}");
+    // build --json names them: the same two artifacts in both destinations.
+    let sboms = built.json["sboms"].as_array().unwrap();
+    assert_eq!(sboms.len(), 4, "{sboms:?}");
+    let in_layout: BTreeSet<&str> = artifacts.iter().map(|a| a["digest"].as_str().unwrap()).collect();
+    let in_registry: BTreeSet<&str> =
+        index["manifests"].as_array().unwrap().iter().map(|a| a["digest"].as_str().unwrap()).collect();
+    for s in sboms {
+        let d = s["digest"].as_str().unwrap();
+        assert!(in_layout.contains(d) && in_registry.contains(d), "{s}");
+    }
     let skopeo_digest = run_ok_str(Command::new("skopeo").args(["inspect", "--format", "{{.Digest}}", &oci_ref]));
     assert_eq!(skopeo_digest.trim(), subject, "skopeo still reads the image from the layout");
 
@@ -421,4 +431,26 @@ fn build_sbom_attaches_referrers_to_layouts_and_registries_and_copy_carries_them
     assert_eq!(check_referrers_index(&skopeo_raw(&tag), &other, &subject), BTreeSet::from([SPDX.into(), CDX.into()]));
     assert_eq!(nixoci_json(&["copy", "-q", "--json", &again, &to_docker])["referrers"], 0, "already there");
     assert_eq!(sbom(&[&to_docker], "spdx", &t.path().join("o.spdx")), from_reg);
+}
+
+#[test]
+fn sbom_of_an_image_without_one_fails_clearly_and_attach_adds_it() {
+    let Some(c) = nix_closure(test_name!(), 1) else { return };
+    let t = tempdir();
+    let closure = c.closure_json();
+    let closure = closure.to_str().unwrap();
+    let image = format!("oci:{}:plain", t.path().join("plain").display());
+    build(&["--closure", closure, "-o", &image]);
+    let out = output(nixoci().args(["sbom", &image, "--format", "cyclonedx"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("has no cyclonedx SBOM attached") && err.contains("--closure"), "{err}");
+    let computed = run_ok(nixoci().args(["sbom", &image, "--closure", closure, "--format", "cyclonedx", "--attach"]));
+    let fetched = run_ok(nixoci().args(["sbom", &image, "--format", "cyclonedx"]));
+    assert_eq!(fetched, computed, "the attached document is the one computed");
+    let ins = nixoci_json(&["inspect", &image, "--json"]);
+    assert_eq!(ins["referrers"].as_array().unwrap().len(), 1, "{ins}");
+    // Attaching again changes nothing.
+    run_ok(nixoci().args(["sbom", &image, "--closure", closure, "--format", "cyclonedx", "--attach"]));
+    assert_eq!(nixoci_json(&["inspect", &image, "--json"])["referrers"], ins["referrers"]);
 }

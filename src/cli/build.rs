@@ -112,11 +112,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
     report.stats.seconds.insert("closure".into(), closure_secs);
     report.stats.seconds.insert("plan".into(), plan_secs);
     report.stats.seconds.insert("total".into(), started.elapsed().as_secs_f64());
-    if !args.sbom.is_empty() {
-        attach_sboms(&closure, &report, &opts, &args.sbom, args.quiet, &reporter)?;
-    }
+    let sboms = if args.sbom.is_empty() {
+        Vec::new()
+    } else {
+        attach_sboms(&closure, &report, &opts, &args.sbom, args.quiet || args.json, &reporter)?
+    };
     reporter.finish();
-    if args.json {
+    if args.json && !sboms.is_empty() {
+        let mut v = serde_json::to_value(&report)?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("sboms".into(), serde_json::to_value(&sboms)?);
+        }
+        super::print_json(&v)?;
+    } else if args.json {
         super::print_json(&report)?;
     } else if !args.quiet {
         let s = &report.stats;
@@ -141,6 +149,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An SBOM attached by `--sbom`, as `--json` lists it.
+#[derive(serde::Serialize)]
+struct AttachedSbom {
+    destination: String,
+    format: String,
+    /// The artifact manifest's digest.
+    digest: nixoci::blob::Digest,
+}
+
 /// `--sbom`: the closure's SBOMs, with the layer of each store path, attached to each output
 /// that holds referrers.
 fn attach_sboms(
@@ -150,7 +167,8 @@ fn attach_sboms(
     formats: &[nixoci::sbom::Format],
     quiet: bool,
     reporter: &CliReporter,
-) -> Result<()> {
+) -> Result<Vec<AttachedSbom>> {
+    let mut attached = Vec::new();
     use nixoci::sbom::{self, CollectOptions, Sbom};
     let layers = sbom::layers_by_path(report.layers.iter().map(|l| (&l.blob.digest, l.paths.as_slice())));
     let collect = CollectOptions { store_root: Some(&opts.store_root), layers };
@@ -159,10 +177,11 @@ fn attach_sboms(
         match out {
             ImageRef::OciDir { .. } | ImageRef::Registry(_) => {
                 let digests = sbom::attach(&doc, formats, out, &report.manifest_digest, reporter)?;
-                if !quiet {
-                    for (f, d) in formats.iter().zip(digests) {
+                for (f, d) in formats.iter().zip(digests) {
+                    if !quiet {
                         eprintln!("{f} SBOM attached to {out} as {d}");
                     }
+                    attached.push(AttachedSbom { destination: out.to_string(), format: f.to_string(), digest: d });
                 }
             }
             other => eprintln!(
@@ -170,7 +189,7 @@ fn attach_sboms(
             ),
         }
     }
-    Ok(())
+    Ok(attached)
 }
 
 /// `KEY=VALUE`, for --label and --annotation.
