@@ -195,6 +195,36 @@ fn closure_on_a_busybox_base_runs_with_the_base_shell() {
     // Reproducible on a base: the same digest again, with one job and a cold cache.
     let again = build(&args(&["-o".into(), format!("oci:{}:again", out.display()), "--jobs".into(), "1".into()]));
     assert_eq!(again.manifest_digest, built.manifest_digest);
+
+    // The base moves (a new config, same layer): diff says so, and its layer is still shared.
+    run_ok(Command::new("umoci").args([
+        "config",
+        "--image",
+        &format!("{}:1", layout.display()),
+        "--tag",
+        "2",
+        "--config.env",
+        "BASEVAR=moved",
+    ]));
+    let moved_ref = format!("oci:{}:2", layout.display());
+    let mut moved_args = args(&["-o".into(), format!("oci:{}:2", out.display())]);
+    let at = moved_args.iter().position(|a| *a == base_ref).unwrap();
+    moved_args[at] = moved_ref.clone();
+    build(&moved_args);
+    let d: Value = serde_json::from_str(&run_ok_str(nixoci().args([
+        "diff",
+        &format!("oci:{}:1", out.display()),
+        &format!("oci:{}:2", out.display()),
+        "--json",
+    ])))
+    .unwrap();
+    let changes = d["config"].as_array().unwrap();
+    let base_change = changes.iter().find(|c| c["field"] == "base image").expect("diff names the moved base");
+    assert!(base_change["old"].as_str().unwrap().starts_with(&base_ref), "{base_change}");
+    assert!(base_change["new"].as_str().unwrap().starts_with(&moved_ref), "{base_change}");
+    assert!(changes.iter().any(|c| c["field"] == "env BASEVAR"), "{changes:?}");
+    let shared: Vec<&str> = d["layers"]["shared"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap()).collect();
+    assert!(shared.contains(&digest), "the base layer is shared");
 }
 
 #[test]
