@@ -223,7 +223,8 @@ fn closure_on_a_busybox_base_runs_with_the_base_shell() {
     assert!(base_change["old"].as_str().unwrap().starts_with(&base_ref), "{base_change}");
     assert!(base_change["new"].as_str().unwrap().starts_with(&moved_ref), "{base_change}");
     assert!(changes.iter().any(|c| c["field"] == "env BASEVAR"), "{changes:?}");
-    let shared: Vec<&str> = d["layers"]["shared"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap()).collect();
+    let shared: Vec<&str> =
+        d["layers"]["shared"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap()).collect();
     assert!(shared.contains(&digest), "the base layer is shared");
 }
 
