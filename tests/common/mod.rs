@@ -6,6 +6,10 @@
 //! `CI` set, a missing tool is a failure; elsewhere the test prints a SKIP note and passes.
 #![allow(dead_code)]
 
+pub mod proxy;
+pub mod registry;
+pub mod tokens;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;

@@ -1,5 +1,5 @@
-//! One registry, one client: TLS, scheme detection, authentication, and the one retry loop that
-//! every request goes through.
+//! One registry, one client: TLS, scheme detection, authentication. Every request goes through
+//! the one retry loop, [`with_retry`].
 //!
 //! Blocking `reqwest` on the build's threads: each push worker sends one request at a time, and
 //! reqwest runs its own small runtime thread. No async code leaks out of this module.
@@ -20,7 +20,7 @@ use super::auth::{self, Challenge, Credentials, TokenReply};
 use super::error::{RegistryError, error_body};
 use super::reference::{RegistryOptions, RegistryRef, RetryPolicy, api_host, is_loopback};
 use super::request::{self, Body, Progress, Req};
-use super::retry::{Backoff, parse_retry_after};
+use super::retry::{Failure, parse_retry_after, with_retry};
 use super::secret::Secret;
 
 /// A connected registry: its scheme is known and its auth challenge recorded.
@@ -77,28 +77,22 @@ impl Client {
         let https = self.base.clone();
         let mut http = https.clone();
         let _ = http.set_scheme("http");
-        let mut backoff = Backoff::new(self.retry);
-        loop {
-            backoff.attempt();
+        let (base, resp) = with_retry(self.retry, |_| {
             let err = match self.execute(&request::ping(&https, &self.host), None) {
-                Ok(resp) => {
-                    self.adopt_ping(https, resp);
-                    return Ok(());
-                }
+                Ok(resp) => return Ok((https.clone(), resp)),
                 Err(e) => e,
             };
-            if allow_http {
-                match self.execute(&request::ping(&http, &self.host), None) {
-                    Ok(resp) if looks_like_registry(&resp) => {
-                        tracing::info!("{}: no TLS ({err}); using plain HTTP", self.host);
-                        self.adopt_ping(http, resp);
-                        return Ok(());
-                    }
-                    Ok(_) | Err(_) => {}
-                }
+            if allow_http
+                && let Ok(resp) = self.execute(&request::ping(&http, &self.host), None)
+                && looks_like_registry(&resp)
+            {
+                tracing::info!("{}: no TLS ({err}); using plain HTTP", self.host);
+                return Ok((http.clone(), resp));
             }
-            backoff.wait(err, None)?;
-        }
+            Err(err.into())
+        })?;
+        self.adopt_ping(base, resp);
+        Ok(())
     }
 
     fn adopt_ping(&mut self, base: Url, resp: Response) {
@@ -130,17 +124,16 @@ impl Client {
     /// Sends `req`, retrying connection errors, 5xx and 429 with backoff. Other statuses are
     /// returned for the caller to judge (a HEAD's 404 is an answer, not an error).
     pub fn send(&self, req: &Req) -> Result<Response, RegistryError> {
-        let mut backoff = Backoff::new(self.retry);
-        loop {
-            backoff.attempt();
-            match self.send_once(req) {
-                Ok(resp) if is_retryable(resp.status().as_u16()) => {
-                    let after = retry_after(&resp);
-                    backoff.wait(self.error_from(req, resp), after)?;
-                }
-                Ok(resp) => return Ok(resp),
-                Err(e) => backoff.wait(e, None)?,
-            }
+        with_retry(self.retry, |_| self.transient_status(req, self.send_once(req)?))
+    }
+
+    /// `resp`, or a failure worth retrying when its status is 5xx, 408 or 429.
+    pub fn transient_status(&self, req: &Req, resp: Response) -> Result<Response, Failure> {
+        if is_retryable(resp.status().as_u16()) {
+            let retry_after = retry_after(&resp);
+            Err(Failure { error: self.error_from(req, resp), retry_after })
+        } else {
+            Ok(resp)
         }
     }
 
@@ -225,18 +218,7 @@ impl Client {
             }
             None => (request::token(&realm, service, scopes, &self.host), None),
         };
-        let mut backoff = Backoff::new(self.retry);
-        let resp = loop {
-            backoff.attempt();
-            match self.execute(&req, auth.as_ref()) {
-                Ok(resp) if is_retryable(resp.status().as_u16()) => {
-                    let after = retry_after(&resp);
-                    backoff.wait(self.error_from(&req, resp), after)?;
-                }
-                Ok(resp) => break resp,
-                Err(e) => backoff.wait(e, None)?,
-            }
-        };
+        let resp = with_retry(self.retry, |_| self.transient_status(&req, self.execute(&req, auth.as_ref())?))?;
         if !resp.status().is_success() {
             return Err(self.error_from(&req, resp));
         }
