@@ -66,6 +66,12 @@ fn nixoci(args: &[String], env: &[(&str, &str)]) -> Run {
         .env("HOME", "/nonexistent")
         .env_remove("DOCKER_CONFIG")
         .env_remove("XDG_CONFIG_HOME");
+    // No proxy from the machine's environment (tests set their own).
+    for k in
+        ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"]
+    {
+        c.env_remove(k);
+    }
     for (k, v) in env {
         c.env(k, v);
     }
@@ -478,7 +484,8 @@ fn tls_with_private_ca() {
     assert_eq!(reg.copy_back("tls:1", &t.path().join("back")), digest);
 
     let e = nixoci(&build_args(&[format!("docker://{}/tls:untrusted", reg.host())], &cache, None), &[]).fails();
-    assert!(e.contains(&reg.host()) && e.contains("certificate"), "{e}");
+    assert!(e.contains(&format!("the certificate of {} is signed by an untrusted issuer", reg.host())), "{e}");
+    assert!(e.contains("--cert-dir DIR") && e.contains("--tls-verify=false"), "{e}");
     assert_eq!(reg.digest_of("tls:untrusted"), None);
 
     let mut a = build_args(&[format!("docker://{}/tls:insecure", reg.host())], &cache, None);
@@ -500,6 +507,72 @@ fn tls_with_private_ca() {
     )
     .ok();
     assert_eq!(oci_manifest_digest(&t.path().join("copied"), "c"), digest);
+}
+
+/// Docker's recipe for a self-signed registry certificate, exactly (a certificate that is its own
+/// CA, which webpki alone refuses): with it in --cert-dir, build → push → `skopeo inspect` agree
+/// on the digest, and reading works; the same registry with the certificate not in the trust
+/// directory, a certificate for another host name, and an expired one are refused, each with a
+/// message that names the problem and the way out, and nothing is pushed.
+#[test]
+fn tls_self_signed_docker_recipe() {
+    require_tools!("docker-registry", "skopeo", "openssl");
+    let t = tempdir();
+    let cache = t.path().join("cache");
+    let certs = t.path().join("recipe");
+    common::registry::docker_recipe_cert(&certs, "IP:127.0.0.1", "127.0.0.1");
+    let reg = Registry::start(Setup::TlsCert(certs.clone()));
+    let dest = |tag: &str| vec![format!("docker://{}/selfsigned:{tag}", reg.host())];
+    let cert_dir = |d: &Path| s(&["--cert-dir", &d.display().to_string()]);
+
+    let mut a = build_args(&dest("1"), &cache, None);
+    a.extend(cert_dir(&reg.ca_dir()));
+    let pushed = nixoci(&a, &[]).ok();
+    let digest = pushed["manifest_digest"].as_str().unwrap().to_owned();
+    assert_eq!(reg.digest_of("selfsigned:1").as_deref(), Some(digest.as_str()), "skopeo inspect --cert-dir");
+    let oci = format!("oci:{}:c", t.path().join("copied").display());
+    let mut a = s(&["copy", &dest("1")[0], &oci]);
+    a.extend(cert_dir(&reg.ca_dir()));
+    nixoci(&a, &[]).ok();
+    assert_eq!(oci_manifest_digest(&t.path().join("copied"), "c"), digest);
+
+    // Not in the trust directory: another self-signed certificate there, or none at all.
+    let other = t.path().join("other");
+    common::registry::docker_recipe_cert(&other, "DNS:other.example", "other.example");
+    for extra in [cert_dir(&other.join("certs")), Vec::new()] {
+        let mut a = build_args(&dest("untrusted"), &cache, None);
+        a.extend(extra);
+        let e = nixoci(&a, &[]).fails();
+        assert!(e.contains(&format!("the certificate of {} is self-signed and not trusted", reg.host())), "{e}");
+        assert!(e.contains("--cert-dir DIR") && e.contains("--tls-verify=false"), "{e}");
+        assert!(!e.contains("CaUsedAsEndEntity"), "{e}");
+    }
+    assert_eq!(reg.digest_of("selfsigned:untrusted"), None);
+
+    // A certificate for another host name, trusted: refused for its name.
+    let wrong = Registry::start(Setup::TlsCert(other.clone()));
+    let mut a = build_args(&[format!("docker://{}/selfsigned:wrong", wrong.host())], &cache, None);
+    a.extend(cert_dir(&other.join("certs")));
+    let e = nixoci(&a, &[]).fails();
+    assert!(
+        e.contains(&format!("the certificate of {} is for another host name (other.example)", wrong.host())),
+        "{e}"
+    );
+    assert!(e.contains("--tls-verify=false"), "{e}");
+
+    // Expired (and trusted): refused as expired, its date named.
+    let expired = t.path().join("expired");
+    common::registry::expired_cert(&expired);
+    let old = Registry::start(Setup::TlsCert(expired.clone()));
+    let mut a = build_args(&[format!("docker://{}/selfsigned:expired", old.host())], &cache, None);
+    a.extend(cert_dir(&expired.join("certs")));
+    let e = nixoci(&a, &[]).fails();
+    assert!(e.contains(&format!("the certificate of {} expired on Thu, 02 Jan 2020", old.host())), "{e}");
+
+    // --tls-verify=false still takes anything.
+    let mut a = build_args(&[format!("docker://{}/selfsigned:insecure", old.host())], &cache, None);
+    a.push("--tls-verify=false".into());
+    nixoci(&a, &[]).ok();
 }
 
 /// Nothing listens: a clear error naming the host, quickly (retries bounded).

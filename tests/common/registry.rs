@@ -24,6 +24,9 @@ pub enum Setup {
     Plain,
     Basic,
     Tls,
+    /// TLS with `domain.crt` and `domain.key` of this directory (see [`docker_recipe_cert`]);
+    /// `certs/` beside them is the trust directory.
+    TlsCert(PathBuf),
     /// Token auth: the registry trusts tokens signed by the key whose certificate is `bundle`.
     Bearer {
         realm: String,
@@ -54,6 +57,13 @@ impl Registry {
             extra = format!(
                 "auth: {{token: {{realm: \"{realm}\", service: {SERVICE}, issuer: {ISSUER}, rootcertbundle: {}}}}}\n",
                 bundle.display()
+            );
+        }
+        if let Setup::TlsCert(c) = &setup {
+            tls = format!(
+                ", tls: {{certificate: {}, key: {}}}",
+                c.join("domain.crt").display(),
+                c.join("domain.key").display()
             );
         }
         if setup == Setup::Tls {
@@ -116,14 +126,17 @@ impl Registry {
 
     /// A directory in skopeo's `--cert-dir` layout with our CA.
     pub fn ca_dir(&self) -> PathBuf {
-        self.dir.path().join("ca")
+        match &self.setup {
+            Setup::TlsCert(c) => c.join("certs"),
+            _ => self.dir.path().join("ca"),
+        }
     }
 
     /// skopeo's flags to reach this registry (`src`/`dest`/none prefix).
     pub fn skopeo_flags(&self, prefix: &str) -> Vec<String> {
         let p = if prefix.is_empty() { String::new() } else { format!("{prefix}-") };
         let mut v = match self.setup {
-            Setup::Tls => vec![format!("--{p}cert-dir={}", self.ca_dir().display())],
+            Setup::Tls | Setup::TlsCert(_) => vec![format!("--{p}cert-dir={}", self.ca_dir().display())],
             _ => vec![format!("--{p}tls-verify=false")],
         };
         if matches!(self.setup, Setup::Basic | Setup::Bearer { .. }) {
@@ -235,6 +248,78 @@ pub fn make_certs(d: &Path) {
     ]);
     fs::create_dir_all(d.join("ca")).unwrap();
     fs::copy(d.join("ca.crt"), d.join("ca/ca.crt")).unwrap();
+}
+
+/// Docker's documented recipe for a self-signed registry certificate, exactly
+/// (<https://distribution.github.io/distribution/about/deploying/>), answering openssl's questions
+/// on stdin with CN = `cn`: `domain.crt` and `domain.key` in `d`, and `d/certs/ca.crt` (where
+/// docker's docs copy it) as the trust directory. The certificate is its own CA (`CA:TRUE`).
+pub fn docker_recipe_cert(d: &Path, san: &str, cn: &str) {
+    fs::create_dir_all(d.join("certs")).unwrap();
+    let mut child = Command::new("openssl")
+        .current_dir(d)
+        .args(["req", "-newkey", "rsa:4096", "-nodes", "-sha256", "-keyout", "domain.key", "-x509", "-days", "365"])
+        .args(["-out", "domain.crt", "-addext", &format!("subjectAltName = {san}")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl");
+    // Country, state, locality, organisation, unit: empty ('.'); common name; email: empty.
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), format!(".\n.\n.\n.\n.\n{cn}\n.\n").as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "openssl req (docker's recipe) failed");
+    let text = run_ok(Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(d.join("domain.crt")));
+    assert!(String::from_utf8_lossy(&text).contains("CA:TRUE"), "the recipe's certificate is a CA certificate");
+    fs::copy(d.join("domain.crt"), d.join("certs/ca.crt")).unwrap();
+}
+
+/// A self-signed certificate for IP 127.0.0.1 that expired in 2020 (`openssl ca` with explicit
+/// dates), laid out like [`docker_recipe_cert`].
+pub fn expired_cert(d: &Path) {
+    fs::create_dir_all(d.join("db")).unwrap();
+    fs::create_dir_all(d.join("certs")).unwrap();
+    fs::write(d.join("db/index"), "").unwrap();
+    fs::write(d.join("db/serial"), "01\n").unwrap();
+    fs::write(
+        d.join("ca.cnf"),
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = db/index\nnew_certs_dir = db\nserial = db/serial\n\
+         default_md = sha256\npolicy = p\ncopy_extensions = copy\nunique_subject = no\n[p]\ncommonName = supplied\n",
+    )
+    .unwrap();
+    let ssl = |args: &[&str]| {
+        run_ok(Command::new("openssl").args(args).current_dir(d));
+    };
+    ssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "domain.key"]);
+    ssl(&[
+        "req",
+        "-new",
+        "-key",
+        "domain.key",
+        "-out",
+        "domain.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        "subjectAltName = IP:127.0.0.1",
+    ]);
+    ssl(&[
+        "ca",
+        "-batch",
+        "-config",
+        "ca.cnf",
+        "-selfsign",
+        "-keyfile",
+        "domain.key",
+        "-in",
+        "domain.csr",
+        "-out",
+        "domain.crt",
+        "-startdate",
+        "20200101000000Z",
+        "-enddate",
+        "20200102000000Z",
+    ]);
+    fs::copy(d.join("domain.crt"), d.join("certs/ca.crt")).unwrap();
 }
 
 pub fn oci_manifest_digest(dir: &Path, tag: &str) -> String {

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use reqwest::Url;
 use reqwest::blocking::Response;
 use reqwest::header::{AUTHORIZATION, HeaderValue, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -22,6 +22,7 @@ use super::reference::{RegistryOptions, RegistryRef, RetryPolicy, api_host, is_l
 use super::request::{self, Body, Progress, Req};
 use super::retry::{Failure, parse_retry_after, with_retry};
 use super::secret::Secret;
+use super::tls;
 
 /// A connected registry: its scheme is known and its auth challenge recorded.
 pub struct Client {
@@ -280,7 +281,16 @@ impl Client {
     }
 
     fn connect_error(&self, req: &Req, e: reqwest::Error) -> RegistryError {
-        let message = error_chain(&e.without_url());
+        let e = e.without_url();
+        if let Some(refusal) = tls::find_refusal(&e) {
+            return RegistryError::Connect {
+                host: self.host.clone(),
+                what: req.what.clone(),
+                message: refusal.to_string(),
+                tls: true,
+            };
+        }
+        let message = error_chain(&e);
         let lower = message.to_lowercase();
         let tls = lower.contains("certificate") || lower.contains("corrupt message") || lower.contains("handshake");
         RegistryError::Connect { host: self.host.clone(), what: req.what.clone(), message, tls }
@@ -405,11 +415,11 @@ fn redact_query(u: &Url) -> String {
     u.to_string()
 }
 
-/// The HTTP client: rustls with the system roots plus `--cert-dir` (or the containers/docker
-/// per-registry directories), a client certificate if the directory has one.
+/// The HTTP client: rustls configured by [`tls::client_config`] (system roots, the registry's
+/// trust directory, a client certificate).
 fn http_client(host: &str, opts: &RegistryOptions) -> Result<reqwest::blocking::Client> {
     let mut b = reqwest::blocking::Client::builder()
-        .use_rustls_tls()
+        .use_preconfigured_tls(tls::client_config(host, opts)?)
         .user_agent(concat!("nixoci/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(15))
         // Bounds every wait for a response head and every body read; uploads set their own.
@@ -418,55 +428,6 @@ fn http_client(host: &str, opts: &RegistryOptions) -> Result<reqwest::blocking::
         .pool_max_idle_per_host(32);
     if is_loopback(host) {
         b = b.no_proxy();
-    }
-    if opts.insecure {
-        b = b.danger_accept_invalid_certs(true);
-    }
-    let dirs = match &opts.cert_dir {
-        Some(d) => {
-            if !d.is_dir() {
-                bail!("--cert-dir {}: not a directory", d.display());
-            }
-            vec![d.clone()]
-        }
-        None => ["/etc/containers/certs.d", "/etc/docker/certs.d"]
-            .iter()
-            .map(|d| std::path::Path::new(d).join(host))
-            .filter(|d| d.is_dir())
-            .collect(),
-    };
-    for dir in dirs {
-        let mut names: Vec<_> = std::fs::read_dir(&dir)
-            .with_context(|| format!("reading certificate directory {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        names.sort();
-        for p in &names {
-            match p.extension().and_then(|e| e.to_str()) {
-                Some("crt") => {
-                    let pem = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-                    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                        .with_context(|| format!("{}: not a PEM CA certificate", p.display()))?;
-                    for c in certs {
-                        b = b.add_root_certificate(c);
-                    }
-                }
-                Some("cert") => {
-                    let key = p.with_extension("key");
-                    let mut pem = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-                    pem.extend(
-                        std::fs::read(&key).with_context(|| {
-                            format!("client certificate {} has no key {}", p.display(), key.display())
-                        })?,
-                    );
-                    let id = reqwest::Identity::from_pem(&pem).with_context(|| {
-                        format!("{} + {}: not a PEM certificate and key", p.display(), key.display())
-                    })?;
-                    b = b.identity(id);
-                }
-                _ => {}
-            }
-        }
     }
     b.build().context("setting up the HTTP client")
 }
