@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::proxy::{Action, Fault, Proxy};
+use common::proxy::{Action, ConnectProxy, Fault, Proxy};
 use common::registry::{PASSWORD, Registry, Setup, USER, free_port, oci_manifest_digest};
 use common::tokens::TokenServer;
 use common::{describe, example_args, output, tempdir};
@@ -573,6 +573,67 @@ fn tls_self_signed_docker_recipe() {
     let mut a = build_args(&[format!("docker://{}/selfsigned:insecure", old.host())], &cache, None);
     a.push("--tls-verify=false".into());
     nixoci(&a, &[]).ok();
+}
+
+/// CI behind a proxy: a CONNECT proxy (test code, with basic credentials) is the only way to the
+/// registry's name `registry.test` (TLS, so HTTPS through a tunnel). With `HTTPS_PROXY` set the
+/// push goes through it (tunnels counted) and verifies; its password is never printed; wrong
+/// proxy credentials fail clearly; with `NO_PROXY` naming the registry nothing goes through it;
+/// a loopback address is never proxied.
+#[test]
+fn https_proxy_and_no_proxy() {
+    require_tools!("docker-registry", "skopeo", "openssl");
+    let t = tempdir();
+    let cache = t.path().join("cache");
+    let certs = t.path().join("certs");
+    common::registry::docker_recipe_cert(&certs, "DNS:registry.test,IP:127.0.0.1", "registry.test");
+    let reg = Registry::start(Setup::TlsCert(certs));
+    let proxy = ConnectProxy::start(&["registry.test"], Some(("proxy-user", PASSWORD)));
+    let with_creds = format!("http://proxy-user:{PASSWORD}@127.0.0.1:{}", proxy.port);
+    let named = format!("registry.test:{}", reg.port);
+    let args = |host: &str, tag: &str| {
+        let mut a = build_args(&[format!("docker://{host}/px:{tag}")], &cache, None);
+        a.extend(s(&["--cert-dir", &reg.ca_dir().display().to_string(), "--retry-times", "0"]));
+        a
+    };
+
+    let pushed = nixoci(&args(&named, "1"), &[("HTTPS_PROXY", &with_creds)]).ok();
+    let digest = pushed["manifest_digest"].as_str().unwrap().to_owned();
+    let tunnels = proxy.tunnels.lock().unwrap().clone();
+    assert!(!tunnels.is_empty() && tunnels.iter().all(|t| *t == named), "{tunnels:?}");
+    assert_eq!(reg.digest_of("px:1").as_deref(), Some(digest.as_str()));
+    // Lowercase works too, and reading goes through it as well.
+    let before = proxy.tunnel_count();
+    let oci = format!("oci:{}:c", t.path().join("copied").display());
+    let mut a = s(&["copy", &format!("docker://{named}/px:1"), &oci]);
+    a.extend(s(&["--cert-dir", &reg.ca_dir().display().to_string()]));
+    nixoci(&a, &[("https_proxy", &with_creds)]).ok();
+    assert_eq!(oci_manifest_digest(&t.path().join("copied"), "c"), digest);
+    assert!(proxy.tunnel_count() > before);
+
+    // Wrong proxy credentials: refused by the proxy, said so, the password not shown.
+    let wrong = format!("http://proxy-user:wrong-{PASSWORD}@127.0.0.1:{}", proxy.port);
+    let refused = proxy.refused.load(std::sync::atomic::Ordering::Relaxed);
+    let e = nixoci(&args(&named, "2"), &[("HTTPS_PROXY", &wrong)]).fails();
+    assert!(e.contains(&named) && e.contains("the proxy refused the credentials in HTTPS_PROXY"), "{e}");
+    assert!(e.contains("gave up after 1 attempts") || !e.contains("gave up"), "not retried: {e}");
+    assert!(proxy.refused.load(std::sync::atomic::Ordering::Relaxed) > refused);
+
+    // NO_PROXY names the registry: no tunnel, so the name does not even resolve.
+    for no in [named.as_str(), "registry.test", ".test", "*"] {
+        let before = proxy.tunnel_count();
+        let e = nixoci(&args(&named, "3"), &[("HTTPS_PROXY", &with_creds), ("NO_PROXY", no)]).fails();
+        assert!(e.contains(&format!("cannot reach {named}")), "NO_PROXY={no}: {e}");
+        assert_eq!(proxy.tunnel_count(), before, "NO_PROXY={no}");
+    }
+    // Another name in NO_PROXY: proxied as before.
+    nixoci(&args(&named, "4"), &[("HTTPS_PROXY", &with_creds), ("NO_PROXY", "other.test,10.0.0.0/8")]).ok();
+
+    // Loopback is never proxied.
+    let before = proxy.tunnel_count();
+    nixoci(&args(&reg.host(), "5"), &[("HTTPS_PROXY", &with_creds)]).ok();
+    assert_eq!(proxy.tunnel_count(), before);
+    assert_eq!(reg.digest_of("px:5").as_deref(), Some(digest.as_str()));
 }
 
 /// Nothing listens: a clear error naming the host, quickly (retries bounded).

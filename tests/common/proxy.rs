@@ -202,3 +202,133 @@ pub fn serve(client: TcpStream, upstream: u16, log: &ProxyLog, faults: &Mutex<Ve
         }
     }
 }
+
+/// A forward proxy on 127.0.0.1 that speaks only `CONNECT` (what clients send through
+/// `HTTPS_PROXY` for `https://` URLs): it resolves the names in `hosts` (`registry.test` →
+/// 127.0.0.1, the port kept), so a registry addressed by such a name is reachable through it and
+/// nowhere else; it counts the tunnels it opens; with `credentials` it answers 407 unless the
+/// request carries them in `Proxy-Authorization` (basic).
+pub struct ConnectProxy {
+    pub port: u16,
+    /// `host:port` of every tunnel opened, in order.
+    pub tunnels: Arc<Mutex<Vec<String>>>,
+    /// Requests refused (407, or not CONNECT, or an unknown host).
+    pub refused: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ConnectProxy {
+    pub fn start(hosts: &[&str], credentials: Option<(&str, &str)>) -> ConnectProxy {
+        use base64::Engine as _;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tunnels = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let hosts: Vec<String> = hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let want = credentials
+            .map(|(u, p)| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))));
+        let (t, r, s) = (tunnels.clone(), refused.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let (t, r, hosts, want) = (t.clone(), r.clone(), hosts.clone(), want.clone());
+                        std::thread::spawn(move || {
+                            let _ = tunnel(client, &hosts, want.as_deref(), &t, &r);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        ConnectProxy { port, tunnels, refused, stop, thread: Some(thread) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn tunnel_count(&self) -> usize {
+        self.tunnels.lock().unwrap().len()
+    }
+}
+
+impl Drop for ConnectProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn tunnel(
+    client: TcpStream,
+    hosts: &[String],
+    want: Option<&str>,
+    tunnels: &Mutex<Vec<String>>,
+    refused: &AtomicU64,
+) -> std::io::Result<()> {
+    client.set_nonblocking(false)?;
+    client.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || head.len() > 65536 {
+            return Ok(());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let mut words = head.split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or("").to_ascii_lowercase());
+    let auth = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case("proxy-authorization").then(|| v.trim().to_owned())
+    });
+    let mut c = &client;
+    let refuse = |c: &mut &TcpStream, status: &str| {
+        refused.fetch_add(1, Ordering::Relaxed);
+        let extra = if status.starts_with("407") { "Proxy-Authenticate: Basic realm=\"test\"\r\n" } else { "" };
+        write!(c, "HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n")
+    };
+    if method != "CONNECT" {
+        return refuse(&mut c, "405 Only CONNECT");
+    }
+    if let Some(w) = want
+        && auth.as_deref() != Some(w)
+    {
+        return refuse(&mut c, "407 Proxy Authentication Required");
+    }
+    let (host, port) = match target.rsplit_once(':') {
+        Some((h, p)) if hosts.iter().any(|x| x == h) => (h.to_owned(), p.parse::<u16>().unwrap_or(0)),
+        _ => return refuse(&mut c, "502 Unknown Host"),
+    };
+    let Ok(up) = TcpStream::connect(("127.0.0.1", port)) else {
+        return refuse(&mut c, "502 Connection Refused");
+    };
+    tunnels.lock().unwrap().push(format!("{host}:{port}"));
+    write!(c, "HTTP/1.1 200 Connection Established\r\n\r\n")?;
+    c.flush()?;
+    // Bytes the client sent after the head (none, in practice) go first.
+    let buffered = reader.buffer().to_vec();
+    let mut up_w = up.try_clone()?;
+    up_w.write_all(&buffered)?;
+    let (mut from, mut to) = (up.try_clone()?, client.try_clone()?);
+    let back = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Write);
+    });
+    let mut client_r = client;
+    let _ = std::io::copy(&mut client_r, &mut up_w);
+    let _ = up_w.shutdown(Shutdown::Write);
+    let _ = back.join();
+    Ok(())
+}

@@ -18,6 +18,7 @@ use reqwest::header::{AUTHORIZATION, HeaderValue, LOCATION, RETRY_AFTER, WWW_AUT
 
 use super::auth::{self, Challenge, Credentials, TokenReply};
 use super::error::{RegistryError, error_body};
+use super::proxy::{self, ProxyEnv};
 use super::reference::{RegistryOptions, RegistryRef, RetryPolicy, api_host, is_loopback};
 use super::request::{self, Body, Progress, Req};
 use super::retry::{Failure, parse_retry_after, with_retry};
@@ -287,13 +288,26 @@ impl Client {
                 host: self.host.clone(),
                 what: req.what.clone(),
                 message: refusal.to_string(),
-                tls: true,
+                permanent: true,
             };
         }
         let message = error_chain(&e);
         let lower = message.to_lowercase();
         let tls = lower.contains("certificate") || lower.contains("corrupt message") || lower.contains("handshake");
-        RegistryError::Connect { host: self.host.clone(), what: req.what.clone(), message, tls }
+        let proxy_auth = lower.contains("proxy authorization required");
+        let message = if proxy_auth {
+            format!(
+                "{message}: the proxy refused the credentials in HTTPS_PROXY/HTTP_PROXY (http://USER:PASS@HOST:PORT)"
+            )
+        } else {
+            message
+        };
+        RegistryError::Connect {
+            host: self.host.clone(),
+            what: req.what.clone(),
+            message,
+            permanent: tls || proxy_auth,
+        }
     }
 
     pub fn io_error(&self, req: &Req, e: std::io::Error) -> RegistryError {
@@ -405,7 +419,8 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cur = err.source();
     }
-    parts.join(": ")
+    // A proxy URL in an error may hold its credentials.
+    proxy::redact_userinfo(&parts.join(": "))
 }
 
 /// A URL without its query (upload URLs carry server state that is noise in logs).
@@ -426,8 +441,11 @@ fn http_client(host: &str, opts: &RegistryOptions) -> Result<reqwest::blocking::
         .timeout(Duration::from_secs(120))
         .tcp_keepalive(Duration::from_secs(30))
         .pool_max_idle_per_host(32);
-    if is_loopback(host) {
-        b = b.no_proxy();
+    // Our own reading of the proxy variables (reqwest's differs from Go's for loopback and ports).
+    let proxies = ProxyEnv::from_env()?;
+    if let Some(p) = Url::parse(&format!("https://{}/", api_host(host))).ok().and_then(|u| proxies.for_url(&u)) {
+        tracing::info!("{host}: through the proxy {}", proxy::redacted(&p));
     }
+    b = if proxies.is_set() { b.proxy(reqwest::Proxy::custom(move |url| proxies.for_url(url))) } else { b.no_proxy() };
     b.build().context("setting up the HTTP client")
 }

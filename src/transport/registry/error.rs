@@ -25,8 +25,8 @@ pub enum RegistryError {
         what: String,
         /// The error chain, flattened (it never holds credentials: they travel in headers).
         message: String,
-        /// A certificate problem (not worth retrying).
-        tls: bool,
+        /// A certificate problem or a proxy that refused its credentials: not worth retrying.
+        permanent: bool,
     },
     /// The server stored other bytes than we sent.
     #[error("{what}: {host} reports digest {actual}, expected {expected}")]
@@ -52,7 +52,7 @@ impl RegistryError {
     /// Whether another attempt may succeed: connection errors, 5xx, 429 (and 408).
     pub fn is_transient(&self) -> bool {
         match self {
-            RegistryError::Connect { tls, .. } => !tls,
+            RegistryError::Connect { permanent, .. } => !permanent,
             RegistryError::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
             _ => false,
         }

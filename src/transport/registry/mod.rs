@@ -32,11 +32,15 @@
 //! what to do. `--tls-verify=false` accepts any certificate and allows plain HTTP; like
 //! docker, loopback registries (`localhost`, 127.0.0.0/8, `::1`) may answer on plain HTTP too.
 //!
+//! **Proxies** ([`proxy`]): `HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY` as the Go clients read them;
+//! loopback registries never proxied; credentials in a proxy URL never printed.
+//!
 //! Blocking `reqwest` on plain threads (the build is thread-based); there is no async code.
 
 pub mod auth;
 pub mod client;
 pub mod error;
+pub mod proxy;
 pub mod pull;
 pub mod push;
 pub mod reference;
