@@ -231,6 +231,11 @@ fn plain_push_repush_tags_and_copy() {
     // docker-archive as a copy destination is refused clearly.
     let e = nixoci(&s(&["copy", &src, &format!("docker-archive:{}", t.path().join("x.tar").display())]), &[]).fails();
     assert!(e.contains("not supported"), "{e}");
+    // The registry's error document shown as one readable line.
+    let missing = format!("docker://{}/hello:no-such-tag", reg.host());
+    let e = nixoci(&s(&["copy", &missing, &format!("oci:{}:x", t.path().join("none").display())]), &[]).fails();
+    let line = e.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+    assert!(line.contains("answered 404: MANIFEST_UNKNOWN: manifest unknown ({\"Tag\":\"no-such-tag\"})"), "{e}");
 }
 
 /// A 20 MiB layer (chunked PATCH) through a proxy that drops the connection mid-blob and answers
