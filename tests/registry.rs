@@ -311,6 +311,50 @@ fn chunked_push_survives_faults() {
     eprintln!("20 MiB image pushed in {secs:.2}s (warm layer cache): {:.0} MB/s", bytes as f64 / secs / 1e6);
 }
 
+/// A blob download cut mid-blob (by the proxy, twice) resumes at the byte where it stopped with a
+/// `Range` request, for `copy` and for `inspect --read-layers`; what arrives verifies.
+#[test]
+fn pull_resumes_at_the_cut_byte() {
+    require_tools!("docker-registry");
+    let reg = Registry::start(Setup::Plain);
+    let t = tempdir();
+    let mut args = s(&["build"]);
+    args.extend(big_store(t.path()));
+    args.extend(s(&["--cache-dir", &t.path().join("cache").display().to_string(), "--compression", "gzip:1"]));
+    args.extend(s(&["-o", &format!("docker://{}/big:1", reg.host())]));
+    let built = nixoci(&args, &[]).ok();
+    let digest = built["manifest_digest"].as_str().unwrap().to_owned();
+    let layers = built["layers"].as_array().unwrap();
+    let big = layers.iter().max_by_key(|l| l["size"].as_u64().unwrap()).unwrap();
+    let (big_digest, big_size) = (big["digest"].as_str().unwrap().to_owned(), big["size"].as_u64().unwrap());
+    let path: &'static str = Box::leak(format!("/blobs/{big_digest}").into_boxed_str());
+    let cut = (5 << 20) + 12345;
+    let cut_at = |at: u64| Fault { method: "GET", path, skip: 0, action: Action::CutResponse(at) };
+    // The first GET is cut after `cut` bytes, the resumed one after `cut` more.
+    let proxy = Proxy::start(reg.port, vec![cut_at(cut), cut_at(cut)]);
+    let src = format!("docker://{}/big:1", proxy.host());
+    let oci = t.path().join("copied");
+    let run = nixoci(&s(&["copy", &src, &format!("oci:{}:c", oci.display())]), &[]);
+    let log = run.stderr();
+    run.ok();
+    assert!(proxy.faults.lock().unwrap().is_empty(), "{:?}", proxy.log.fired.lock().unwrap());
+    let ranges = proxy.log.ranges.lock().unwrap().clone();
+    let get = format!("GET /v2/big{path}");
+    assert_eq!(ranges, vec![format!("{get} bytes={cut}-"), format!("{get} bytes={}-", 2 * cut)]);
+    assert!(log.contains(&format!("broke off at byte {cut} ")), "{log}");
+    assert_eq!(oci_manifest_digest(&oci, "c"), digest);
+    let hex = big_digest.trim_start_matches("sha256:");
+    let blob = fs::read(oci.join("blobs/sha256").join(hex)).unwrap();
+    assert_eq!(blob.len() as u64, big_size);
+    assert_eq!(common::sha256_hex(&blob), hex);
+
+    // inspect --read-layers reads the layer through the same resumption.
+    proxy.faults.lock().unwrap().push(cut_at(cut));
+    nixoci(&s(&["inspect", "--read-layers", &src]), &[]).ok();
+    let ranges = proxy.log.ranges.lock().unwrap().clone();
+    assert_eq!(ranges.last(), Some(&format!("{get} bytes={cut}-")), "{ranges:?}");
+}
+
 /// Two processes push images that share layers to one registry at once: both succeed, both
 /// verify.
 #[test]

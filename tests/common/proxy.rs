@@ -15,6 +15,8 @@ pub enum Action {
     Drop(u64),
     /// Answer this status (with `Retry-After: 1` for 429) without forwarding.
     Status(u16),
+    /// Forward the request, then relay the response head and this many body bytes, then close.
+    CutResponse(u64),
 }
 
 /// Fires on the `skip+1`-th request matching `method` and `path` (a substring).
@@ -32,6 +34,8 @@ pub struct ProxyLog {
     pub upload_bytes: AtomicU64,
     /// `METHOD /path` of every request, in order.
     pub requests: Mutex<Vec<String>>,
+    /// `METHOD /path RANGE` of every request with a `Range` header, in order.
+    pub ranges: Mutex<Vec<String>>,
     pub fired: Mutex<Vec<String>>,
 }
 
@@ -146,6 +150,12 @@ pub fn serve(client: TcpStream, upstream: u16, log: &ProxyLog, faults: &Mutex<Ve
             })
             .unwrap_or(0);
         log.requests.lock().unwrap().push(format!("{method} {path}"));
+        if let Some(range) = text.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("range").then(|| v.trim().to_owned())
+        }) {
+            log.ranges.lock().unwrap().push(format!("{method} {path} {range}"));
+        }
         let fault = {
             let mut fs = faults.lock().unwrap();
             match fs.iter().position(|f| f.method == method && path.contains(f.path)) {
@@ -175,6 +185,30 @@ pub fn serve(client: TcpStream, upstream: u16, log: &ProxyLog, faults: &Mutex<Ve
                 c.flush()?;
                 log.fired.lock().unwrap().push(format!("{status} {method} {path}"));
                 std::thread::sleep(Duration::from_millis(50));
+                close();
+                return Ok(());
+            }
+            Some(Action::CutResponse(after)) => {
+                // A connection of its own, so the response can be cut where we like.
+                std::io::copy(&mut (&mut reader).take(len), &mut std::io::sink())?;
+                let mut up2 = TcpStream::connect(("127.0.0.1", upstream))?;
+                up2.set_read_timeout(Some(Duration::from_secs(60)))?;
+                up2.write_all(&head)?;
+                let mut from = BufReader::new(up2);
+                let mut c = &client;
+                loop {
+                    let mut line = Vec::new();
+                    if from.read_until(b'\n', &mut line)? == 0 {
+                        break;
+                    }
+                    c.write_all(&line)?;
+                    if line == b"\r\n" {
+                        break;
+                    }
+                }
+                let n = std::io::copy(&mut (&mut from).take(after), &mut c)?;
+                c.flush()?;
+                log.fired.lock().unwrap().push(format!("cut response after {n} body bytes: {method} {path}"));
                 close();
                 return Ok(());
             }
