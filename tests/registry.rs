@@ -56,6 +56,13 @@ impl Run {
 }
 
 fn nixoci(args: &[String], env: &[(&str, &str)]) -> Run {
+    let mut c = nixoci_cmd(args, env);
+    let cmd = describe(&c);
+    Run { out: output(&mut c), cmd }
+}
+
+/// The command [`nixoci`] runs (for tests that start it and kill it).
+fn nixoci_cmd(args: &[String], env: &[(&str, &str)]) -> std::process::Command {
     let mut c = common::nixoci();
     c.args(args).arg("--json");
     // Debug logs on: secrets must not show up there either.
@@ -75,8 +82,7 @@ fn nixoci(args: &[String], env: &[(&str, &str)]) -> Run {
     for (k, v) in env {
         c.env(k, v);
     }
-    let cmd = describe(&c);
-    Run { out: output(&mut c), cmd }
+    c
 }
 
 fn s(v: &[&str]) -> Vec<String> {
@@ -112,12 +118,17 @@ fn other_spec(dir: &Path, marker: &str) -> PathBuf {
 /// A store with one 20 MiB path of incompressible bytes (so its layer takes the chunked path)
 /// and one small path; returns the build inputs.
 fn big_store(dir: &Path) -> Vec<String> {
+    big_store_seeded(dir, 0x9E37_79B9_7F4A_7C15)
+}
+
+/// [`big_store`] with other bytes in the big path (same store paths: use another cache).
+fn big_store_seeded(dir: &Path, seed: u64) -> Vec<String> {
     let store = dir.join("store");
     let big = "0a1b2c3d4f5g6h7i8j9k0l1m2n3p4q5r-big-blob-1.0";
     let small = "9z8y7x6w5v4s3r2q1p0n9m8l7k6j5i4h-small-1.0";
     fs::create_dir_all(store.join(big).join("share")).unwrap();
     fs::create_dir_all(store.join(small).join("bin")).unwrap();
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut x: u64 = seed;
     let mut data = vec![0u8; 20 << 20];
     for chunk in data.chunks_mut(8) {
         x ^= x << 13;
@@ -353,6 +364,72 @@ fn pull_resumes_at_the_cut_byte() {
     nixoci(&s(&["inspect", "--read-layers", &src]), &[]).ok();
     let ranges = proxy.log.ranges.lock().unwrap().clone();
     assert_eq!(ranges.last(), Some(&format!("{get} bytes={cut}-")), "{ranges:?}");
+}
+
+/// `kill -9` of a push at three points — mid-blob (the first 16 MiB chunk of the big layer
+/// landed), after the first blob landed, and before the manifest — leaves the tag as it was; each
+/// re-run uploads only what is still missing (counted by the proxy), and the last one finishes
+/// and verifies.
+#[test]
+fn push_killed_leaves_the_tag_and_resumes() {
+    use std::os::unix::process::ExitStatusExt;
+    require_tools!("docker-registry", "skopeo");
+    let reg = Registry::start(Setup::Plain);
+    let t = tempdir();
+    // Release 1 at the tag, straight to the registry.
+    let (one, two) = (t.path().join("one"), t.path().join("two"));
+    let build = |dir: &Path, seed: u64, dest: String| {
+        let mut a = s(&["build"]);
+        a.extend(big_store_seeded(dir, seed));
+        a.extend(s(&["--cache-dir", &dir.join("cache").display().to_string(), "--compression", "none"]));
+        a.extend(s(&["--jobs", "1", "-o", &dest]));
+        a
+    };
+    let first = nixoci(&build(&one, 1, format!("docker://{}/app:1", reg.host())), &[]).ok();
+    let digest_one = first["manifest_digest"].as_str().unwrap().to_owned();
+
+    // Release 2 to the same tag through the proxy, killed at each point in turn.
+    let proxy = Proxy::start(reg.port, Vec::new());
+    let args = build(&two, 2, format!("docker://{}/app:1", proxy.host()));
+    let big = 20u64 << 20;
+    let kill_at = |fault: Fault, point: &str| -> u64 {
+        let before = proxy.upload_bytes();
+        let fired = proxy.log.fired.lock().unwrap().len();
+        proxy.faults.lock().unwrap().push(fault);
+        let log = std::fs::File::create(t.path().join(format!("{point}.log"))).unwrap();
+        let mut child = nixoci_cmd(&args, &[]).stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while proxy.log.fired.lock().unwrap().len() == fired {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{point}: nixoci ended ({status}) before the fault fired");
+            }
+            assert!(Instant::now() < deadline, "{point}: the fault never fired");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap(); // SIGKILL
+        assert_eq!(child.wait().unwrap().signal(), Some(9), "{point}");
+        assert_eq!(reg.digest_of("app:1").as_deref(), Some(digest_one.as_str()), "{point}: the tag moved");
+        proxy.upload_bytes() - before
+    };
+    // Mid-blob: the second PATCH of the big layer hangs, the first chunk is in.
+    let sent = kill_at(Fault { method: "PATCH", path: "/blobs/uploads/", skip: 1, action: Action::Hold }, "mid-blob");
+    assert!(sent >= 16 << 20, "{sent}");
+    // After the first blob: it (the big layer, largest first) completes, the next upload hangs.
+    // The lost session of the killed upload is not resumable: the big layer goes once more, whole.
+    let sent = kill_at(Fault { method: "POST", path: "/blobs/uploads/", skip: 1, action: Action::Hold }, "first-blob");
+    assert!(sent >= big && sent < big + (1 << 20), "{sent}");
+    // Before the manifest: every blob is in; the big layer is not sent again.
+    let sent = kill_at(Fault { method: "PUT", path: "/manifests/", skip: 0, action: Action::Hold }, "manifest");
+    assert!(sent < 1 << 20, "re-sent {sent} bytes: only the blobs still missing may go");
+    // The same command again: nothing left to upload; it finishes, the tag moves, it verifies.
+    let before = proxy.upload_bytes();
+    let last = nixoci(&args, &[]).ok();
+    assert_eq!(proxy.upload_bytes(), before);
+    assert_eq!(stat(&last, "blobs_uploaded"), 0, "{last:#}");
+    let digest_two = last["manifest_digest"].as_str().unwrap().to_owned();
+    assert_ne!(digest_two, digest_one);
+    assert_eq!(reg.digest_of("app:1").as_deref(), Some(digest_two.as_str()));
+    assert_eq!(reg.copy_back("app:1", &t.path().join("back")), digest_two);
 }
 
 /// Two processes push images that share layers to one registry at once: both succeed, both

@@ -15,6 +15,8 @@ pub enum Action {
     Drop(u64),
     /// Answer this status (with `Retry-After: 1` for 429) without forwarding.
     Status(u16),
+    /// Take the request (its body too) and answer nothing until the client hangs up.
+    Hold,
     /// Forward the request, then relay the response head and this many body bytes, then close.
     CutResponse(u64),
 }
@@ -185,6 +187,13 @@ pub fn serve(client: TcpStream, upstream: u16, log: &ProxyLog, faults: &Mutex<Ve
                 c.flush()?;
                 log.fired.lock().unwrap().push(format!("{status} {method} {path}"));
                 std::thread::sleep(Duration::from_millis(50));
+                close();
+                return Ok(());
+            }
+            Some(Action::Hold) => {
+                log.fired.lock().unwrap().push(format!("hold {method} {path}"));
+                // Until the client goes away (its read timeout bounds a live one).
+                let _ = std::io::copy(&mut reader, &mut std::io::sink());
                 close();
                 return Ok(());
             }
