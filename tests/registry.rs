@@ -20,7 +20,7 @@ use serde_json::Value;
 use common::proxy::{Action, ConnectProxy, Fault, Proxy};
 use common::registry::{PASSWORD, Registry, Setup, USER, free_port, oci_manifest_digest};
 use common::tokens::TokenServer;
-use common::{describe, example_args, output, tempdir};
+use common::{describe, example_args, output, run_ok_str, tempdir};
 
 // ---- running nixoci -------------------------------------------------------------------------------
 
@@ -430,6 +430,97 @@ fn push_killed_leaves_the_tag_and_resumes() {
     assert_ne!(digest_two, digest_one);
     assert_eq!(reg.digest_of("app:1").as_deref(), Some(digest_two.as_str()));
     assert_eq!(reg.copy_back("app:1", &t.path().join("back")), digest_two);
+}
+
+/// Blobs over 4 GiB (a torch-sized layer): a 5 GiB layer of a sparse file with data at a few
+/// offsets (past 4 GiB too) is pushed in chunks and pulled back with `copy`; the bytes and the
+/// digest are checked, and the peak RSS of both (`/usr/bin/time -v`) stays bounded. Slow (it
+/// writes 15 GiB): runs only with NIXOCI_BIG_TESTS=1.
+#[test]
+fn blob_over_4_gib_push_and_pull() {
+    if std::env::var_os("NIXOCI_BIG_TESTS").is_none() {
+        eprintln!("SKIP blob_over_4_gib_push_and_pull: set NIXOCI_BIG_TESTS=1 (writes 15 GiB)");
+        return;
+    }
+    require_tools!("docker-registry", "time");
+    use std::io::{Seek, SeekFrom, Write};
+    let reg = Registry::start(Setup::Plain);
+    let t = tempdir();
+    let store = t.path().join("store");
+    let name = "5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f-torch-like-2.10";
+    fs::create_dir_all(store.join(name).join("lib")).unwrap();
+    let size: u64 = (5 << 30) + 12345;
+    {
+        let mut f = fs::File::create(store.join(name).join("lib/libtorch_cuda.so")).unwrap();
+        f.set_len(size).unwrap();
+        for (i, at) in [0, 1 << 30, (4 << 30) - 3, (4 << 30) + 64, size - 64].into_iter().enumerate() {
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.write_all(format!("marker {i} at byte {at};").as_bytes()).unwrap();
+        }
+    }
+    let closure = format!(
+        r#"[{{"path":"/nix/store/{name}","narHash":"sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","narSize":{size},"references":[]}}]"#
+    );
+    fs::write(t.path().join("closure.json"), closure).unwrap();
+    let timed = |args: Vec<String>, what: &str| -> (Value, u64, f64) {
+        let c = nixoci_cmd(&args, &[("NIXOCI_LOG", "info")]);
+        let mut timed = std::process::Command::new("/usr/bin/time");
+        timed.arg("-v").arg(c.get_program()).args(c.get_args());
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => timed.env(k, v),
+                None => timed.env_remove(k),
+            };
+        }
+        let started = Instant::now();
+        let out = output(&mut timed);
+        let secs = started.elapsed().as_secs_f64();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{what} failed:\n{err}");
+        let rss_kb: u64 = err
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no peak RSS in:\n{err}"));
+        (serde_json::from_slice(&out.stdout).unwrap(), rss_kb, secs)
+    };
+    let mut a = s(&["build", "--closure", &t.path().join("closure.json").display().to_string()]);
+    a.extend(s(&["--store-root", &store.display().to_string(), "--compression", "none", "--no-cache"]));
+    a.extend(s(&["-o", &format!("docker://{}/torch:1", reg.host())]));
+    let (pushed, push_rss, push_secs) = timed(a, "build + push");
+    let digest = pushed["manifest_digest"].as_str().unwrap().to_owned();
+    let layer = pushed["layers"].as_array().unwrap().iter().max_by_key(|l| l["size"].as_u64().unwrap()).unwrap();
+    let (layer_digest, layer_size) = (layer["digest"].as_str().unwrap().to_owned(), layer["size"].as_u64().unwrap());
+    assert!(layer_size > size && layer_size > 4 << 30, "{layer_size}");
+    assert!(stat(&pushed, "bytes_uploaded") >= layer_size);
+
+    let oci = t.path().join("pulled");
+    let (_, pull_rss, pull_secs) =
+        timed(s(&["copy", &format!("docker://{}/torch:1", reg.host()), &format!("oci:{}:t", oci.display())]), "copy");
+    assert_eq!(oci_manifest_digest(&oci, "t"), digest);
+    let blob = oci.join("blobs/sha256").join(layer_digest.trim_start_matches("sha256:"));
+    assert_eq!(fs::metadata(&blob).unwrap().len(), layer_size);
+    let sum = run_ok_str(std::process::Command::new("sha256sum").arg(&blob));
+    assert!(sum.starts_with(layer_digest.trim_start_matches("sha256:")), "{sum}");
+    // The markers are where they were in the file, inside the pulled tar.
+    let markers = [0, 1 << 30, (4 << 30) - 3, (4 << 30) + 64, size - 64];
+    let mut f = fs::File::open(&blob).unwrap();
+    let mut head = vec![0u8; 64 << 10];
+    std::io::Read::read_exact(&mut f, &mut head).unwrap();
+    let start = head.windows(19).position(|w| w == b"marker 0 at byte 0;").expect("file data in the tar") as u64;
+    for (i, at) in markers.into_iter().enumerate() {
+        let want = format!("marker {i} at byte {at};");
+        let mut got = vec![0u8; want.len()];
+        f.seek(SeekFrom::Start(start + at)).unwrap();
+        std::io::Read::read_exact(&mut f, &mut got).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), want);
+    }
+    eprintln!(
+        "5 GiB layer ({layer_size} bytes): build + push {push_secs:.0}s, peak RSS {} MiB; pull {pull_secs:.0}s, peak RSS {} MiB",
+        push_rss / 1024,
+        pull_rss / 1024
+    );
+    assert!(push_rss < 512 * 1024 && pull_rss < 512 * 1024, "memory not bounded: {push_rss} / {pull_rss} KiB");
 }
 
 /// Two processes push images that share layers to one registry at once: both succeed, both
