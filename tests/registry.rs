@@ -853,6 +853,30 @@ fn https_proxy_and_no_proxy() {
     assert_eq!(reg.digest_of("px:5").as_deref(), Some(digest.as_str()));
 }
 
+/// A registry that requires a client certificate: `*.cert` + `*.key` in --cert-dir are presented
+/// (and skopeo agrees on the digest); without them the handshake is refused and nothing is pushed.
+#[test]
+fn tls_client_certificate() {
+    require_tools!("docker-registry", "skopeo", "openssl");
+    let reg = Registry::start(Setup::TlsClientCert);
+    let t = tempdir();
+    let cache = t.path().join("cache");
+    let mut a = build_args(&[format!("docker://{}/mtls:1", reg.host())], &cache, None);
+    a.extend(s(&["--cert-dir", &reg.ca_dir().display().to_string()]));
+    let digest = nixoci(&a, &[]).ok()["manifest_digest"].as_str().unwrap().to_owned();
+    assert_eq!(reg.digest_of("mtls:1").as_deref(), Some(digest.as_str()));
+    // The CA alone: trusted server, but no client certificate to show.
+    let ca_only = t.path().join("ca-only");
+    fs::create_dir_all(&ca_only).unwrap();
+    fs::copy(reg.ca_dir().join("ca.crt"), ca_only.join("ca.crt")).unwrap();
+    let mut a = build_args(&[format!("docker://{}/mtls:2", reg.host())], &cache, None);
+    a.extend(s(&["--cert-dir", &ca_only.display().to_string(), "--retry-times", "0"]));
+    let e = nixoci(&a, &[]).fails();
+    assert!(e.contains(&reg.host()) && e.contains("wants a client certificate"), "{e}");
+    assert!(e.contains("gave up after 1 attempts") || !e.contains("gave up"), "not retried: {e}");
+    assert_eq!(reg.digest_of("mtls:2"), None);
+}
+
 /// Nothing listens: a clear error naming the host, quickly (retries bounded).
 #[test]
 fn registry_down_fails_clearly() {

@@ -27,6 +27,9 @@ pub enum Setup {
     /// TLS with `domain.crt` and `domain.key` of this directory (see [`docker_recipe_cert`]);
     /// `certs/` beside them is the trust directory.
     TlsCert(PathBuf),
+    /// [`Setup::Tls`] that also requires a client certificate signed by the same CA;
+    /// [`Registry::ca_dir`] holds `ca.crt`, `client.cert` and `client.key`.
+    TlsClientCert,
     /// Token auth: the registry trusts tokens signed by the key whose certificate is `bundle`.
     Bearer {
         realm: String,
@@ -72,6 +75,16 @@ impl Registry {
                 ", tls: {{certificate: {}, key: {}}}",
                 d.join("server.crt").display(),
                 d.join("server.key").display()
+            );
+        }
+        if setup == Setup::TlsClientCert {
+            make_certs(d);
+            make_client_cert(d);
+            tls = format!(
+                ", tls: {{certificate: {}, key: {}, clientcas: [{}]}}",
+                d.join("server.crt").display(),
+                d.join("server.key").display(),
+                d.join("ca.crt").display()
             );
         }
         for _attempt in 0..5 {
@@ -128,6 +141,7 @@ impl Registry {
     pub fn ca_dir(&self) -> PathBuf {
         match &self.setup {
             Setup::TlsCert(c) => c.join("certs"),
+            Setup::TlsClientCert => self.dir.path().join("ca-client"),
             _ => self.dir.path().join("ca"),
         }
     }
@@ -136,7 +150,9 @@ impl Registry {
     pub fn skopeo_flags(&self, prefix: &str) -> Vec<String> {
         let p = if prefix.is_empty() { String::new() } else { format!("{prefix}-") };
         let mut v = match self.setup {
-            Setup::Tls | Setup::TlsCert(_) => vec![format!("--{p}cert-dir={}", self.ca_dir().display())],
+            Setup::Tls | Setup::TlsCert(_) | Setup::TlsClientCert => {
+                vec![format!("--{p}cert-dir={}", self.ca_dir().display())]
+            }
             _ => vec![format!("--{p}tls-verify=false")],
         };
         if matches!(self.setup, Setup::Basic | Setup::Bearer { .. }) {
@@ -248,6 +264,51 @@ pub fn make_certs(d: &Path) {
     ]);
     fs::create_dir_all(d.join("ca")).unwrap();
     fs::copy(d.join("ca.crt"), d.join("ca/ca.crt")).unwrap();
+}
+
+/// A client certificate signed by [`make_certs`]' CA: `d/ca-client/` holds `ca.crt`,
+/// `client.cert` and `client.key` (the containers `certs.d` layout).
+pub fn make_client_cert(d: &Path) {
+    let ssl = |args: &[&str]| {
+        run_ok(Command::new("openssl").args(args).current_dir(d));
+    };
+    ssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/CN=nixoci test client",
+    ]);
+    fs::write(d.join("client-ext.cnf"), "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n").unwrap();
+    ssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "client-ext.cnf",
+    ]);
+    let dir = d.join("ca-client");
+    fs::create_dir_all(&dir).unwrap();
+    fs::copy(d.join("ca.crt"), dir.join("ca.crt")).unwrap();
+    fs::copy(d.join("client.crt"), dir.join("client.cert")).unwrap();
+    fs::copy(d.join("client.key"), dir.join("client.key")).unwrap();
 }
 
 /// Docker's documented recipe for a self-signed registry certificate, exactly

@@ -295,9 +295,19 @@ impl Client {
         let lower = message.to_lowercase();
         let tls = lower.contains("certificate") || lower.contains("corrupt message") || lower.contains("handshake");
         let proxy_auth = lower.contains("proxy authorization required");
+        // The server refused our side of the handshake: it wants a (other) client certificate.
+        let client_cert = lower.contains("fatal alert")
+            && ["badcertificate", "certificaterequired", "unknownca", "certificateunknown"]
+                .iter()
+                .any(|a| lower.contains(a));
         let message = if proxy_auth {
             format!(
                 "{message}: the proxy refused the credentials in HTTPS_PROXY/HTTP_PROXY (http://USER:PASS@HOST:PORT)"
+            )
+        } else if client_cert {
+            format!(
+                "{message}: the registry wants a client certificate it trusts; put it and its key (NAME.cert and \
+                 NAME.key) in --cert-dir DIR"
             )
         } else {
             message
@@ -306,7 +316,7 @@ impl Client {
             host: self.host.clone(),
             what: req.what.clone(),
             message,
-            permanent: tls || proxy_auth,
+            permanent: tls || proxy_auth || client_cert,
         }
     }
 
