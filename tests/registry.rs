@@ -1,11 +1,12 @@
 //! Registry tests: a real CNCF distribution registry (`docker-registry`) on 127.0.0.1, one per
-//! test on a free port, in three setups (plain HTTP, htpasswd bcrypt basic auth, TLS with a CA
-//! made by openssl), with skopeo as the independent check. The registry, the token server and the
-//! proxies that count upload bytes and inject faults (dropped connections mid-blob, 500, 429) are
-//! in `tests/common/` (`registry.rs`, `tokens.rs`, `proxy.rs`).
+//! test on a free port (plain HTTP, htpasswd bcrypt basic auth, bearer tokens, TLS with a private
+//! CA, a client certificate, Docker's self-signed recipe), with skopeo as the independent check.
+//! The registry, the token server and the proxies (a fault-injecting, byte-counting reverse proxy
+//! and a tunnel-counting CONNECT proxy) are in `tests/common/` (`registry.rs`, `tokens.rs`,
+//! `proxy.rs`). The 5 GiB layer test runs only with NIXOCI_BIG_TESTS=1.
 //!
-//! Tools: docker-registry, skopeo, openssl, htpasswd (Debian: docker-registry skopeo openssl
-//! apache2-utils). Under CI a missing tool fails the test.
+//! Tools: docker-registry, skopeo, openssl, htpasswd, time (Debian: docker-registry skopeo openssl
+//! apache2-utils time). Under CI a missing tool fails the test.
 
 mod common;
 

@@ -1,5 +1,7 @@
-//! An HTTP/1.1 proxy on 127.0.0.1 in front of a registry (loopback only, bounded): counts upload
-//! bytes and requests, and injects faults (dropped connections mid-body, 500, 429).
+//! Proxies on 127.0.0.1 (loopback only, bounded). [`Proxy`]: a reverse proxy in front of a
+//! registry that counts upload bytes, requests and `Range`s, and injects faults (connections
+//! dropped mid-request, responses cut mid-body, statuses such as 500 and 429, requests held until
+//! the client is killed). [`ConnectProxy`]: a forward proxy for `HTTPS_PROXY` that counts tunnels.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,7 +1,8 @@
 //! The registry the tests push to: a real CNCF distribution registry (`docker-registry`) on
-//! 127.0.0.1, one per test on a free port, in four setups (plain HTTP, htpasswd bcrypt basic auth,
-//! TLS with a CA made by openssl, bearer tokens from [`super::tokens::TokenServer`]), with skopeo as
-//! the independent check.
+//! 127.0.0.1, one per test on a free port, in several setups (plain HTTP, htpasswd bcrypt basic
+//! auth, bearer tokens from [`super::tokens::TokenServer`], TLS with a CA made by openssl, with a
+//! required client certificate, or with a given certificate such as Docker's self-signed recipe),
+//! with skopeo as the independent check.
 #![allow(dead_code)]
 
 use std::fs;
