@@ -353,7 +353,7 @@ fn pull_resumes_at_the_cut_byte() {
     let ranges = proxy.log.ranges.lock().unwrap().clone();
     let get = format!("GET /v2/big{path}");
     assert_eq!(ranges, vec![format!("{get} bytes={cut}-"), format!("{get} bytes={}-", 2 * cut)]);
-    assert!(log.contains(&format!("broke off at byte {cut} ")), "{log}");
+    assert!(log.contains(&format!("broke off at byte {cut})")), "{log}");
     assert_eq!(oci_manifest_digest(&oci, "c"), digest);
     let hex = big_digest.trim_start_matches("sha256:");
     let blob = fs::read(oci.join("blobs/sha256").join(hex)).unwrap();

@@ -2,9 +2,10 @@
 //!
 //! A blob download that breaks off (connection dropped, body cut short) resumes where it stopped
 //! with `Range: bytes=N-`, instead of starting over: a `206` answer continues the stream; a
-//! server that ignores `Range` (`200`) is read again with the first N bytes skipped. Resumption
-//! gives up after `--retry-times` consecutive breaks without a byte of progress. Memory per
-//! download: the caller's buffer; nothing is held whole.
+//! server that ignores `Range` (`200`) is read again with the first N bytes skipped. Breaks go
+//! through the one retry loop ([`with_retry`]): it gives up after `--retry-times` consecutive
+//! breaks without a byte of progress. Memory per download: the caller's buffer; nothing is held
+//! whole.
 
 use std::io::Read;
 
@@ -16,6 +17,7 @@ use super::Repository;
 use super::client::read_limited;
 use super::error::RegistryError;
 use super::request;
+use super::retry::with_retry;
 use crate::blob::Digest;
 
 /// Manifests and indexes larger than this are refused (the spec's suggested limit is 4 MiB).
@@ -51,7 +53,7 @@ impl Repository {
     pub fn open_blob(&self, digest: &Digest) -> Result<BlobReader<'_>, RegistryError> {
         let resp = self.get_blob_from(digest, 0)?;
         let total = content_length(&resp);
-        Ok(BlobReader { repo: self, digest: digest.clone(), resp: Some(resp), position: 0, total, breaks: 0 })
+        Ok(BlobReader { repo: self, digest: digest.clone(), resp: Some(resp), position: 0, total })
     }
 
     /// `GET` the blob from byte `from` on: the answer positioned at `from`.
@@ -112,8 +114,6 @@ pub struct BlobReader<'a> {
     position: u64,
     /// The whole blob's length, from the first answer's `Content-Length`.
     total: Option<u64>,
-    /// Breaks since the last byte of progress.
-    breaks: u32,
 }
 
 impl BlobReader<'_> {
@@ -124,55 +124,43 @@ impl BlobReader<'_> {
 }
 
 impl Read for BlobReader<'_> {
+    /// One read through the one retry loop: a break (error, or a body shorter than announced)
+    /// is a transient failure; the next attempt reopens the blob at the current position.
+    /// Every read that delivers bytes starts the bounds afresh.
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
-        loop {
+        let repo = self.repo;
+        with_retry(repo.client.retry, |_| {
             let resp = match &mut self.resp {
                 Some(r) => r,
-                None => {
-                    let resp = self.repo.get_blob_from(&self.digest, self.position).map_err(std::io::Error::other)?;
-                    self.resp.insert(resp)
-                }
+                None => self.resp.insert(repo.get_blob_from(&self.digest, self.position)?),
             };
-            let failure = match resp.read(buf) {
-                Ok(0) if self.total.is_some_and(|t| self.position < t) => std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("the body ended at byte {} of {}", self.position, self.total.unwrap_or(0)),
-                ),
+            let broke = match resp.read(buf) {
+                Ok(0) if self.total.is_some_and(|t| self.position < t) => {
+                    format!("the body ended before byte {} of {}", self.position, self.total.unwrap_or(0))
+                }
                 Ok(n) => {
-                    if n > 0 {
-                        self.breaks = 0;
-                    }
                     self.position += n as u64;
                     return Ok(n);
                 }
-                Err(e) => e,
+                Err(e) => e.to_string(),
             };
             self.resp = None;
-            self.breaks += 1;
-            let retries = self.repo.client.retry.retries;
-            if self.breaks > retries {
-                return Err(std::io::Error::new(
-                    failure.kind(),
-                    format!(
-                        "reading blob {} from {}: {failure} (broke off {} times at byte {})",
-                        self.digest,
-                        self.repo.name(),
-                        self.breaks,
-                        self.position
-                    ),
-                ));
+            Err(RegistryError::Connect {
+                host: repo.client.host.clone(),
+                what: format!(
+                    "reading blob {} from {} (broke off at byte {})",
+                    self.digest,
+                    repo.name(),
+                    self.position
+                ),
+                message: broke,
+                permanent: false,
             }
-            tracing::info!(
-                "{}: reading blob {} broke off at byte {} ({failure}); resuming there",
-                self.repo.name(),
-                self.digest,
-                self.position
-            );
-            // A short pause, growing with repeated breaks at the same byte.
-            std::thread::sleep(std::time::Duration::from_millis(200 * u64::from(self.breaks - 1)));
-        }
+            .into())
+        })
+        .map_err(std::io::Error::other)
     }
 }
