@@ -12,12 +12,12 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
+use common::registry::{Registry, Setup};
 use common::*;
 use serde_json::Value;
 
@@ -249,75 +249,17 @@ fn python_packages_are_found_by_their_dist_info_with_pypi_purls() {
     assert_eq!(seen, want.keys().map(|k| k.to_string()).collect());
 }
 
-/// A running `docker-registry` on 127.0.0.1; killed when dropped.
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let dir = tempdir();
-        let d = dir.path();
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let config = format!(
-                "version: 0.1\nlog: {{level: info, accesslog: {{disabled: true}}}}\n\
-                 storage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n  \
-                 maintenance: {{uploadpurging: {{enabled: false}}}}\n\
-                 http: {{addr: 127.0.0.1:{port}, secret: test-only-secret}}\n",
-                d.join("data").display()
-            );
-            fs::write(d.join("config.yml"), config).unwrap();
-            let log = fs::File::create(d.join("registry.log")).unwrap();
-            let mut child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(d.join("config.yml"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("starting docker-registry");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken: try another
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Registry { child, port, _dir: dir };
-                }
-                assert!(Instant::now() < deadline, "docker-registry did not listen in 10 s");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        panic!("could not start docker-registry");
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// The status code of a plain `GET path`.
-    fn get_status(&self, path: &str) -> u16 {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: application/vnd.oci.image.index.v1+json\r\n\r\n",
-            self.host()
-        )
-        .unwrap();
-        let mut head = String::new();
-        s.read_to_string(&mut head).unwrap();
-        head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{head}"))
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The status code of a plain `GET path` to the registry on 127.0.0.1:`port`.
+fn get_status(port: u16, path: &str) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAccept: application/vnd.oci.image.index.v1+json\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = String::new();
+    s.read_to_string(&mut head).unwrap();
+    head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{head}"))
 }
 
 fn skopeo_raw(image: &str) -> Value {
@@ -349,7 +291,7 @@ fn nixoci_json(args: &[&str]) -> Value {
 fn build_sbom_attaches_referrers_to_layouts_and_registries_and_copy_carries_them() {
     require_tools!("docker-registry", "skopeo");
     let Some(c) = nix_closure(test_name!(), 1) else { return };
-    let reg = Registry::start();
+    let reg = Registry::start(Setup::Plain);
     let t = tempdir();
     let closure = c.closure_json();
     let closure = closure.to_str().unwrap();
@@ -361,7 +303,7 @@ fn build_sbom_attaches_referrers_to_layouts_and_registries_and_copy_carries_them
     let subject = built.manifest_digest.clone();
 
     // The registry has no referrers API: the artifacts are listed under the referrers tag.
-    assert_eq!(reg.get_status(&format!("/v2/t/app/referrers/{subject}")), 404, "distribution 2.8 lacks the API");
+    assert_eq!(get_status(reg.port, &format!("/v2/t/app/referrers/{subject}")), 404, "distribution 2.8 lacks the API");
     let tag = format!("docker://{repo}:sha256-{}", subject.strip_prefix("sha256:").unwrap());
     let index = skopeo_raw(&tag);
     assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json");
