@@ -419,7 +419,7 @@ fn attach_registry(repo: &Repository, artifact: &Artifact, subject: &Digest, rep
     manifests.push(artifact.descriptor()?);
     manifests.sort_by_key(|m| m.digest().to_string());
     let index = image::index(manifests)?;
-    repo.put_manifest_bytes(&index.bytes, request::MT_OCI_INDEX, &fallback_tag(subject))?;
+    repo.put_manifest_bytes(&index, request::MT_OCI_INDEX, &fallback_tag(subject))?;
     tracing::info!("{}: referrers of {subject} listed at tag {}", repo.name(), fallback_tag(subject));
     Ok(())
 }
