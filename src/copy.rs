@@ -37,8 +37,6 @@ pub struct CopyReport {
     pub layers: usize,
     /// Blob bytes read from the source (blobs the destination had are not read).
     pub bytes_read: u64,
-    /// OCI 1.1 referrers of the image (SBOMs…) copied along (`oci:` and `docker://` on both sides).
-    pub referrers: usize,
     #[serde(flatten)]
     pub upload: PushStats,
     pub seconds: f64,
@@ -82,7 +80,6 @@ pub fn copy(src: &ImageRef, dest: &ImageRef, opts: &CopyOptions, reporter: &dyn 
         }
         ImageRef::DockerArchive { .. } | ImageRef::Stdout => unreachable!("refused above"),
     }
-    let referrers = carry_referrers(src, dest, &image.manifest.digest, reporter)?;
     reporter.note(&format!("copied {src} to {dest}"));
     let bytes_read = blobs.bytes_read();
     Ok(CopyReport {
@@ -92,22 +89,9 @@ pub fn copy(src: &ImageRef, dest: &ImageRef, opts: &CopyOptions, reporter: &dyn 
         config_digest: image.config.digest.clone(),
         layers: image.layers.len(),
         bytes_read,
-        referrers,
         upload,
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// Copies the referrers of manifest `subject` when both sides keep referrers.
-fn carry_referrers(src: &ImageRef, dest: &ImageRef, subject: &Digest, reporter: &dyn Reporter) -> Result<usize> {
-    use crate::referrers::Store;
-    let Some(from) = Store::open(src, false)? else { return Ok(0) };
-    if from.list(subject)?.is_empty() {
-        return Ok(0);
-    }
-    let Some(to) = Store::open(dest, true)? else { return Ok(0) };
-    crate::referrers::carry(&from, &to, subject, reporter)
-        .with_context(|| format!("copying the referrers of {subject} from {src} to {dest}"))
 }
 
 /// The source's bytes as an [`Image`] (nothing re-serialised).

@@ -29,12 +29,13 @@ use anyhow::{Context, Result, anyhow, bail};
 use canon_json::CanonJsonSerialize;
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, ImageManifestBuilder, MediaType};
 
+use std::sync::Arc;
+
 use crate::atomic::atomic_write_bytes;
-use crate::blob::{BlobInfo, Digest};
-use crate::image::{self, Image, JsonBlob, LayerDesc};
+use crate::blob::Digest;
+use crate::image::{self, JsonBlob};
 use crate::progress::Reporter;
 use crate::transport::ImageRef;
-use crate::transport::oci_dir::BlobSource;
 use crate::transport::registry::{RegistryRef, Repository, request};
 
 /// The empty JSON config of artifacts.
@@ -353,58 +354,28 @@ fn tag_index(repo: &Repository, subject: &Digest) -> Result<Option<ImageIndex>> 
     }
 }
 
-/// Blobs held in memory, handed to the push code as files in a temporary directory.
-struct MemBlobs {
-    dir: tempfile::TempDir,
-    blobs: BTreeMap<Digest, Vec<u8>>,
-}
-
-impl BlobSource for MemBlobs {
-    fn blob_path(&self, digest: &Digest) -> Result<PathBuf> {
-        let data = self.blobs.get(digest).ok_or_else(|| anyhow!("internal error: no blob {digest}"))?;
-        let p = self.dir.path().join(digest.hex());
-        if !p.exists() {
-            atomic_write_bytes(&p, data)?;
-        }
-        Ok(p)
+/// Uploads a small in-memory blob unless the repository has it: `POST` a session, one `PUT`.
+fn push_small_blob(repo: &Repository, digest: &Digest, bytes: &[u8]) -> Result<()> {
+    if repo.has_blob(digest, bytes.len() as u64)? {
+        return Ok(());
     }
+    let (base, name, r) = (&repo.client.base, repo.name(), &repo.reference.repo);
+    let req = request::start_upload(base, &name, r, None);
+    let resp = repo.client.send(&req)?;
+    let resp = repo.client.expect(&req, resp, &[202])?;
+    let location = repo.client.location(&req, &resp)?;
+    let req = request::put_blob(&location, r, &name, digest, request::Body::Bytes(Arc::from(bytes)));
+    let resp = repo.client.send(&req)?;
+    repo.client.expect(&req, resp, &[201])?;
+    Ok(())
 }
 
 fn attach_registry(repo: &Repository, artifact: &Artifact, subject: &Digest, reporter: &dyn Reporter) -> Result<()> {
-    let (config_desc, config_bytes) =
-        artifact.blobs.first().ok_or_else(|| anyhow!("internal error: an artifact without a config"))?;
-    let as_image = Image {
-        config: JsonBlob { digest: config_desc.digest().to_string().parse()?, bytes: config_bytes.clone() },
-        manifest: artifact.manifest.clone(),
-        layers: artifact.blobs[1..]
-            .iter()
-            .map(|(d, _)| {
-                Ok(LayerDesc {
-                    blob: BlobInfo {
-                        digest: d.digest().to_string().parse()?,
-                        size: d.size(),
-                        diff_id: d.digest().to_string().parse()?,
-                        uncompressed_size: d.size(),
-                        media_type: d.media_type().to_string(),
-                    },
-                    group: "referrer".into(),
-                    paths: Vec::new(),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?,
-        architecture: String::new(),
-    };
-    let blobs = MemBlobs {
-        dir: tempfile::Builder::new()
-            .prefix(".nixoci-referrer-")
-            .tempdir()
-            .context("creating a temporary directory")?,
-        blobs: artifact.blobs[1..]
-            .iter()
-            .map(|(d, b)| Ok((d.digest().to_string().parse()?, b.clone())))
-            .collect::<Result<_>>()?,
-    };
-    repo.push(&as_image, artifact.manifest.digest.as_str(), &blobs, 1, &crate::progress::Silent)?;
+    for (d, bytes) in &artifact.blobs {
+        let digest: Digest = d.digest().to_string().parse()?;
+        push_small_blob(repo, &digest, bytes).with_context(|| format!("pushing blob {digest}"))?;
+    }
+    repo.put_manifest_bytes(&artifact.manifest, MediaType::ImageManifest.as_ref(), artifact.manifest.digest.as_str())?;
     reporter.note(&format!("{}: artifact {} pushed", repo.name(), artifact.manifest.digest));
     if let Some(listed) = registry_api_referrers(repo, subject)?
         && listed.iter().any(|d| d.digest().to_string() == artifact.manifest.digest.as_str())
@@ -422,6 +393,22 @@ fn attach_registry(repo: &Repository, artifact: &Artifact, subject: &Digest, rep
     repo.put_manifest_bytes(&index, request::MT_OCI_INDEX, &fallback_tag(subject))?;
     tracing::info!("{}: referrers of {subject} listed at tag {}", repo.name(), fallback_tag(subject));
     Ok(())
+}
+
+/// `copy`'s part: the referrers of manifest `subject` copied from `src` to `dest` when both keep
+/// referrers (`oci:`, `docker://`); returns how many were copied.
+pub fn carry_between(src: &ImageRef, dest: &ImageRef, subject: &Digest, reporter: &dyn Reporter) -> Result<usize> {
+    let Some(from) = Store::open(src, false)? else { return Ok(0) };
+    if from.list(subject)?.is_empty() {
+        return Ok(0);
+    }
+    let Some(to) = Store::open(dest, true)? else { return Ok(0) };
+    let n = carry(&from, &to, subject, reporter)
+        .with_context(|| format!("copying the referrers of {subject} from {src} to {dest}"))?;
+    if n > 0 {
+        reporter.note(&format!("copied {n} referrer(s) of {subject} (SBOMs…) to {dest}"));
+    }
+    Ok(n)
 }
 
 /// Copies every referrer of `subject` from `from` to `to` (those `to` already lists are

@@ -46,9 +46,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let reporter = CliReporter::new(args.quiet);
     let opts = CopyOptions { jobs: args.jobs.max(1), epoch: super::build::source_date_epoch()? };
     let report = copy::copy(&src, &dest, &opts, &reporter)?;
+    // OCI 1.1 referrers (SBOMs…) of the image go with it, between oci: and docker://.
+    let referrers = nixoci::referrers::carry_between(&src, &dest, &report.manifest_digest, &reporter)?;
     reporter.finish();
     if args.json {
-        super::print_json(&report)?;
+        let mut v = serde_json::to_value(&report)?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("referrers".into(), referrers.into());
+        }
+        super::print_json(&v)?;
     } else if !args.quiet {
         eprintln!(
             "copied {} layers, manifest {} ({} uploaded, {} skipped, {} mounted, {}) in {:.2}s",
