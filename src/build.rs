@@ -413,7 +413,9 @@ fn list_layers(closure: &Closure, plan: &Plan, opts: &BuildOptions) -> Result<Ve
             if closure.get(path).is_none() {
                 bail!("internal error: the plan names {path}, which is not in the closure");
             }
+            let from = entries.len();
             tarball::list_store_path(&opts.store_root, path, &mut entries)?;
+            crate::platform::check_elf(&entries[from..], path, &opts.spec.architecture)?;
         }
         tarball::normalize(&mut entries)?;
         match plan.max_layer_size {

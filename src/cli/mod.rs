@@ -4,6 +4,7 @@ mod build;
 mod check;
 mod copy;
 mod diff;
+mod index;
 mod inputs;
 mod inspect;
 mod plan;
@@ -44,6 +45,9 @@ pub enum Command {
     /// Copy an image from any transport (oci:, oci-archive:, docker-archive:, docker://) to
     /// oci:, oci-archive: or docker://, keeping its digest.
     Copy(copy::Args),
+    /// Write an image index (multi-arch image) over per-platform images to oci:, oci-archive:
+    /// or docker://.
+    Index(index::Args),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -55,6 +59,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inspect(a) => inspect::run(a),
         Command::Diff(a) => diff::run(a),
         Command::Copy(a) => copy::run(a),
+        Command::Index(a) => index::run(a),
     }
 }
 

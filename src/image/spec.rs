@@ -35,8 +35,15 @@ pub struct ImageSpec {
     pub annotations: BTreeMap<String, String>,
     #[serde(default)]
     pub exposed_ports: Vec<String>,
+    /// The platform: `architecture` (GOARCH spelling: amd64, arm64, arm, 386, ppc64le, s390x,
+    /// riscv64), checked at build time against every ELF file's machine ([`crate::platform`]);
+    /// `os` (default linux) and `variant` (e.g. `v8`, `v7`) go into the config and the index.
     #[serde(default = "default_arch")]
     pub architecture: String,
+    #[serde(default = "default_os")]
+    pub os: String,
+    #[serde(default)]
+    pub variant: Option<String>,
     #[serde(default)]
     pub users: Vec<User>,
     #[serde(default)]
@@ -70,6 +77,10 @@ const GPU_ENV_DEFAULTS: [(&str, &str); 2] =
 
 fn default_arch() -> String {
     "amd64".to_owned()
+}
+
+fn default_os() -> String {
+    "linux".to_owned()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -149,6 +160,15 @@ pub struct SymlinkSpec {
 }
 
 impl ImageSpec {
+    /// The declared platform (os `linux` when unset).
+    pub fn platform(&self) -> crate::platform::Platform {
+        crate::platform::Platform {
+            os: if self.os.is_empty() { "linux".to_owned() } else { self.os.clone() },
+            architecture: self.architecture.clone(),
+            variant: self.variant.clone().filter(|v| !v.is_empty()),
+        }
+    }
+
     /// Reads an image spec, TOML or JSON (see [`crate::config_format`]).
     pub fn load(file: &Path) -> Result<Self> {
         let (text, format) = crate::config_format::read(file, "image spec")?;

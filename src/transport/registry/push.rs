@@ -16,7 +16,7 @@ use super::error::RegistryError;
 use super::request::{self, Body, Progress, Req};
 use super::retry::Backoff;
 use crate::blob::Digest;
-use crate::image::Image;
+use crate::image::{Image, JsonBlob};
 use crate::progress::Reporter;
 use crate::transport::oci_dir::BlobSource;
 
@@ -430,18 +430,23 @@ impl Repository {
 
     /// `PUT` the manifest: the exact bytes hashed, typed by their media type.
     pub fn put_manifest(&self, image: &Image, reference: &str) -> Result<(), RegistryError> {
+        self.put_manifest_bytes(&image.manifest, &image.manifest_media_type(), reference)
+    }
+
+    /// `PUT` a manifest or an image index: `json`'s exact bytes, typed `media_type`.
+    pub fn put_manifest_bytes(&self, json: &JsonBlob, media_type: &str, reference: &str) -> Result<(), RegistryError> {
         let r = &self.reference;
         let req = request::put_manifest(
             &self.client.base,
             &self.name(),
             &r.repo,
             reference,
-            Arc::from(image.manifest.bytes.as_slice()),
-            &image.manifest_media_type(),
+            Arc::from(json.bytes.as_slice()),
+            media_type,
         );
         let resp = self.client.send(&req)?;
         let resp = self.client.expect(&req, resp, &[200, 201, 202])?;
-        self.check_digest(&req, &resp, &image.manifest.digest)
+        self.check_digest(&req, &resp, &json.digest)
     }
 }
 
