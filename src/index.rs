@@ -237,6 +237,136 @@ impl BlobSource for StagedMany<'_> {
     }
 }
 
+/// What `inspect` and `diff` read: one image, or each image of an index with its platform.
+pub struct Opened {
+    /// The index's digest and media type when the reference named an index.
+    pub index: Option<(Digest, String)>,
+    /// Sorted by platform.
+    pub images: Vec<(Platform, SourceImage)>,
+}
+
+/// Opens `r`: an index with all its images, or one image. With `platform`, only that platform's
+/// image (from an index; a single image must be of that platform).
+pub fn open_platforms(r: &ImageRef, platform: Option<&Platform>) -> Result<Opened> {
+    if let Some(p) = platform {
+        let img = SourceImage::open_platform(r, p)?;
+        let has = Platform::of_config(&img.config);
+        if !p.matches(&has) {
+            bail!("{r} is a {has} image, not {p}");
+        }
+        return Ok(Opened { index: None, images: vec![(has, img)] });
+    }
+    match SourceIndex::open(r)? {
+        Some(idx) => {
+            let mut images = idx
+                .index
+                .manifests()
+                .iter()
+                .map(|d| {
+                    let img = idx.image(d)?;
+                    let p = Platform::of_descriptor(d).unwrap_or_else(|| Platform::of_config(&img.config));
+                    Ok((p, img))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            images.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(Opened { index: Some((idx.digest.clone(), idx.media_type.clone())), images })
+        }
+        None => {
+            let img = SourceImage::open(r)?;
+            Ok(Opened { index: None, images: vec![(Platform::of_config(&img.config), img)] })
+        }
+    }
+}
+
+/// `inspect` of an index: each platform's image.
+#[derive(Debug, Clone, Serialize)]
+pub struct IndexInspection {
+    pub reference: String,
+    pub index_digest: Digest,
+    pub media_type: String,
+    pub platforms: Vec<PlatformInspection>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlatformInspection {
+    pub platform: String,
+    pub image: crate::inspect::Inspection,
+}
+
+/// The text report of an index: a summary line per platform, then one section per platform.
+pub fn write_index_text<W: std::io::Write>(ins: &IndexInspection, w: &mut W) -> std::io::Result<()> {
+    writeln!(w, "IMAGE INDEX  {}", ins.reference)?;
+    writeln!(w, "DIGEST       {}", ins.index_digest)?;
+    for p in &ins.platforms {
+        writeln!(w, "  {:<16} {}", p.platform, p.image.manifest_digest)?;
+    }
+    for p in &ins.platforms {
+        writeln!(w, "\n== {} ==\n", p.platform)?;
+        crate::inspect::write_text(&p.image, w)?;
+    }
+    Ok(())
+}
+
+/// `diff` of two indexes (or an index and an image): the images paired by platform.
+#[derive(Debug, Clone, Serialize)]
+pub struct IndexDiff {
+    pub platforms: Vec<PlatformDiff>,
+    /// Platforms only OLD has.
+    pub removed: Vec<String>,
+    /// Platforms only NEW has.
+    pub added: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlatformDiff {
+    pub platform: String,
+    pub diff: crate::diff::Diff,
+}
+
+/// Pairs OLD's and NEW's images by platform and diffs each pair.
+pub fn diff_platforms(
+    old: &Opened,
+    new: &Opened,
+    opts: &crate::diff::DiffOptions,
+    reporter: &dyn Reporter,
+) -> Result<IndexDiff> {
+    let mut out = IndexDiff { platforms: Vec::new(), removed: Vec::new(), added: Vec::new() };
+    for (p, o) in &old.images {
+        match new.images.iter().find(|(q, _)| q == p) {
+            Some((_, n)) => out.platforms.push(PlatformDiff {
+                platform: p.to_string(),
+                diff: crate::diff::diff(o, n, opts, reporter).with_context(|| format!("comparing the {p} images"))?,
+            }),
+            None => out.removed.push(p.to_string()),
+        }
+    }
+    out.added = new
+        .images
+        .iter()
+        .filter(|(q, _)| !old.images.iter().any(|(p, _)| p == q))
+        .map(|(q, _)| q.to_string())
+        .collect();
+    Ok(out)
+}
+
+/// The text report: one section per platform pair, then the platforms only one side has.
+pub fn write_diff_text<W: std::io::Write>(d: &IndexDiff, w: &mut W) -> std::io::Result<()> {
+    for (i, p) in d.platforms.iter().enumerate() {
+        if i > 0 {
+            writeln!(w)?;
+        }
+        writeln!(w, "== {} ==\n", p.platform)?;
+        crate::diff::write_text(&p.diff, w)?;
+    }
+    if !d.removed.is_empty() {
+        writeln!(w, "\nPLATFORMS REMOVED  {}", d.removed.join(", "))?;
+    }
+    if !d.added.is_empty() {
+        writeln!(w, "\nPLATFORMS ADDED    {}", d.added.join(", "))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,8 +70,9 @@ impl Platform {
     }
 
     pub fn to_oci(&self) -> Result<oci_spec::image::Platform> {
-        let mut b =
-            PlatformBuilder::default().architecture(Arch::from(self.architecture.as_str())).os(Os::from(self.os.as_str()));
+        let mut b = PlatformBuilder::default()
+            .architecture(Arch::from(self.architecture.as_str()))
+            .os(Os::from(self.os.as_str()));
         if let Some(v) = &self.variant {
             b = b.variant(v.clone());
         }
@@ -145,7 +146,7 @@ pub fn check_elf(entries: &[Entry], store_path: &StorePath, architecture: &str) 
         match machine_of_header(&head) {
             // EM_NONE: no machine (some data files are ELF containers).
             Some(m) if m != want && m != 0 => bail!(
-                "store path {store_path} holds {}, an ELF file for {}, but the image's architecture is {architecture}: \
+                "{} (in store path {store_path}) is an ELF file for {}, but the image's architecture is {architecture}: \
                  build the image for the binaries' platform (set `architecture` in the image spec) or build the \
                  closure for {architecture}",
                 format!("/{}", e.path.trim_start_matches('/')),
@@ -203,7 +204,7 @@ mod tests {
         check_elf(&entries, &sp, "arm64").unwrap();
         check_elf(&entries, &sp, "mips64le").unwrap();
         let err = check_elf(&entries, &sp, "amd64").unwrap_err().to_string();
-        assert!(err.contains(&format!("store path {sp} holds {sp}/bin/busybox")), "{err}");
+        assert!(err.contains(&format!("{sp}/bin/busybox (in store path {sp}) is an ELF file")), "{err}");
         assert!(err.contains("arm64 (e_machine 183, EM_AARCH64)"), "{err}");
         assert!(err.contains("architecture is amd64"), "{err}");
     }

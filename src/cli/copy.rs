@@ -50,7 +50,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut refs = args.registry.apply(vec![args.src, args.dest])?.into_iter();
     let (Some(src), Some(dest)) = (refs.next(), refs.next()) else { unreachable!("two references in, two out") };
     let reporter = CliReporter::new(args.quiet);
-    let opts = CopyOptions { jobs: args.jobs.max(1), epoch: super::build::source_date_epoch()?, platform: args.platform };
+    let opts =
+        CopyOptions { jobs: args.jobs.max(1), epoch: super::build::source_date_epoch()?, platform: args.platform };
     let report = copy::copy(&src, &dest, &opts, &reporter)?;
     reporter.finish();
     if args.json {

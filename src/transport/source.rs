@@ -428,9 +428,7 @@ fn resolve_platform(blobs: &Blobs, mut desc: Descriptor, architecture: &Platform
         desc = index
             .manifests()
             .iter()
-            .find(|m| {
-                Platform::of_descriptor(m).is_none_or(|p| architecture.matches(&p))
-            })
+            .find(|m| Platform::of_descriptor(m).is_none_or(|p| architecture.matches(&p)))
             .cloned()
             .ok_or_else(|| {
                 let have: Vec<String> =
