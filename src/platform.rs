@@ -146,10 +146,10 @@ pub fn check_elf(entries: &[Entry], store_path: &StorePath, architecture: &str) 
         match machine_of_header(&head) {
             // EM_NONE: no machine (some data files are ELF containers).
             Some(m) if m != want && m != 0 => bail!(
-                "{} (in store path {store_path}) is an ELF file for {}, but the image's architecture is {architecture}: \
+                "/{} (in store path {store_path}) is an ELF file for {}, but the image's architecture is {architecture}: \
                  build the image for the binaries' platform (set `architecture` in the image spec) or build the \
                  closure for {architecture}",
-                format!("/{}", e.path.trim_start_matches('/')),
+                e.path.trim_start_matches('/'),
                 describe_machine(m)
             ),
             _ => {}
@@ -192,7 +192,7 @@ mod tests {
     #[test]
     fn mislabelled_elf_names_path_and_file() {
         let dir = tempfile::tempdir().unwrap();
-        let sp: StorePath = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-busybox-1.35".parse().unwrap();
+        let sp = StorePath::parse("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-busybox-1.35").unwrap();
         let root = dir.path().join(sp.base_name());
         std::fs::create_dir_all(root.join("bin")).unwrap();
         let mut elf = header(183, false);
