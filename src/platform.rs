@@ -5,13 +5,18 @@
 //! opened and its first 20 bytes read; only files starting with `\x7fELF` are looked at further,
 //! and of those only `e_machine` (bytes 18–19, in the byte order `EI_DATA` names). An ELF file whose
 //! machine is not the declared architecture's fails the build before anything is written, naming
-//! the store path and the file. Architectures this table does not know are not checked.
+//! the store path and the file. Architectures this table does not know are not checked; store
+//! paths the image spec lists in `foreign_elf` neither.
+//!
+//! With a layer cache, the ELF machines found in a store path are remembered under
+//! `CACHE/elf/<key>` (key: store path + NAR hash, as layer keys), so a rebuild whose layers all
+//! come from the cache does not read the first page of every file again.
 
 use std::fmt;
 use std::fs::File;
 use std::io::Read;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use oci_spec::image::{Arch, Os, PlatformBuilder};
 
 use crate::closure::StorePath;
@@ -127,12 +132,107 @@ pub fn machine_of_header(head: &[u8]) -> Option<u16> {
     }
 }
 
-/// Checks every ELF file among `entries` (the listing of `store_path`) against `architecture`.
-/// Unknown architectures are not checked.
-pub fn check_elf(entries: &[Entry], store_path: &StorePath, architecture: &str) -> Result<()> {
-    let Some(want) = elf_machine(architecture) else {
-        return Ok(());
-    };
+/// The ELF check of one build: the declared architecture's machine, and the store paths
+/// (`foreign_elf` globs on their names) whose ELF files are not checked.
+pub struct ElfCheck {
+    architecture: String,
+    machine: Option<u16>,
+    skip: globset::GlobSet,
+    memo: Option<std::path::PathBuf>,
+}
+
+impl ElfCheck {
+    /// Checks against `architecture` (unknown architectures: nothing is checked), skipping store
+    /// paths whose name matches one of `foreign_elf`.
+    pub fn new(architecture: &str, foreign_elf: &[String]) -> Result<Self> {
+        let mut b = globset::GlobSetBuilder::new();
+        for g in foreign_elf {
+            b.add(globset::Glob::new(g).with_context(|| format!("foreign_elf: invalid glob {g:?}"))?);
+        }
+        Ok(Self {
+            architecture: architecture.to_owned(),
+            machine: elf_machine(architecture),
+            skip: b.build().context("foreign_elf")?,
+            memo: None,
+        })
+    }
+
+    /// Remembers each store path's ELF machines in `dir` (keyed by store path and NAR hash).
+    pub fn with_memo(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.memo = dir;
+        self
+    }
+
+    fn memo_file(
+        &self,
+        store_path: &StorePath,
+        nar_hash: Option<&crate::closure::NarHash>,
+    ) -> Option<std::path::PathBuf> {
+        let dir = self.memo.as_ref()?;
+        let key = format!("nixoci-elf-v1\n{store_path}\n{}", nar_hash?.to_hex());
+        Some(dir.join(crate::blob::Digest::of(key.as_bytes()).hex()))
+    }
+
+    /// As [`check`](Self::check), reading the files only when the memo does not know the
+    /// store path (and when it knows a foreign machine there, to name the file).
+    pub fn check_memo(
+        &self,
+        entries: &[Entry],
+        store_path: &StorePath,
+        nar_hash: Option<&crate::closure::NarHash>,
+    ) -> Result<()> {
+        let Some(want) = self.machine else {
+            return Ok(());
+        };
+        if self.skip.is_match(store_path.name()) {
+            return Ok(());
+        }
+        let memo = self.memo_file(store_path, nar_hash);
+        if let Some(known) = memo.as_ref().and_then(|m| std::fs::read_to_string(m).ok()) {
+            let machines: Vec<u16> = known.split_whitespace().filter_map(|m| m.parse().ok()).collect();
+            if machines.iter().all(|m| *m == want) {
+                return Ok(());
+            }
+        }
+        let machines = machines_of(entries, store_path)?;
+        if let Some(m) = memo {
+            let text: Vec<String> = machines.iter().map(|(m, _)| m.to_string()).collect();
+            let stored = std::fs::create_dir_all(m.parent().unwrap_or(&m))
+                .map_err(anyhow::Error::from)
+                .and_then(|()| crate::atomic::atomic_write_bytes(&m, text.join(" ").as_bytes()));
+            if let Err(e) = stored {
+                tracing::debug!("not remembering the ELF machines of {store_path}: {e:#}");
+            }
+        }
+        match machines.into_iter().find(|(m, _)| *m != want) {
+            Some((m, file)) => Err(self.mismatch(&file, store_path, m)),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks every ELF file among `entries` (the listing of `store_path`).
+    pub fn check(&self, entries: &[Entry], store_path: &StorePath) -> Result<()> {
+        self.check_memo(entries, store_path, None)
+    }
+
+    fn mismatch(&self, image_path: &str, store_path: &StorePath, machine: u16) -> anyhow::Error {
+        let architecture = &self.architecture;
+        anyhow!(
+            "/{} (in store path {store_path}) is an ELF file for {}, but the image's architecture is \
+             {architecture}: build the image for the binaries' platform (set `architecture` in the image \
+             spec) or the closure for {architecture}; if the store path is meant to hold foreign binaries, \
+             list it in the image spec's `foreign_elf` (e.g. foreign_elf = [\"{}\"])",
+            image_path.trim_start_matches('/'),
+            describe_machine(machine),
+            store_path.name()
+        )
+    }
+}
+
+/// The ELF machines (EM_NONE left out) among `entries`, each with the first file that has it
+/// (its path in the image), in order of first appearance.
+fn machines_of(entries: &[Entry], store_path: &StorePath) -> Result<Vec<(u16, String)>> {
+    let mut found: Vec<(u16, String)> = Vec::new();
     let mut head = [0u8; 20];
     for e in entries {
         let Kind::File { size, content: Content::Disk(file) } = &e.kind else {
@@ -145,17 +245,17 @@ pub fn check_elf(entries: &[Entry], store_path: &StorePath, architecture: &str) 
         f.read_exact(&mut head).with_context(|| format!("reading {} (of {store_path})", file.display()))?;
         match machine_of_header(&head) {
             // EM_NONE: no machine (some data files are ELF containers).
-            Some(m) if m != want && m != 0 => bail!(
-                "/{} (in store path {store_path}) is an ELF file for {}, but the image's architecture is {architecture}: \
-                 build the image for the binaries' platform (set `architecture` in the image spec) or build the \
-                 closure for {architecture}",
-                e.path.trim_start_matches('/'),
-                describe_machine(m)
-            ),
+            Some(m) if m != 0 && !found.iter().any(|(k, _)| *k == m) => found.push((m, e.path.clone())),
             _ => {}
         }
     }
-    Ok(())
+    Ok(found)
+}
+
+/// Checks every ELF file among `entries` (the listing of `store_path`) against `architecture`.
+/// Unknown architectures are not checked.
+pub fn check_elf(entries: &[Entry], store_path: &StorePath, architecture: &str) -> Result<()> {
+    ElfCheck::new(architecture, &[])?.check(entries, store_path)
 }
 
 #[cfg(test)]
@@ -207,5 +307,25 @@ mod tests {
         assert!(err.contains(&format!("{sp}/bin/busybox (in store path {sp}) is an ELF file")), "{err}");
         assert!(err.contains("arm64 (e_machine 183, EM_AARCH64)"), "{err}");
         assert!(err.contains("architecture is amd64"), "{err}");
+        assert!(err.contains(r#"foreign_elf = ["busybox-1.35"]"#), "{err}");
+        ElfCheck::new("amd64", &["busybox-*".to_owned()]).unwrap().check(&entries, &sp).unwrap();
+        assert!(ElfCheck::new("amd64", &["busybox-[".to_owned()]).is_err());
+
+        // The memo: the machines are remembered per store path and NAR hash; a known-good store
+        // path is not read again, a known-bad one is (to name the file).
+        let memo = dir.path().join("memo");
+        let nar = crate::closure::NarHash::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap();
+        let arm = ElfCheck::new("arm64", &[]).unwrap().with_memo(Some(memo.clone()));
+        arm.check_memo(&entries, &sp, Some(&nar)).unwrap();
+        let files: Vec<_> = std::fs::read_dir(&memo).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(files.len(), 1);
+        assert_eq!(std::fs::read_to_string(&files[0]).unwrap(), "183");
+        std::fs::remove_file(root.join("bin/busybox")).unwrap();
+        arm.check_memo(&entries, &sp, Some(&nar)).unwrap(); // from the memo: the file is not opened
+        assert!(arm.check_memo(&entries, &sp, None).is_err(), "without a NAR hash the files are read");
+        std::fs::write(root.join("bin/busybox"), &elf).unwrap();
+        let amd = ElfCheck::new("amd64", &[]).unwrap().with_memo(Some(memo));
+        let err = amd.check_memo(&entries, &sp, Some(&nar)).unwrap_err().to_string();
+        assert!(err.contains("bin/busybox (in store path"), "{err}");
     }
 }

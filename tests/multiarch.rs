@@ -391,6 +391,15 @@ fn a_mislabelled_image_is_refused_before_anything_is_written() {
         assert!(err.contains(&want), "error lacks {want:?}:\n{err}");
         assert!(!dest.exists(), "nothing written");
     }
+    // A store path listed in `foreign_elf` is not checked.
+    let mut spec = json(&fs::read(arm.dir.join("image.json")).unwrap());
+    spec["architecture"] = "amd64".into();
+    spec["foreign_elf"] = serde_json::json!(["busybox-static-*"]);
+    let file = t.path().join("foreign.json");
+    fs::write(&file, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let out = arm.build(Some(&file), &format!("oci:{}:1", t.path().join("foreign").display()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
     // Correctly labelled, with a variant: the config and the index carry it.
     let mut spec = json(&fs::read(arm.dir.join("image.json")).unwrap());
     spec["variant"] = "v8".into();

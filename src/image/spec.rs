@@ -44,6 +44,11 @@ pub struct ImageSpec {
     pub os: String,
     #[serde(default)]
     pub variant: Option<String>,
+    /// Globs on store path names (the part after `<hash>-`) whose ELF files are not checked
+    /// against `architecture`: store paths meant to hold foreign binaries (valgrind's 32-bit
+    /// preload libraries, firmware, cross toolchains).
+    #[serde(default)]
+    pub foreign_elf: Vec<String>,
     #[serde(default)]
     pub users: Vec<User>,
     #[serde(default)]
@@ -178,6 +183,7 @@ impl ImageSpec {
     }
 
     fn validate(&self) -> Result<()> {
+        crate::platform::ElfCheck::new(&self.architecture, &self.foreign_elf)?;
         for e in &self.env {
             if !e.contains('=') {
                 bail!("env entry {e:?} must be KEY=VALUE");
