@@ -265,6 +265,11 @@ fn an_index_of_amd64_and_arm64_images_through_layouts_archives_and_a_registry() 
     skopeo(&["copy", "-q", "--override-arch", "arm64", &multi_ref, &format!("oci:{}:x", picked.display())]);
     assert_eq!(json(&fs::read(picked.join("index.json")).unwrap())["manifests"][0]["digest"], arm_manifest.as_str());
 
+    // skopeo copying the whole index (--all) writes the same index: same digest.
+    let all = t.path().join("all");
+    skopeo(&["copy", "-q", "--all", &multi_ref, &format!("oci:{}:1.0", all.display())]);
+    assert_eq!(json(&fs::read(all.join("index.json")).unwrap())["manifests"][0]["digest"], index_digest.as_str());
+
     // oci-archive: the same index.
     let tar = p("multi.tar");
     run_ok(nixoci().args(["index", "-q", &format!("oci-archive:{tar}:1.0"), &multi_ref]));
