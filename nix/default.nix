@@ -42,6 +42,7 @@ let
 
   dropNulls = attrs: removeAttrs attrs (filter (n: attrs.${n} == null) (attrNames attrs));
   optionals = cond: list: if cond then list else [ ];
+  optionalAttrs = cond: attrs: if cond then attrs else { };
 
   # Store names allow [A-Za-z0-9+._?=-]; image names also have '/', ':' and '@'.
   storeName = s: replaceStrings [ "/" ":" "@" ] [ "-" "-" "-" ] s;
@@ -84,6 +85,14 @@ let
       smokeChecks ? null,
       # nixoci: a derivation with bin/nixoci, or a path to the binary.
       nixoci,
+      # The image to build on (`--from`): a reference nixoci reads, e.g. "docker://ghcr.io/acme/base:1"
+      # or "oci:${someLayout}:1". Its layers come first and count in maxLayers; its config is
+      # inherited where `config` gives nothing. A registry base is read at build time (the plan
+      # derivation opens it): inside Nix's sandbox, give an oci: layout in the store instead.
+      fromImage ? null,
+      # Labels (config) and manifest annotations, merged over config.labels / config.annotations.
+      labels ? { },
+      annotations ? { },
       # The shell that runs the builders and the scripts. /bin/sh exists in Nix's sandbox; with
       # nixpkgs, `pkgs.runtimeShell`.
       shell ? "/bin/sh",
@@ -106,7 +115,14 @@ let
         if config ? name then
           throw "buildImage ${imageName}: config.name is not used; give `name` and `tag` to buildImage"
         else
-          dropNulls config // { name = "${imageName}:${imageTag}"; };
+          dropNulls config
+          // {
+            name = "${imageName}:${imageTag}";
+          }
+          // optionalAttrs (labels != { } || config ? labels) { labels = (config.labels or { }) // labels; }
+          // optionalAttrs (annotations != { } || config ? annotations) {
+            annotations = (config.annotations or { }) // annotations;
+          };
 
       # The closure as Nix records it: a structured-attrs derivation's .attrs.json, copied whole
       # (nixoci reads the graphs its `exportReferencesGraph` names). Nix 2.8 gives a
@@ -160,6 +176,10 @@ let
         ++ optionals (f.layers != null) [
           "--layers"
           f.layers.path
+        ]
+        ++ optionals (fromImage != null) [
+          "--from"
+          fromImage
         ]
         ++ optionals (maxLayers != null) [
           "--max-layers"

@@ -36,6 +36,7 @@ use serde::Serialize;
 
 use crate::blob::Digest;
 use crate::closure::StorePath;
+use crate::image::{ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME};
 use crate::inspect::{
     FileEntry, FileScan, FileTree, InspectOptions, Inspection, LayerInfo, RunConfig, inspect, scan_layer,
 };
@@ -262,7 +263,7 @@ impl ChangedPath {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConfigChange {
     /// `entrypoint`, `cmd`, `env PATH`, `user`, `workdir`, `label KEY`, `exposed port 80/tcp`,
-    /// `platform`, `created`.
+    /// `platform`, `created`, `base image` (`build --from`: its name and manifest digest).
     pub field: String,
     pub old: Option<String>,
     pub new: Option<String>,
@@ -318,6 +319,14 @@ pub fn compare(old_image: Inspection, new_image: Inspection) -> Diff {
     };
     field("platform", Some(old_image.platform.clone()), Some(new_image.platform.clone()));
     field("created", old_image.created.clone(), new_image.created.clone());
+    // `build --from`: the base moved (a new digest under the same or another name).
+    let base = |i: &Inspection| {
+        let a = &i.annotations;
+        let (name, digest) = (a.get(ANNOTATION_BASE_NAME), a.get(ANNOTATION_BASE_DIGEST));
+        (name.is_some() || digest.is_some())
+            .then(|| format!("{} {}", name.map_or("-", String::as_str), digest.map_or("-", String::as_str)))
+    };
+    field("base image", base(&old_image), base(&new_image));
     let digests = |i: &Inspection| i.layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>();
     let identical = old_image.config_digest == new_image.config_digest && digests(&old_image) == digests(&new_image);
     let side = |i: &Inspection| ImageSide {

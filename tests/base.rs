@@ -195,6 +195,37 @@ fn closure_on_a_busybox_base_runs_with_the_base_shell() {
     // Reproducible on a base: the same digest again, with one job and a cold cache.
     let again = build(&args(&["-o".into(), format!("oci:{}:again", out.display()), "--jobs".into(), "1".into()]));
     assert_eq!(again.manifest_digest, built.manifest_digest);
+
+    // The base moves (a new config, same layer): diff says so, and its layer is still shared.
+    run_ok(Command::new("umoci").args([
+        "config",
+        "--image",
+        &format!("{}:1", layout.display()),
+        "--tag",
+        "2",
+        "--config.env",
+        "BASEVAR=moved",
+    ]));
+    let moved_ref = format!("oci:{}:2", layout.display());
+    let mut moved_args = args(&["-o".into(), format!("oci:{}:2", out.display())]);
+    let at = moved_args.iter().position(|a| *a == base_ref).unwrap();
+    moved_args[at] = moved_ref.clone();
+    build(&moved_args);
+    let d: Value = serde_json::from_str(&run_ok_str(nixoci().args([
+        "diff",
+        &format!("oci:{}:1", out.display()),
+        &format!("oci:{}:2", out.display()),
+        "--json",
+    ])))
+    .unwrap();
+    let changes = d["config"].as_array().unwrap();
+    let base_change = changes.iter().find(|c| c["field"] == "base image").expect("diff names the moved base");
+    assert!(base_change["old"].as_str().unwrap().starts_with(&base_ref), "{base_change}");
+    assert!(base_change["new"].as_str().unwrap().starts_with(&moved_ref), "{base_change}");
+    assert!(changes.iter().any(|c| c["field"] == "env BASEVAR"), "{changes:?}");
+    let shared: Vec<&str> =
+        d["layers"]["shared"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap()).collect();
+    assert!(shared.contains(&digest), "the base layer is shared");
 }
 
 #[test]
@@ -232,4 +263,63 @@ fn a_base_of_another_platform_or_a_clashing_user_is_refused() {
             &base_ref,
         ],
     );
+}
+
+#[test]
+fn a_base_in_the_registry_is_mounted_not_uploaded() {
+    use common::registry::{Registry, Setup};
+    require_tools!("umoci", "busybox", "skopeo", "docker-registry");
+    let Some(c) = nix_closure(test_name!(), 1) else { return };
+    let t = tempdir();
+    let layout = busybox_base(t.path());
+    let (_, base_layer) = base_manifest(&layout);
+    let reg = Registry::start(Setup::Plain);
+    let host = reg.host();
+    run_ok(
+        Command::new("skopeo")
+            .arg("copy")
+            .args(reg.skopeo_flags("dest"))
+            .arg(format!("oci:{}:1", layout.display()))
+            .arg(format!("docker://{host}/acme/base:1")),
+    );
+    let spec = nix_image_toml(c, t.path());
+    let archive = t.path().join("img-docker.tar");
+    let built = build(&[
+        "--closure".to_owned(),
+        c.closure_json().display().to_string(),
+        "--image".into(),
+        spec.display().to_string(),
+        "--from".into(),
+        format!("docker://{host}/acme/base:1"),
+        "-o".into(),
+        format!("docker://{host}/acme/app:1"),
+        "-o".into(),
+        format!("docker-archive:{}:localhost/app:1", archive.display()),
+    ]);
+    let stats = &built.json["stats"];
+    assert_eq!(built.layers[0]["digest"], base_layer["digest"], "the base's layer first, by digest");
+    assert_eq!(stats["blobs_mounted"], 1, "the base's layer is mounted from acme/base: {stats}");
+    let ours: u64 = built.layers[1..].iter().map(|l| l["size"].as_u64().unwrap()).sum();
+    let uploaded = stats["bytes_uploaded"].as_u64().unwrap();
+    assert!(uploaded < ours + 16 * 1024, "only our layers and the config were sent: {uploaded} bytes for {ours}");
+    assert_eq!(reg.digest_of("acme/app:1").as_deref(), Some(built.manifest_digest.as_str()));
+    // skopeo copies it back, verifying every blob, base included.
+    assert_eq!(reg.copy_back("acme/app:1", &t.path().join("back")), built.manifest_digest);
+    // The docker-archive got the base's layer decompressed, and its diff_id checked.
+    let listing = run_ok_str(Command::new("tar").arg("-tf").arg(&archive));
+    assert!(listing.lines().filter(|l| l.ends_with(".tar")).count() == built.layers.len(), "{listing}");
+
+    // Into the base's own repository: nothing of the base is sent again (a HEAD finds it).
+    let again = build(&[
+        "--closure".to_owned(),
+        c.closure_json().display().to_string(),
+        "--image".into(),
+        spec.display().to_string(),
+        "--from".into(),
+        format!("docker://{host}/acme/base:1"),
+        "-o".into(),
+        format!("docker://{host}/acme/base:with-app"),
+    ]);
+    assert_eq!(again.json["stats"]["blobs_mounted"], 0);
+    assert!(again.json["stats"]["blobs_skipped"].as_u64().unwrap() >= 1, "{}", again.json["stats"]);
 }

@@ -17,7 +17,8 @@ use serde_json::Value;
 const NAME: &str = "localhost/nixoci-nix";
 
 /// The expression the tests build: the test closure's `env` as root, a config and a layers
-/// attribute set; `extraConfig`, `variant`, `tag` and `policy` come from `--arg`.
+/// attribute set; `extraConfig`, `variant`, `tag`, `policy`, `fromImage`, `labels` and
+/// `annotations` come from `--arg`.
 fn write_expression(c: &NixClosure, dir: &Path) -> PathBuf {
     let file = dir.join("image.nix");
     let closure_nix = c.dir.join("test-closure.nix");
@@ -25,14 +26,14 @@ fn write_expression(c: &NixClosure, dir: &Path) -> PathBuf {
     fs::write(
         &file,
         format!(
-            r#"{{ nixoci, variant ? "1", tag ? "1.0", extraConfig ? {{ }}, policy ? null }}:
+            r#"{{ nixoci, variant ? "1", tag ? "1.0", extraConfig ? {{ }}, policy ? null, fromImage ? null, labels ? {{ }}, annotations ? {{ }} }}:
 let
   c = import {closure_nix} {{ inherit variant; }};
   nixociLib = import {lib} {{ }};
 in
 nixociLib.buildImage {{
   name = "{NAME}";
-  inherit tag nixoci policy;
+  inherit tag nixoci policy fromImage labels annotations;
   roots = [ c.env ];
   config = {{
     cmd = [ "${{c.hello}}/bin/hello" ];
@@ -505,4 +506,58 @@ fn copy_to_registry_pushes_what_the_oci_derivation_holds() {
     ))
     .unwrap();
     assert_eq!(inspected["Digest"].as_str().unwrap(), manifest_digest(&oci, "1.0"));
+}
+
+#[test]
+fn from_image_labels_and_annotations_reach_the_image() {
+    require_tools!("umoci", "busybox", "skopeo");
+    let Some(c) = common::nix_closure(test_name!(), 1) else { return };
+    let tmp = common::tempdir();
+    // A base nixoci did not build: busybox, by umoci.
+    let rootfs = tmp.path().join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::copy(common::which("busybox").unwrap(), rootfs.join("bin/busybox")).unwrap();
+    let base = tmp.path().join("base");
+    let img = format!("{}:1", base.display());
+    let umoci = |args: &[&str]| run_ok(Command::new("umoci").args(args));
+    umoci(&["init", "--layout", &base.display().to_string()]);
+    umoci(&["new", "--image", &img]);
+    umoci(&["insert", "--rootless", "--image", &img, &rootfs.display().to_string(), "/"]);
+    umoci(&["config", "--image", &img, "--config.env", "BASEVAR=1"]);
+    let from = format!("oci:{img}");
+    let expr = write_expression(c, tmp.path());
+    let result = nix_build(
+        c,
+        &expr,
+        None,
+        &[
+            "--argstr",
+            "fromImage",
+            &from,
+            "--arg",
+            "labels",
+            r#"{ "org.opencontainers.image.version" = "1.4"; }"#,
+            "--arg",
+            "annotations",
+            r#"{ "org.opencontainers.image.revision" = "abc"; }"#,
+        ],
+        &tmp.path().join("result"),
+    );
+    let plan = common::read_json(&result.join("plan.json"));
+    assert!(
+        plan["layers"].as_array().unwrap().len() <= 12 - 2,
+        "the base's layer and the customisation layer count in max_layers"
+    );
+    let out = tmp.path().join("out");
+    run_ok(script(&result, "copy-to", &tmp.path().join("cache")).arg(format!("oci:{}:1.0", out.display())));
+    let reference = format!("oci:{}:1.0", out.display());
+    let inspect: Value =
+        serde_json::from_str(&run_ok_str(Command::new("skopeo").args(["inspect", &reference]))).unwrap();
+    assert_eq!(inspect["Labels"]["org.opencontainers.image.version"], "1.4");
+    assert!(inspect["Env"].as_array().unwrap().iter().any(|e| e == "BASEVAR=1"), "{inspect}");
+    let raw: Value =
+        serde_json::from_str(&run_ok_str(Command::new("skopeo").args(["inspect", "--raw", &reference]))).unwrap();
+    assert_eq!(raw["annotations"]["org.opencontainers.image.revision"], "abc");
+    assert_eq!(raw["annotations"]["org.opencontainers.image.base.name"], from);
+    assert_eq!(raw["layers"][0]["annotations"]["org.nixos.nixoci.group"], "base");
 }

@@ -1,639 +1,27 @@
 //! Registry tests: a real CNCF distribution registry (`docker-registry`) on 127.0.0.1, one per
-//! test on a free port, in three setups (plain HTTP, htpasswd bcrypt basic auth, TLS with a CA
-//! made by openssl), with skopeo as the independent check. Proxies written here (loopback only,
-//! bounded) count upload bytes and inject faults: dropped connections mid-blob, 500, 429.
+//! test on a free port (plain HTTP, htpasswd bcrypt basic auth, bearer tokens, TLS with a private
+//! CA, a client certificate, Docker's self-signed recipe), with skopeo as the independent check.
+//! The registry, the token server and the proxies (a fault-injecting, byte-counting reverse proxy
+//! and a tunnel-counting CONNECT proxy) are in `tests/common/` (`registry.rs`, `tokens.rs`,
+//! `proxy.rs`). The 5 GiB layer test runs only with NIXOCI_BIG_TESTS=1.
 //!
-//! Tools: docker-registry, skopeo, openssl, htpasswd (Debian: docker-registry skopeo openssl
-//! apache2-utils). Under CI a missing tool fails the test.
+//! Tools: docker-registry, skopeo, openssl, htpasswd, time (Debian: docker-registry skopeo openssl
+//! apache2-utils time). Under CI a missing tool fails the test.
 
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::process::Output;
+
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{describe, example_args, output, run_ok, tempdir};
-
-const USER: &str = "ci-user";
-/// Grepped for in every output: it must never appear.
-const PASSWORD: &str = "Pa55-w0rd-never-printed-7f3a";
-
-// ---- the registry --------------------------------------------------------------------------------
-
-#[derive(Clone, PartialEq, Eq)]
-enum Setup {
-    Plain,
-    Basic,
-    Tls,
-    /// Token auth: the registry trusts tokens signed by the key whose certificate is `bundle`.
-    Bearer {
-        realm: String,
-        bundle: PathBuf,
-    },
-}
-
-/// A running `docker-registry`; killed when dropped.
-struct Registry {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-    setup: Setup,
-}
-
-impl Registry {
-    fn start(setup: Setup) -> Registry {
-        let dir = tempdir();
-        let d = dir.path();
-        let mut extra = String::new();
-        let mut tls = String::new();
-        if setup == Setup::Basic {
-            let out = run_ok(Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]));
-            fs::write(d.join("htpasswd"), out).unwrap();
-            extra = format!("auth: {{htpasswd: {{realm: nixoci-test, path: {}}}}}\n", d.join("htpasswd").display());
-        }
-        if let Setup::Bearer { realm, bundle } = &setup {
-            extra = format!(
-                "auth: {{token: {{realm: \"{realm}\", service: {SERVICE}, issuer: {ISSUER}, rootcertbundle: {}}}}}\n",
-                bundle.display()
-            );
-        }
-        if setup == Setup::Tls {
-            make_certs(d);
-            tls = format!(
-                ", tls: {{certificate: {}, key: {}}}",
-                d.join("server.crt").display(),
-                d.join("server.key").display()
-            );
-        }
-        for _attempt in 0..5 {
-            let port = free_port();
-            let config = format!(
-                "version: 0.1\nlog: {{level: info, accesslog: {{disabled: true}}}}\n\
-                 storage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n  \
-                 maintenance: {{uploadpurging: {{enabled: false}}}}\n\
-                 http: {{addr: 127.0.0.1:{port}, secret: test-only-secret{tls}}}\n{extra}",
-                d.join("data").display()
-            );
-            fs::write(d.join("config.yml"), config).unwrap();
-            let log = fs::File::create(d.join("registry.log")).unwrap();
-            let mut child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(d.join("config.yml"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("starting docker-registry");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let up = loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break false; // port taken or bad config: try another port
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    break true;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "docker-registry did not listen in 10 s:\n{}",
-                        fs::read_to_string(d.join("registry.log")).unwrap_or_default()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            };
-            if up {
-                return Registry { child, port, dir, setup };
-            }
-            let _ = child.wait();
-            eprintln!("docker-registry exited:\n{}", fs::read_to_string(d.join("registry.log")).unwrap_or_default());
-        }
-        panic!("could not start docker-registry");
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// A directory in skopeo's `--cert-dir` layout with our CA.
-    fn ca_dir(&self) -> PathBuf {
-        self.dir.path().join("ca")
-    }
-
-    /// skopeo's flags to reach this registry (`src`/`dest`/none prefix).
-    fn skopeo_flags(&self, prefix: &str) -> Vec<String> {
-        let p = if prefix.is_empty() { String::new() } else { format!("{prefix}-") };
-        let mut v = match self.setup {
-            Setup::Tls => vec![format!("--{p}cert-dir={}", self.ca_dir().display())],
-            _ => vec![format!("--{p}tls-verify=false")],
-        };
-        if matches!(self.setup, Setup::Basic | Setup::Bearer { .. }) {
-            v.push(format!("--{p}creds={USER}:{PASSWORD}"));
-        }
-        v
-    }
-
-    /// `skopeo inspect` of `repo:tag`: the manifest digest, or `None` when it is absent.
-    fn digest_of(&self, repo_tag: &str) -> Option<String> {
-        let out = output(
-            Command::new("skopeo")
-                .arg("inspect")
-                .args(self.skopeo_flags(""))
-                .arg(format!("docker://{}/{repo_tag}", self.host())),
-        );
-        if !out.status.success() {
-            return None;
-        }
-        let v: Value = serde_json::from_slice(&out.stdout).expect("skopeo inspect JSON");
-        Some(v["Digest"].as_str().expect("Digest").to_owned())
-    }
-
-    /// `skopeo copy` back into an OCI layout (skopeo verifies every blob's digest); the
-    /// manifest digest it wrote.
-    fn copy_back(&self, repo_tag: &str, into: &Path) -> String {
-        run_ok(
-            Command::new("skopeo")
-                .arg("copy")
-                // Keep uncompressed layers as they are (skopeo compresses them for oci: otherwise).
-                .arg("--dest-oci-accept-uncompressed-layers")
-                .args(self.skopeo_flags("src"))
-                .arg(format!("docker://{}/{repo_tag}", self.host()))
-                .arg(format!("oci:{}:t", into.display())),
-        );
-        oci_manifest_digest(into, "t")
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A CA and a server certificate it signed for IP 127.0.0.1 (ECDSA P-256: quick to make).
-fn make_certs(d: &Path) {
-    let ssl = |args: &[&str]| {
-        run_ok(Command::new("openssl").args(args).current_dir(d));
-    };
-    ssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=nixoci test CA",
-    ]);
-    ssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    fs::write(
-        d.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    ssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    fs::create_dir_all(d.join("ca")).unwrap();
-    fs::copy(d.join("ca.crt"), d.join("ca/ca.crt")).unwrap();
-}
-
-fn oci_manifest_digest(dir: &Path, tag: &str) -> String {
-    let index: Value = serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
-    index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap_or_else(|| panic!("no {tag} in {index}"))["digest"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-// ---- a token server (bearer auth) -----------------------------------------------------------------
-
-const SERVICE: &str = "nixoci-test-registry";
-const ISSUER: &str = "nixoci-test-issuer";
-
-#[derive(Default)]
-struct TokenLog {
-    /// Scopes of each token request, in order (`-` for a refused one).
-    requests: Vec<String>,
-    /// Tokens handed out (grepped for in outputs: they are secrets too).
-    tokens: Vec<String>,
-}
-
-/// A token endpoint (RS256 JWTs signed with openssl) on 127.0.0.1: checks basic credentials,
-/// grants what is asked, except that the first token it issues grants nothing (so the client
-/// must refresh it after the registry's 401).
-struct TokenServer {
-    port: u16,
-    dir: tempfile::TempDir,
-    log: Arc<Mutex<TokenLog>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl TokenServer {
-    fn start() -> TokenServer {
-        let dir = tempdir();
-        run_ok(Command::new("openssl").current_dir(dir.path()).args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "token.key",
-            "-out",
-            "token.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=nixoci test token issuer",
-        ]));
-        let der = run_ok(Command::new("openssl").current_dir(dir.path()).args([
-            "x509",
-            "-in",
-            "token.crt",
-            "-outform",
-            "DER",
-        ]));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let log = Arc::new(Mutex::new(TokenLog::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (l, st, key) = (log.clone(), stop.clone(), dir.path().join("token.key"));
-        let thread = std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(180);
-            while !st.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match listener.accept() {
-                    Ok((c, _)) => {
-                        let _ = answer_token(c, &key, &der, &l);
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        TokenServer { port, dir, log, stop, thread: Some(thread) }
-    }
-
-    fn setup(&self) -> Setup {
-        Setup::Bearer {
-            realm: format!("http://127.0.0.1:{}/token", self.port),
-            bundle: self.dir.path().join("token.crt"),
-        }
-    }
-}
-
-impl Drop for TokenServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap_or(b'?'));
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn answer_token(c: TcpStream, key: &Path, cert_der: &[u8], log: &Mutex<TokenLog>) -> std::io::Result<()> {
-    use base64::Engine as _;
-    c.set_nonblocking(false)?;
-    c.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(c.try_clone()?);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" || head.len() > 65536 {
-            break;
-        }
-        head.push_str(&line);
-    }
-    let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-    let query = target.split_once('?').map(|x| x.1).unwrap_or("");
-    let scopes: Vec<String> = query.split('&').filter_map(|kv| kv.strip_prefix("scope=")).map(percent_decode).collect();
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let want = format!("Basic {}", b64.encode(format!("{USER}:{PASSWORD}")));
-    let authorized = head
-        .lines()
-        .any(|l| l.split_once(':').is_some_and(|(k, v)| k.eq_ignore_ascii_case("authorization") && v.trim() == want));
-    let mut c = c;
-    if !authorized {
-        log.lock().unwrap().requests.push("-".into());
-        let body = r#"{"details":"wrong credentials"}"#;
-        write!(
-            c,
-            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )?;
-        return Ok(());
-    }
-    let first = log.lock().unwrap().tokens.is_empty();
-    let access: Vec<Value> = if first {
-        Vec::new()
-    } else {
-        scopes
-            .iter()
-            .filter_map(|s| {
-                let mut p = s.split(':');
-                let (t, name, actions) = (p.next()?, p.next()?, p.next()?);
-                Some(serde_json::json!({"type": t, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
-            })
-            .collect()
-    };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [b64.encode(cert_der)]});
-    let claims = serde_json::json!({
-        "iss": ISSUER, "sub": USER, "aud": SERVICE, "exp": now + 300, "nbf": now - 10,
-        "iat": now, "jti": format!("{now}-{}", scopes.len()), "access": access,
-    });
-    let signing_input = format!("{}.{}", url.encode(header.to_string()), url.encode(claims.to_string()));
-    let input_file = key.with_file_name(format!("input-{}", std::process::id()));
-    fs::write(&input_file, &signing_input)?;
-    let sig = run_ok(Command::new("openssl").args(["dgst", "-sha256", "-binary", "-sign"]).arg(key).arg(&input_file));
-    let token = format!("{signing_input}.{}", url.encode(sig));
-    {
-        let mut l = log.lock().unwrap();
-        l.requests.push(scopes.join(" "));
-        l.tokens.push(token.clone());
-    }
-    let body = serde_json::json!({"token": token, "expires_in": 300}).to_string();
-    write!(
-        c,
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    Ok(())
-}
-
-// ---- a proxy that counts and breaks --------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy)]
-enum Action {
-    /// Forward the head and this many body bytes, then close both connections.
-    Drop(u64),
-    /// Answer this status (with `Retry-After: 1` for 429) without forwarding.
-    Status(u16),
-}
-
-/// Fires on the `skip+1`-th request matching `method` and `path` (a substring).
-#[derive(Debug, Clone)]
-struct Fault {
-    method: &'static str,
-    path: &'static str,
-    skip: usize,
-    action: Action,
-}
-
-#[derive(Default)]
-struct ProxyLog {
-    /// Body bytes of blob uploads (PATCH, and PUT to `/blobs/uploads/`).
-    upload_bytes: AtomicU64,
-    /// `METHOD /path` of every request, in order.
-    requests: Mutex<Vec<String>>,
-    fired: Mutex<Vec<String>>,
-}
-
-/// An HTTP/1.1 proxy on 127.0.0.1 in front of `upstream` that stops when dropped.
-struct Proxy {
-    port: u16,
-    log: Arc<ProxyLog>,
-    faults: Arc<Mutex<Vec<Fault>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Proxy {
-    fn start(upstream: u16, faults: Vec<Fault>) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let log = Arc::new(ProxyLog::default());
-        let faults = Arc::new(Mutex::new(faults));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (l, f, s) = (log.clone(), faults.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            // Bounded: stops when dropped, and in any case after 3 minutes.
-            let deadline = Instant::now() + Duration::from_secs(180);
-            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        let (l, f) = (l.clone(), f.clone());
-                        std::thread::spawn(move || {
-                            let _ = serve(client, upstream, &l, &f);
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Proxy { port, log, faults, stop, thread: Some(thread) }
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn upload_bytes(&self) -> u64 {
-        self.log.upload_bytes.load(Ordering::Relaxed)
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.log.requests.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// One client connection: parse each request head, apply a fault or forward it.
-fn serve(client: TcpStream, upstream: u16, log: &ProxyLog, faults: &Mutex<Vec<Fault>>) -> std::io::Result<()> {
-    client.set_nonblocking(false)?;
-    client.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let up = TcpStream::connect(("127.0.0.1", upstream))?;
-    up.set_read_timeout(Some(Duration::from_secs(60)))?;
-    {
-        let (mut from, mut to) = (up.try_clone()?, client.try_clone()?);
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut from, &mut to);
-            let _ = to.shutdown(Shutdown::Both);
-        });
-    }
-    let mut up_w = up.try_clone()?;
-    let mut reader = BufReader::new(client.try_clone()?);
-    let close = || {
-        let _ = up.shutdown(Shutdown::Both);
-        let _ = client.shutdown(Shutdown::Both);
-    };
-    loop {
-        // Not HTTP (a TLS hello): hang up, as a plain HTTP server would.
-        match reader.fill_buf()?.first() {
-            None => return Ok(()),
-            Some(b) if !b.is_ascii_uppercase() => {
-                close();
-                return Ok(());
-            }
-            _ => {}
-        }
-        let mut head = Vec::new();
-        loop {
-            let mut line = Vec::new();
-            if reader.read_until(b'\n', &mut line)? == 0 || head.len() > 65536 {
-                close();
-                return Ok(());
-            }
-            head.extend_from_slice(&line);
-            if line == b"\r\n" {
-                break;
-            }
-        }
-        let text = String::from_utf8_lossy(&head).into_owned();
-        let mut words = text.split_whitespace();
-        let method = words.next().unwrap_or("").to_owned();
-        let path = words.next().unwrap_or("").split('?').next().unwrap_or("").to_owned();
-        let len: u64 = text
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
-            })
-            .unwrap_or(0);
-        log.requests.lock().unwrap().push(format!("{method} {path}"));
-        let fault = {
-            let mut fs = faults.lock().unwrap();
-            match fs.iter().position(|f| f.method == method && path.contains(f.path)) {
-                Some(i) if fs[i].skip > 0 => {
-                    fs[i].skip -= 1;
-                    None
-                }
-                Some(i) => Some(fs.remove(i)),
-                None => None,
-            }
-        };
-        let is_upload = method == "PATCH" || (method == "PUT" && path.contains("/blobs/uploads/"));
-        match fault.map(|f| f.action) {
-            Some(Action::Status(status)) => {
-                std::io::copy(&mut (&mut reader).take(len), &mut std::io::sink())?;
-                let body = format!(
-                    r#"{{"errors":[{{"code":"INJECTED","message":"fault injected by the test proxy ({status})"}}]}}"#
-                );
-                let retry = if status == 429 { "Retry-After: 1\r\n" } else { "" };
-                let mut c = &client;
-                write!(
-                    c,
-                    "HTTP/1.1 {status} Injected\r\nContent-Type: application/json\r\n{retry}\
-                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )?;
-                c.flush()?;
-                log.fired.lock().unwrap().push(format!("{status} {method} {path}"));
-                std::thread::sleep(Duration::from_millis(50));
-                close();
-                return Ok(());
-            }
-            Some(Action::Drop(after)) => {
-                up_w.write_all(&head)?;
-                let n = std::io::copy(&mut (&mut reader).take(after.min(len)), &mut up_w)?;
-                if is_upload {
-                    log.upload_bytes.fetch_add(n, Ordering::Relaxed);
-                }
-                log.fired.lock().unwrap().push(format!("drop after {n} bytes: {method} {path}"));
-                close();
-                return Ok(());
-            }
-            None => {
-                up_w.write_all(&head)?;
-                let n = std::io::copy(&mut (&mut reader).take(len), &mut up_w)?;
-                if is_upload {
-                    log.upload_bytes.fetch_add(n, Ordering::Relaxed);
-                }
-                if n < len {
-                    close();
-                    return Ok(());
-                }
-            }
-        }
-    }
-}
+use common::proxy::{Action, ConnectProxy, Fault, Proxy};
+use common::registry::{PASSWORD, Registry, Setup, USER, free_port, oci_manifest_digest};
+use common::tokens::TokenServer;
+use common::{describe, example_args, output, run_ok_str, tempdir};
 
 // ---- running nixoci -------------------------------------------------------------------------------
 
@@ -669,6 +57,13 @@ impl Run {
 }
 
 fn nixoci(args: &[String], env: &[(&str, &str)]) -> Run {
+    let mut c = nixoci_cmd(args, env);
+    let cmd = describe(&c);
+    Run { out: output(&mut c), cmd }
+}
+
+/// The command [`nixoci`] runs (for tests that start it and kill it).
+fn nixoci_cmd(args: &[String], env: &[(&str, &str)]) -> std::process::Command {
     let mut c = common::nixoci();
     c.args(args).arg("--json");
     // Debug logs on: secrets must not show up there either.
@@ -679,11 +74,16 @@ fn nixoci(args: &[String], env: &[(&str, &str)]) -> Run {
         .env("HOME", "/nonexistent")
         .env_remove("DOCKER_CONFIG")
         .env_remove("XDG_CONFIG_HOME");
+    // No proxy from the machine's environment (tests set their own).
+    for k in
+        ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"]
+    {
+        c.env_remove(k);
+    }
     for (k, v) in env {
         c.env(k, v);
     }
-    let cmd = describe(&c);
-    Run { out: output(&mut c), cmd }
+    c
 }
 
 fn s(v: &[&str]) -> Vec<String> {
@@ -719,12 +119,17 @@ fn other_spec(dir: &Path, marker: &str) -> PathBuf {
 /// A store with one 20 MiB path of incompressible bytes (so its layer takes the chunked path)
 /// and one small path; returns the build inputs.
 fn big_store(dir: &Path) -> Vec<String> {
+    big_store_seeded(dir, 0x9E37_79B9_7F4A_7C15)
+}
+
+/// [`big_store`] with other bytes in the big path (same store paths: use another cache).
+fn big_store_seeded(dir: &Path, seed: u64) -> Vec<String> {
     let store = dir.join("store");
     let big = "0a1b2c3d4f5g6h7i8j9k0l1m2n3p4q5r-big-blob-1.0";
     let small = "9z8y7x6w5v4s3r2q1p0n9m8l7k6j5i4h-small-1.0";
     fs::create_dir_all(store.join(big).join("share")).unwrap();
     fs::create_dir_all(store.join(small).join("bin")).unwrap();
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut x: u64 = seed;
     let mut data = vec![0u8; 20 << 20];
     for chunk in data.chunks_mut(8) {
         x ^= x << 13;
@@ -838,6 +243,11 @@ fn plain_push_repush_tags_and_copy() {
     // docker-archive as a copy destination is refused clearly.
     let e = nixoci(&s(&["copy", &src, &format!("docker-archive:{}", t.path().join("x.tar").display())]), &[]).fails();
     assert!(e.contains("not supported"), "{e}");
+    // The registry's error document shown as one readable line.
+    let missing = format!("docker://{}/hello:no-such-tag", reg.host());
+    let e = nixoci(&s(&["copy", &missing, &format!("oci:{}:x", t.path().join("none").display())]), &[]).fails();
+    let line = e.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+    assert!(line.contains("answered 404: MANIFEST_UNKNOWN: manifest unknown ({\"Tag\":\"no-such-tag\"})"), "{e}");
 }
 
 /// A 20 MiB layer (chunked PATCH) through a proxy that drops the connection mid-blob and answers
@@ -911,6 +321,207 @@ fn chunked_push_survives_faults() {
     let secs = started.elapsed().as_secs_f64();
     let bytes = stat(&d, "bytes_uploaded");
     eprintln!("20 MiB image pushed in {secs:.2}s (warm layer cache): {:.0} MB/s", bytes as f64 / secs / 1e6);
+}
+
+/// A blob download cut mid-blob (by the proxy, twice) resumes at the byte where it stopped with a
+/// `Range` request, for `copy` and for `inspect --read-layers`; what arrives verifies.
+#[test]
+fn pull_resumes_at_the_cut_byte() {
+    require_tools!("docker-registry");
+    let reg = Registry::start(Setup::Plain);
+    let t = tempdir();
+    let mut args = s(&["build"]);
+    args.extend(big_store(t.path()));
+    args.extend(s(&["--cache-dir", &t.path().join("cache").display().to_string(), "--compression", "gzip:1"]));
+    args.extend(s(&["-o", &format!("docker://{}/big:1", reg.host())]));
+    let built = nixoci(&args, &[]).ok();
+    let digest = built["manifest_digest"].as_str().unwrap().to_owned();
+    let layers = built["layers"].as_array().unwrap();
+    let big = layers.iter().max_by_key(|l| l["size"].as_u64().unwrap()).unwrap();
+    let (big_digest, big_size) = (big["digest"].as_str().unwrap().to_owned(), big["size"].as_u64().unwrap());
+    let path: &'static str = Box::leak(format!("/blobs/{big_digest}").into_boxed_str());
+    let cut = (5 << 20) + 12345;
+    let cut_at = |at: u64| Fault { method: "GET", path, skip: 0, action: Action::CutResponse(at) };
+    // The first GET is cut after `cut` bytes, the resumed one after `cut` more.
+    let proxy = Proxy::start(reg.port, vec![cut_at(cut), cut_at(cut)]);
+    let src = format!("docker://{}/big:1", proxy.host());
+    let oci = t.path().join("copied");
+    let run = nixoci(&s(&["copy", &src, &format!("oci:{}:c", oci.display())]), &[]);
+    let log = run.stderr();
+    run.ok();
+    assert!(proxy.faults.lock().unwrap().is_empty(), "{:?}", proxy.log.fired.lock().unwrap());
+    let ranges = proxy.log.ranges.lock().unwrap().clone();
+    let get = format!("GET /v2/big{path}");
+    assert_eq!(ranges, vec![format!("{get} bytes={cut}-"), format!("{get} bytes={}-", 2 * cut)]);
+    assert!(log.contains(&format!("broke off at byte {cut})")), "{log}");
+    assert_eq!(oci_manifest_digest(&oci, "c"), digest);
+    let hex = big_digest.trim_start_matches("sha256:");
+    let blob = fs::read(oci.join("blobs/sha256").join(hex)).unwrap();
+    assert_eq!(blob.len() as u64, big_size);
+    assert_eq!(common::sha256_hex(&blob), hex);
+
+    // inspect --read-layers reads the layer through the same resumption.
+    proxy.faults.lock().unwrap().push(cut_at(cut));
+    nixoci(&s(&["inspect", "--read-layers", &src]), &[]).ok();
+    let ranges = proxy.log.ranges.lock().unwrap().clone();
+    assert_eq!(ranges.last(), Some(&format!("{get} bytes={cut}-")), "{ranges:?}");
+}
+
+/// `kill -9` of a push at three points — mid-blob (the first 16 MiB chunk of the big layer
+/// landed), after the first blob landed, and before the manifest — leaves the tag as it was; each
+/// re-run uploads only what is still missing (counted by the proxy), and the last one finishes
+/// and verifies.
+#[test]
+fn push_killed_leaves_the_tag_and_resumes() {
+    use std::os::unix::process::ExitStatusExt;
+    require_tools!("docker-registry", "skopeo");
+    let reg = Registry::start(Setup::Plain);
+    let t = tempdir();
+    // Release 1 at the tag, straight to the registry.
+    let (one, two) = (t.path().join("one"), t.path().join("two"));
+    let build = |dir: &Path, seed: u64, dest: String| {
+        let mut a = s(&["build"]);
+        a.extend(big_store_seeded(dir, seed));
+        a.extend(s(&["--cache-dir", &dir.join("cache").display().to_string(), "--compression", "none"]));
+        a.extend(s(&["--jobs", "1", "-o", &dest]));
+        a
+    };
+    let first = nixoci(&build(&one, 1, format!("docker://{}/app:1", reg.host())), &[]).ok();
+    let digest_one = first["manifest_digest"].as_str().unwrap().to_owned();
+
+    // Release 2 to the same tag through the proxy, killed at each point in turn.
+    let proxy = Proxy::start(reg.port, Vec::new());
+    let args = build(&two, 2, format!("docker://{}/app:1", proxy.host()));
+    let big = 20u64 << 20;
+    let kill_at = |fault: Fault, point: &str| -> u64 {
+        let before = proxy.upload_bytes();
+        let fired = proxy.log.fired.lock().unwrap().len();
+        proxy.faults.lock().unwrap().push(fault);
+        let log = std::fs::File::create(t.path().join(format!("{point}.log"))).unwrap();
+        let mut child = nixoci_cmd(&args, &[]).stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while proxy.log.fired.lock().unwrap().len() == fired {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{point}: nixoci ended ({status}) before the fault fired");
+            }
+            assert!(Instant::now() < deadline, "{point}: the fault never fired");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap(); // SIGKILL
+        assert_eq!(child.wait().unwrap().signal(), Some(9), "{point}");
+        assert_eq!(reg.digest_of("app:1").as_deref(), Some(digest_one.as_str()), "{point}: the tag moved");
+        proxy.upload_bytes() - before
+    };
+    // Mid-blob: the second PATCH of the big layer hangs, the first chunk is in.
+    let sent = kill_at(Fault { method: "PATCH", path: "/blobs/uploads/", skip: 1, action: Action::Hold }, "mid-blob");
+    assert!(sent >= 16 << 20, "{sent}");
+    // After the first blob: it (the big layer, largest first) completes, the next upload hangs.
+    // The lost session of the killed upload is not resumable: the big layer goes once more, whole.
+    let sent = kill_at(Fault { method: "POST", path: "/blobs/uploads/", skip: 1, action: Action::Hold }, "first-blob");
+    assert!(sent >= big && sent < big + (1 << 20), "{sent}");
+    // Before the manifest: every blob is in; the big layer is not sent again.
+    let sent = kill_at(Fault { method: "PUT", path: "/manifests/", skip: 0, action: Action::Hold }, "manifest");
+    assert!(sent < 1 << 20, "re-sent {sent} bytes: only the blobs still missing may go");
+    // The same command again: nothing left to upload; it finishes, the tag moves, it verifies.
+    let before = proxy.upload_bytes();
+    let last = nixoci(&args, &[]).ok();
+    assert_eq!(proxy.upload_bytes(), before);
+    assert_eq!(stat(&last, "blobs_uploaded"), 0, "{last:#}");
+    let digest_two = last["manifest_digest"].as_str().unwrap().to_owned();
+    assert_ne!(digest_two, digest_one);
+    assert_eq!(reg.digest_of("app:1").as_deref(), Some(digest_two.as_str()));
+    assert_eq!(reg.copy_back("app:1", &t.path().join("back")), digest_two);
+}
+
+/// Blobs over 4 GiB (a torch-sized layer): a 5 GiB layer of a sparse file with data at a few
+/// offsets (past 4 GiB too) is pushed in chunks and pulled back with `copy`; the bytes and the
+/// digest are checked, and the peak RSS of both (`/usr/bin/time -v`) stays bounded. Slow (it
+/// writes 15 GiB): runs only with NIXOCI_BIG_TESTS=1.
+#[test]
+fn blob_over_4_gib_push_and_pull() {
+    if std::env::var_os("NIXOCI_BIG_TESTS").is_none() {
+        eprintln!("SKIP blob_over_4_gib_push_and_pull: set NIXOCI_BIG_TESTS=1 (writes 15 GiB)");
+        return;
+    }
+    require_tools!("docker-registry", "time");
+    use std::io::{Seek, SeekFrom, Write};
+    let reg = Registry::start(Setup::Plain);
+    let t = tempdir();
+    let store = t.path().join("store");
+    let name = "5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f-torch-like-2.10";
+    fs::create_dir_all(store.join(name).join("lib")).unwrap();
+    let size: u64 = (5 << 30) + 12345;
+    {
+        let mut f = fs::File::create(store.join(name).join("lib/libtorch_cuda.so")).unwrap();
+        f.set_len(size).unwrap();
+        for (i, at) in [0, 1 << 30, (4 << 30) - 3, (4 << 30) + 64, size - 64].into_iter().enumerate() {
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.write_all(format!("marker {i} at byte {at};").as_bytes()).unwrap();
+        }
+    }
+    let closure = format!(
+        r#"[{{"path":"/nix/store/{name}","narHash":"sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","narSize":{size},"references":[]}}]"#
+    );
+    fs::write(t.path().join("closure.json"), closure).unwrap();
+    let timed = |args: Vec<String>, what: &str| -> (Value, u64, f64) {
+        let c = nixoci_cmd(&args, &[("NIXOCI_LOG", "info")]);
+        let mut timed = std::process::Command::new("/usr/bin/time");
+        timed.arg("-v").arg(c.get_program()).args(c.get_args());
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => timed.env(k, v),
+                None => timed.env_remove(k),
+            };
+        }
+        let started = Instant::now();
+        let out = output(&mut timed);
+        let secs = started.elapsed().as_secs_f64();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{what} failed:\n{err}");
+        let rss_kb: u64 = err
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no peak RSS in:\n{err}"));
+        (serde_json::from_slice(&out.stdout).unwrap(), rss_kb, secs)
+    };
+    let mut a = s(&["build", "--closure", &t.path().join("closure.json").display().to_string()]);
+    a.extend(s(&["--store-root", &store.display().to_string(), "--compression", "none", "--no-cache"]));
+    a.extend(s(&["-o", &format!("docker://{}/torch:1", reg.host())]));
+    let (pushed, push_rss, push_secs) = timed(a, "build + push");
+    let digest = pushed["manifest_digest"].as_str().unwrap().to_owned();
+    let layer = pushed["layers"].as_array().unwrap().iter().max_by_key(|l| l["size"].as_u64().unwrap()).unwrap();
+    let (layer_digest, layer_size) = (layer["digest"].as_str().unwrap().to_owned(), layer["size"].as_u64().unwrap());
+    assert!(layer_size > size && layer_size > 4 << 30, "{layer_size}");
+    assert!(stat(&pushed, "bytes_uploaded") >= layer_size);
+
+    let oci = t.path().join("pulled");
+    let (_, pull_rss, pull_secs) =
+        timed(s(&["copy", &format!("docker://{}/torch:1", reg.host()), &format!("oci:{}:t", oci.display())]), "copy");
+    assert_eq!(oci_manifest_digest(&oci, "t"), digest);
+    let blob = oci.join("blobs/sha256").join(layer_digest.trim_start_matches("sha256:"));
+    assert_eq!(fs::metadata(&blob).unwrap().len(), layer_size);
+    let sum = run_ok_str(std::process::Command::new("sha256sum").arg(&blob));
+    assert!(sum.starts_with(layer_digest.trim_start_matches("sha256:")), "{sum}");
+    // The markers are where they were in the file, inside the pulled tar.
+    let markers = [0, 1 << 30, (4 << 30) - 3, (4 << 30) + 64, size - 64];
+    let mut f = fs::File::open(&blob).unwrap();
+    let mut head = vec![0u8; 64 << 10];
+    std::io::Read::read_exact(&mut f, &mut head).unwrap();
+    let start = head.windows(19).position(|w| w == b"marker 0 at byte 0;").expect("file data in the tar") as u64;
+    for (i, at) in markers.into_iter().enumerate() {
+        let want = format!("marker {i} at byte {at};");
+        let mut got = vec![0u8; want.len()];
+        f.seek(SeekFrom::Start(start + at)).unwrap();
+        std::io::Read::read_exact(&mut f, &mut got).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), want);
+    }
+    eprintln!(
+        "5 GiB layer ({layer_size} bytes): build + push {push_secs:.0}s, peak RSS {} MiB; pull {pull_secs:.0}s, peak RSS {} MiB",
+        push_rss / 1024,
+        pull_rss / 1024
+    );
+    assert!(push_rss < 512 * 1024 && pull_rss < 512 * 1024, "memory not bounded: {push_rss} / {pull_rss} KiB");
 }
 
 /// Two processes push images that share layers to one registry at once: both succeed, both
@@ -1091,7 +702,8 @@ fn tls_with_private_ca() {
     assert_eq!(reg.copy_back("tls:1", &t.path().join("back")), digest);
 
     let e = nixoci(&build_args(&[format!("docker://{}/tls:untrusted", reg.host())], &cache, None), &[]).fails();
-    assert!(e.contains(&reg.host()) && e.contains("certificate"), "{e}");
+    assert!(e.contains(&format!("the certificate of {} is signed by an untrusted issuer", reg.host())), "{e}");
+    assert!(e.contains("--cert-dir DIR") && e.contains("--tls-verify=false"), "{e}");
     assert_eq!(reg.digest_of("tls:untrusted"), None);
 
     let mut a = build_args(&[format!("docker://{}/tls:insecure", reg.host())], &cache, None);
@@ -1113,6 +725,157 @@ fn tls_with_private_ca() {
     )
     .ok();
     assert_eq!(oci_manifest_digest(&t.path().join("copied"), "c"), digest);
+}
+
+/// Docker's recipe for a self-signed registry certificate, exactly (a certificate that is its own
+/// CA, which webpki alone refuses): with it in --cert-dir, build → push → `skopeo inspect` agree
+/// on the digest, and reading works; the same registry with the certificate not in the trust
+/// directory, a certificate for another host name, and an expired one are refused, each with a
+/// message that names the problem and the way out, and nothing is pushed.
+#[test]
+fn tls_self_signed_docker_recipe() {
+    require_tools!("docker-registry", "skopeo", "openssl");
+    let t = tempdir();
+    let cache = t.path().join("cache");
+    let certs = t.path().join("recipe");
+    common::registry::docker_recipe_cert(&certs, "IP:127.0.0.1", "127.0.0.1");
+    let reg = Registry::start(Setup::TlsCert(certs.clone()));
+    let dest = |tag: &str| vec![format!("docker://{}/selfsigned:{tag}", reg.host())];
+    let cert_dir = |d: &Path| s(&["--cert-dir", &d.display().to_string()]);
+
+    let mut a = build_args(&dest("1"), &cache, None);
+    a.extend(cert_dir(&reg.ca_dir()));
+    let pushed = nixoci(&a, &[]).ok();
+    let digest = pushed["manifest_digest"].as_str().unwrap().to_owned();
+    assert_eq!(reg.digest_of("selfsigned:1").as_deref(), Some(digest.as_str()), "skopeo inspect --cert-dir");
+    let oci = format!("oci:{}:c", t.path().join("copied").display());
+    let mut a = s(&["copy", &dest("1")[0], &oci]);
+    a.extend(cert_dir(&reg.ca_dir()));
+    nixoci(&a, &[]).ok();
+    assert_eq!(oci_manifest_digest(&t.path().join("copied"), "c"), digest);
+
+    // Not in the trust directory: another self-signed certificate there, or none at all.
+    let other = t.path().join("other");
+    common::registry::docker_recipe_cert(&other, "DNS:other.example", "other.example");
+    for extra in [cert_dir(&other.join("certs")), Vec::new()] {
+        let mut a = build_args(&dest("untrusted"), &cache, None);
+        a.extend(extra);
+        let e = nixoci(&a, &[]).fails();
+        assert!(e.contains(&format!("the certificate of {} is self-signed and not trusted", reg.host())), "{e}");
+        assert!(e.contains("--cert-dir DIR") && e.contains("--tls-verify=false"), "{e}");
+        assert!(!e.contains("CaUsedAsEndEntity"), "{e}");
+    }
+    assert_eq!(reg.digest_of("selfsigned:untrusted"), None);
+
+    // A certificate for another host name, trusted: refused for its name.
+    let wrong = Registry::start(Setup::TlsCert(other.clone()));
+    let mut a = build_args(&[format!("docker://{}/selfsigned:wrong", wrong.host())], &cache, None);
+    a.extend(cert_dir(&other.join("certs")));
+    let e = nixoci(&a, &[]).fails();
+    assert!(
+        e.contains(&format!("the certificate of {} is for another host name (other.example)", wrong.host())),
+        "{e}"
+    );
+    assert!(e.contains("--tls-verify=false"), "{e}");
+
+    // Expired (and trusted): refused as expired, its date named.
+    let expired = t.path().join("expired");
+    common::registry::expired_cert(&expired);
+    let old = Registry::start(Setup::TlsCert(expired.clone()));
+    let mut a = build_args(&[format!("docker://{}/selfsigned:expired", old.host())], &cache, None);
+    a.extend(cert_dir(&expired.join("certs")));
+    let e = nixoci(&a, &[]).fails();
+    assert!(e.contains(&format!("the certificate of {} expired on Thu, 02 Jan 2020", old.host())), "{e}");
+
+    // --tls-verify=false still takes anything.
+    let mut a = build_args(&[format!("docker://{}/selfsigned:insecure", old.host())], &cache, None);
+    a.push("--tls-verify=false".into());
+    nixoci(&a, &[]).ok();
+}
+
+/// CI behind a proxy: a CONNECT proxy (test code, with basic credentials) is the only way to the
+/// registry's name `registry.test` (TLS, so HTTPS through a tunnel). With `HTTPS_PROXY` set the
+/// push goes through it (tunnels counted) and verifies; its password is never printed; wrong
+/// proxy credentials fail clearly; with `NO_PROXY` naming the registry nothing goes through it;
+/// a loopback address is never proxied.
+#[test]
+fn https_proxy_and_no_proxy() {
+    require_tools!("docker-registry", "skopeo", "openssl");
+    let t = tempdir();
+    let cache = t.path().join("cache");
+    let certs = t.path().join("certs");
+    common::registry::docker_recipe_cert(&certs, "DNS:registry.test,IP:127.0.0.1", "registry.test");
+    let reg = Registry::start(Setup::TlsCert(certs));
+    let proxy = ConnectProxy::start(&["registry.test"], Some(("proxy-user", PASSWORD)));
+    let with_creds = format!("http://proxy-user:{PASSWORD}@127.0.0.1:{}", proxy.port);
+    let named = format!("registry.test:{}", reg.port);
+    let args = |host: &str, tag: &str| {
+        let mut a = build_args(&[format!("docker://{host}/px:{tag}")], &cache, None);
+        a.extend(s(&["--cert-dir", &reg.ca_dir().display().to_string(), "--retry-times", "0"]));
+        a
+    };
+
+    let pushed = nixoci(&args(&named, "1"), &[("HTTPS_PROXY", &with_creds)]).ok();
+    let digest = pushed["manifest_digest"].as_str().unwrap().to_owned();
+    let tunnels = proxy.tunnels.lock().unwrap().clone();
+    assert!(!tunnels.is_empty() && tunnels.iter().all(|t| *t == named), "{tunnels:?}");
+    assert_eq!(reg.digest_of("px:1").as_deref(), Some(digest.as_str()));
+    // Lowercase works too, and reading goes through it as well.
+    let before = proxy.tunnel_count();
+    let oci = format!("oci:{}:c", t.path().join("copied").display());
+    let mut a = s(&["copy", &format!("docker://{named}/px:1"), &oci]);
+    a.extend(s(&["--cert-dir", &reg.ca_dir().display().to_string()]));
+    nixoci(&a, &[("https_proxy", &with_creds)]).ok();
+    assert_eq!(oci_manifest_digest(&t.path().join("copied"), "c"), digest);
+    assert!(proxy.tunnel_count() > before);
+
+    // Wrong proxy credentials: refused by the proxy, said so, the password not shown.
+    let wrong = format!("http://proxy-user:wrong-{PASSWORD}@127.0.0.1:{}", proxy.port);
+    let refused = proxy.refused.load(std::sync::atomic::Ordering::Relaxed);
+    let e = nixoci(&args(&named, "2"), &[("HTTPS_PROXY", &wrong)]).fails();
+    assert!(e.contains(&named) && e.contains("the proxy refused the credentials in HTTPS_PROXY"), "{e}");
+    assert!(e.contains("gave up after 1 attempts") || !e.contains("gave up"), "not retried: {e}");
+    assert!(proxy.refused.load(std::sync::atomic::Ordering::Relaxed) > refused);
+
+    // NO_PROXY names the registry: no tunnel, so the name does not even resolve.
+    for no in [named.as_str(), "registry.test", ".test", "*"] {
+        let before = proxy.tunnel_count();
+        let e = nixoci(&args(&named, "3"), &[("HTTPS_PROXY", &with_creds), ("NO_PROXY", no)]).fails();
+        assert!(e.contains(&format!("cannot reach {named}")), "NO_PROXY={no}: {e}");
+        assert_eq!(proxy.tunnel_count(), before, "NO_PROXY={no}");
+    }
+    // Another name in NO_PROXY: proxied as before.
+    nixoci(&args(&named, "4"), &[("HTTPS_PROXY", &with_creds), ("NO_PROXY", "other.test,10.0.0.0/8")]).ok();
+
+    // Loopback is never proxied.
+    let before = proxy.tunnel_count();
+    nixoci(&args(&reg.host(), "5"), &[("HTTPS_PROXY", &with_creds)]).ok();
+    assert_eq!(proxy.tunnel_count(), before);
+    assert_eq!(reg.digest_of("px:5").as_deref(), Some(digest.as_str()));
+}
+
+/// A registry that requires a client certificate: `*.cert` + `*.key` in --cert-dir are presented
+/// (and skopeo agrees on the digest); without them the handshake is refused and nothing is pushed.
+#[test]
+fn tls_client_certificate() {
+    require_tools!("docker-registry", "skopeo", "openssl");
+    let reg = Registry::start(Setup::TlsClientCert);
+    let t = tempdir();
+    let cache = t.path().join("cache");
+    let mut a = build_args(&[format!("docker://{}/mtls:1", reg.host())], &cache, None);
+    a.extend(s(&["--cert-dir", &reg.ca_dir().display().to_string()]));
+    let digest = nixoci(&a, &[]).ok()["manifest_digest"].as_str().unwrap().to_owned();
+    assert_eq!(reg.digest_of("mtls:1").as_deref(), Some(digest.as_str()));
+    // The CA alone: trusted server, but no client certificate to show.
+    let ca_only = t.path().join("ca-only");
+    fs::create_dir_all(&ca_only).unwrap();
+    fs::copy(reg.ca_dir().join("ca.crt"), ca_only.join("ca.crt")).unwrap();
+    let mut a = build_args(&[format!("docker://{}/mtls:2", reg.host())], &cache, None);
+    a.extend(s(&["--cert-dir", &ca_only.display().to_string(), "--retry-times", "0"]));
+    let e = nixoci(&a, &[]).fails();
+    assert!(e.contains(&reg.host()) && e.contains("wants a client certificate"), "{e}");
+    assert!(e.contains("gave up after 1 attempts") || !e.contains("gave up"), "not retried: {e}");
+    assert_eq!(reg.digest_of("mtls:2"), None);
 }
 
 /// Nothing listens: a clear error naming the host, quickly (retries bounded).

@@ -35,7 +35,15 @@ pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
         d.new.layer_count
     )?;
     writeln!(w)?;
+    write_layers(d, w)?;
+    write_paths(d, w)?;
+    write_config(d, w)?;
+    write_files(d, w)
+}
 
+/// The LAYERS section: each layer's status, then the regrouped ones explained.
+fn write_layers<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
+    let added = d.layers.added.len();
     writeln!(w, "LAYERS  {} shared, {} added, {} removed", d.layers.shared.len(), added, d.layers.removed.len())?;
     let mut t = Table::new(&[
         ("STATUS", Align::Left),
@@ -71,8 +79,11 @@ pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
             )?;
         }
     }
-    writeln!(w)?;
+    writeln!(w)
+}
 
+/// The STORE PATHS section: changed (with why), added, removed.
+fn write_paths<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
     let p = &d.paths;
     writeln!(
         w,
@@ -103,8 +114,11 @@ pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
         }
         t.write(w, 2)?;
     }
-    writeln!(w)?;
+    writeln!(w)
+}
 
+/// The CONFIG section: one row per changed field.
+fn write_config<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
     writeln!(w, "CONFIG  {} change(s)", d.config.len())?;
     if !d.config.is_empty() {
         let mut t = Table::new(&[("FIELD", Align::Left), ("OLD", Align::Left), ("NEW", Align::Left)]);
@@ -114,7 +128,12 @@ pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
         }
         t.write(w, 2)?;
     }
+    Ok(())
+}
 
+/// The FILES section (`--files`): per changed path, its modified, added and removed files.
+fn write_files<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
+    let p = &d.paths;
     if p.changed.iter().any(|c| c.files.is_some()) {
         writeln!(w)?;
         writeln!(w, "FILES")?;

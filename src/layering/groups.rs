@@ -27,7 +27,7 @@ use toml::Spanned;
 use crate::closure::{Closure, StorePath};
 use crate::config_format::{Format, Located};
 
-use crate::size::parse_size;
+use crate::size::{IntOrString, parse_size};
 
 /// The partition name of paths no group claims.
 pub const AUTO_GROUP: &str = "auto";
@@ -246,7 +246,7 @@ pub struct LayersFile {
 #[serde(deny_unknown_fields)]
 struct FileToml<S> {
     max_layers: Option<u32>,
-    max_layer_size: Option<SizeToml>,
+    max_layer_size: Option<IntOrString>,
     #[serde(default = "Vec::new")]
     group: Vec<GroupToml<S>>,
 }
@@ -259,22 +259,8 @@ struct GroupToml<S> {
     patterns: Vec<S>,
     #[serde(default)]
     split: SplitMode,
-    max_layers: Option<LimitToml>,
-}
-
-/// `max_layers = 4` or `max_layers = "10%"`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum LimitToml {
-    Layers(usize),
-    Text(String),
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum SizeToml {
-    Bytes(u64),
-    Text(String),
+    /// `max_layers = 4` or `max_layers = "10%"`.
+    max_layers: Option<IntOrString>,
 }
 
 impl LayersFile {
@@ -297,8 +283,8 @@ impl LayersFile {
         let raw = raw.with_context(|| format!("in layers file {origin}"))?;
         let max_layer_size = match raw.max_layer_size {
             None => None,
-            Some(SizeToml::Bytes(n)) => Some(n),
-            Some(SizeToml::Text(s)) => {
+            Some(IntOrString::Int(n)) => Some(n),
+            Some(IntOrString::Str(s)) => {
                 Some(parse_size(&s).with_context(|| format!("in layers file {origin}: max_layer_size"))?)
             }
         };
@@ -319,8 +305,8 @@ impl LayersFile {
             };
             let max_layers = match g.max_layers {
                 None => None,
-                Some(LimitToml::Layers(n)) => Some(LayerLimit::Layers(n)),
-                Some(LimitToml::Text(t)) => {
+                Some(IntOrString::Int(n)) => Some(LayerLimit::Layers(n as usize)),
+                Some(IntOrString::Str(t)) => {
                     let share = LayerLimit::parse_share(&t).with_context(|| {
                         format!(
                             "group {:?}: max_layers {t:?} is neither a number of layers nor a share of the \

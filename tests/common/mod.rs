@@ -10,9 +10,16 @@
 //! tools), `built` (`nixoci build --json`), `digest`, `nix` (the Nix test closure), `example`
 //! (examples/hello), `layout` (OCI layouts read back and checked), `layer_tar` (layer tars and the
 //! §6 rules), `store_layers` (store paths per layer vs annotations and `--json`), `podman` (a
-//! private podman), `store` (store paths on disk: copies, snapshots, comparisons).
+//! private podman), `store` (store paths on disk: copies, snapshots, comparisons); and, used by
+//! name (`common::registry::…`), `registry` (a real docker-registry on 127.0.0.1 and its
+//! certificates), `proxy` (counting, fault-injecting and CONNECT proxies), `tokens` (a bearer
+//! token server).
 // Each test crate uses a part of the harness: what it leaves unused is no warning.
 #![allow(dead_code, unused_imports)]
+
+pub mod proxy;
+pub mod registry;
+pub mod tokens;
 
 mod built;
 mod cmd;

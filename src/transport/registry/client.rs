@@ -1,5 +1,5 @@
-//! One registry, one client: TLS, scheme detection, authentication, and the one retry loop that
-//! every request goes through.
+//! One registry, one client: TLS, scheme detection, authentication. Every request goes through
+//! the one retry loop, [`with_retry`].
 //!
 //! Blocking `reqwest` on the build's threads: each push worker sends one request at a time, and
 //! reqwest runs its own small runtime thread. No async code leaks out of this module.
@@ -11,17 +11,19 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use reqwest::Url;
 use reqwest::blocking::Response;
 use reqwest::header::{AUTHORIZATION, HeaderValue, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 
 use super::auth::{self, Challenge, Credentials, TokenReply};
 use super::error::{RegistryError, error_body};
+use super::proxy::{self, ProxyEnv};
 use super::reference::{RegistryOptions, RegistryRef, RetryPolicy, api_host, is_loopback};
 use super::request::{self, Body, Progress, Req};
-use super::retry::{Backoff, parse_retry_after};
+use super::retry::{Failure, parse_retry_after, with_retry};
 use super::secret::Secret;
+use super::tls;
 
 /// A connected registry: its scheme is known and its auth challenge recorded.
 pub struct Client {
@@ -77,28 +79,22 @@ impl Client {
         let https = self.base.clone();
         let mut http = https.clone();
         let _ = http.set_scheme("http");
-        let mut backoff = Backoff::new(self.retry);
-        loop {
-            backoff.attempt();
+        let (base, resp) = with_retry(self.retry, |_| {
             let err = match self.execute(&request::ping(&https, &self.host), None) {
-                Ok(resp) => {
-                    self.adopt_ping(https, resp);
-                    return Ok(());
-                }
+                Ok(resp) => return Ok((https.clone(), resp)),
                 Err(e) => e,
             };
-            if allow_http {
-                match self.execute(&request::ping(&http, &self.host), None) {
-                    Ok(resp) if looks_like_registry(&resp) => {
-                        tracing::info!("{}: no TLS ({err}); using plain HTTP", self.host);
-                        self.adopt_ping(http, resp);
-                        return Ok(());
-                    }
-                    Ok(_) | Err(_) => {}
-                }
+            if allow_http
+                && let Ok(resp) = self.execute(&request::ping(&http, &self.host), None)
+                && looks_like_registry(&resp)
+            {
+                tracing::info!("{}: no TLS ({err}); using plain HTTP", self.host);
+                return Ok((http.clone(), resp));
             }
-            backoff.wait(err, None)?;
-        }
+            Err(err.into())
+        })?;
+        self.adopt_ping(base, resp);
+        Ok(())
     }
 
     fn adopt_ping(&mut self, base: Url, resp: Response) {
@@ -130,17 +126,16 @@ impl Client {
     /// Sends `req`, retrying connection errors, 5xx and 429 with backoff. Other statuses are
     /// returned for the caller to judge (a HEAD's 404 is an answer, not an error).
     pub fn send(&self, req: &Req) -> Result<Response, RegistryError> {
-        let mut backoff = Backoff::new(self.retry);
-        loop {
-            backoff.attempt();
-            match self.send_once(req) {
-                Ok(resp) if is_retryable(resp.status().as_u16()) => {
-                    let after = retry_after(&resp);
-                    backoff.wait(self.error_from(req, resp), after)?;
-                }
-                Ok(resp) => return Ok(resp),
-                Err(e) => backoff.wait(e, None)?,
-            }
+        with_retry(self.retry, |_| self.transient_status(req, self.send_once(req)?))
+    }
+
+    /// `resp`, or a failure worth retrying when its status is 5xx, 408 or 429.
+    pub fn transient_status(&self, req: &Req, resp: Response) -> Result<Response, Failure> {
+        if is_retryable(resp.status().as_u16()) {
+            let retry_after = retry_after(&resp);
+            Err(Failure { error: self.error_from(req, resp), retry_after })
+        } else {
+            Ok(resp)
         }
     }
 
@@ -225,18 +220,7 @@ impl Client {
             }
             None => (request::token(&realm, service, scopes, &self.host), None),
         };
-        let mut backoff = Backoff::new(self.retry);
-        let resp = loop {
-            backoff.attempt();
-            match self.execute(&req, auth.as_ref()) {
-                Ok(resp) if is_retryable(resp.status().as_u16()) => {
-                    let after = retry_after(&resp);
-                    backoff.wait(self.error_from(&req, resp), after)?;
-                }
-                Ok(resp) => break resp,
-                Err(e) => backoff.wait(e, None)?,
-            }
-        };
+        let resp = with_retry(self.retry, |_| self.transient_status(&req, self.execute(&req, auth.as_ref())?))?;
         if !resp.status().is_success() {
             return Err(self.error_from(&req, resp));
         }
@@ -298,10 +282,42 @@ impl Client {
     }
 
     fn connect_error(&self, req: &Req, e: reqwest::Error) -> RegistryError {
-        let message = error_chain(&e.without_url());
+        let e = e.without_url();
+        if let Some(refusal) = tls::find_refusal(&e) {
+            return RegistryError::Connect {
+                host: self.host.clone(),
+                what: req.what.clone(),
+                message: refusal.to_string(),
+                permanent: true,
+            };
+        }
+        let message = error_chain(&e);
         let lower = message.to_lowercase();
         let tls = lower.contains("certificate") || lower.contains("corrupt message") || lower.contains("handshake");
-        RegistryError::Connect { host: self.host.clone(), what: req.what.clone(), message, tls }
+        let proxy_auth = lower.contains("proxy authorization required");
+        // The server refused our side of the handshake: it wants a (other) client certificate.
+        let client_cert = lower.contains("fatal alert")
+            && ["badcertificate", "certificaterequired", "unknownca", "certificateunknown"]
+                .iter()
+                .any(|a| lower.contains(a));
+        let message = if proxy_auth {
+            format!(
+                "{message}: the proxy refused the credentials in HTTPS_PROXY/HTTP_PROXY (http://USER:PASS@HOST:PORT)"
+            )
+        } else if client_cert {
+            format!(
+                "{message}: the registry wants a client certificate it trusts; put it and its key (NAME.cert and \
+                 NAME.key) in --cert-dir DIR"
+            )
+        } else {
+            message
+        };
+        RegistryError::Connect {
+            host: self.host.clone(),
+            what: req.what.clone(),
+            message,
+            permanent: tls || proxy_auth || client_cert,
+        }
     }
 
     pub fn io_error(&self, req: &Req, e: std::io::Error) -> RegistryError {
@@ -413,7 +429,8 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cur = err.source();
     }
-    parts.join(": ")
+    // A proxy URL in an error may hold its credentials.
+    proxy::redact_userinfo(&parts.join(": "))
 }
 
 /// A URL without its query (upload URLs carry server state that is noise in logs).
@@ -423,68 +440,22 @@ fn redact_query(u: &Url) -> String {
     u.to_string()
 }
 
-/// The HTTP client: rustls with the system roots plus `--cert-dir` (or the containers/docker
-/// per-registry directories), a client certificate if the directory has one.
+/// The HTTP client: rustls configured by [`tls::client_config`] (system roots, the registry's
+/// trust directory, a client certificate).
 fn http_client(host: &str, opts: &RegistryOptions) -> Result<reqwest::blocking::Client> {
     let mut b = reqwest::blocking::Client::builder()
-        .use_rustls_tls()
+        .use_preconfigured_tls(tls::client_config(host, opts)?)
         .user_agent(concat!("nixoci/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(15))
         // Bounds every wait for a response head and every body read; uploads set their own.
         .timeout(Duration::from_secs(120))
         .tcp_keepalive(Duration::from_secs(30))
         .pool_max_idle_per_host(32);
-    if is_loopback(host) {
-        b = b.no_proxy();
+    // Our own reading of the proxy variables (reqwest's differs from Go's for loopback and ports).
+    let proxies = ProxyEnv::from_env()?;
+    if let Some(p) = Url::parse(&format!("https://{}/", api_host(host))).ok().and_then(|u| proxies.for_url(&u)) {
+        tracing::info!("{host}: through the proxy {}", proxy::redacted(&p));
     }
-    if opts.insecure {
-        b = b.danger_accept_invalid_certs(true);
-    }
-    let dirs = match &opts.cert_dir {
-        Some(d) => {
-            if !d.is_dir() {
-                bail!("--cert-dir {}: not a directory", d.display());
-            }
-            vec![d.clone()]
-        }
-        None => ["/etc/containers/certs.d", "/etc/docker/certs.d"]
-            .iter()
-            .map(|d| std::path::Path::new(d).join(host))
-            .filter(|d| d.is_dir())
-            .collect(),
-    };
-    for dir in dirs {
-        let mut names: Vec<_> = std::fs::read_dir(&dir)
-            .with_context(|| format!("reading certificate directory {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        names.sort();
-        for p in &names {
-            match p.extension().and_then(|e| e.to_str()) {
-                Some("crt") => {
-                    let pem = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-                    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                        .with_context(|| format!("{}: not a PEM CA certificate", p.display()))?;
-                    for c in certs {
-                        b = b.add_root_certificate(c);
-                    }
-                }
-                Some("cert") => {
-                    let key = p.with_extension("key");
-                    let mut pem = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-                    pem.extend(
-                        std::fs::read(&key).with_context(|| {
-                            format!("client certificate {} has no key {}", p.display(), key.display())
-                        })?,
-                    );
-                    let id = reqwest::Identity::from_pem(&pem).with_context(|| {
-                        format!("{} + {}: not a PEM certificate and key", p.display(), key.display())
-                    })?;
-                    b = b.identity(id);
-                }
-                _ => {}
-            }
-        }
-    }
+    b = if proxies.is_set() { b.proxy(reqwest::Proxy::custom(move |url| proxies.for_url(url))) } else { b.no_proxy() };
     b.build().context("setting up the HTTP client")
 }

@@ -25,8 +25,8 @@ pub enum RegistryError {
         what: String,
         /// The error chain, flattened (it never holds credentials: they travel in headers).
         message: String,
-        /// A certificate problem (not worth retrying).
-        tls: bool,
+        /// A certificate problem or a proxy that refused its credentials: not worth retrying.
+        permanent: bool,
     },
     /// The server stored other bytes than we sent.
     #[error("{what}: {host} reports digest {actual}, expected {expected}")]
@@ -52,7 +52,7 @@ impl RegistryError {
     /// Whether another attempt may succeed: connection errors, 5xx, 429 (and 408).
     pub fn is_transient(&self) -> bool {
         match self {
-            RegistryError::Connect { tls, .. } => !tls,
+            RegistryError::Connect { permanent, .. } => !permanent,
             RegistryError::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
             _ => false,
         }
@@ -80,8 +80,11 @@ fn hint(had_credentials: &bool) -> &'static str {
     }
 }
 
-/// Flattens a registry error document (`{"errors":[{"code","message","detail"}]}`) to
-/// `CODE: message; …`; other bodies are trimmed to their first 1000 bytes.
+/// A server's error body as one readable line: the registry error document
+/// (`{"errors":[{"code","message","detail"}]}`) as `CODE: message (detail); …`; other JSON
+/// with an `error`, `message` or `details` string (token servers, proxies) as that string; an
+/// HTML page as its title; other text trimmed. Whitespace runs become one space; at most 1000
+/// characters.
 pub fn error_body(bytes: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Doc {
@@ -96,16 +99,21 @@ pub fn error_body(bytes: &[u8]) -> String {
         #[serde(default)]
         detail: Option<serde_json::Value>,
     }
-    if let Ok(doc) = serde_json::from_slice::<Doc>(bytes)
+    let text = if let Ok(doc) = serde_json::from_slice::<Doc>(bytes)
         && !doc.errors.is_empty()
     {
-        return doc
-            .errors
+        doc.errors
             .iter()
             .map(|e| {
-                let mut s = format!("{}: {}", e.code, e.message);
+                let mut s = match (e.code.is_empty(), e.message.is_empty()) {
+                    (false, false) => format!("{}: {}", e.code, e.message),
+                    (true, _) => e.message.clone(),
+                    (false, true) => e.code.clone(),
+                };
                 match &e.detail {
-                    Some(serde_json::Value::String(d)) if !d.is_empty() => s.push_str(&format!(" ({d})")),
+                    Some(serde_json::Value::String(d)) if !d.is_empty() => {
+                        s.push_str(&format!(" ({})", shorten(d, 300)))
+                    }
                     Some(v @ serde_json::Value::Object(_)) | Some(v @ serde_json::Value::Array(_)) => {
                         let d = v.to_string();
                         if d.len() < 300 {
@@ -117,19 +125,30 @@ pub fn error_body(bytes: &[u8]) -> String {
                 s
             })
             .collect::<Vec<_>>()
-            .join("; ");
+            .join("; ")
+    } else if let Ok(serde_json::Value::Object(o)) = serde_json::from_slice::<serde_json::Value>(bytes)
+        && let Some(m) = ["error_description", "error", "message", "details", "detail"]
+            .iter()
+            .find_map(|k| o.get(*k).and_then(|v| v.as_str()).filter(|v| !v.trim().is_empty()))
+    {
+        m.to_owned()
+    } else {
+        let text = String::from_utf8_lossy(bytes);
+        let lower = text.to_ascii_lowercase();
+        match (lower.find("<title>"), lower.find("</title>")) {
+            (Some(a), Some(b)) if a + 7 <= b && lower.trim_start().starts_with('<') => text[a + 7..b].to_owned(),
+            _ => text.into_owned(),
+        }
+    };
+    shorten(&text.split_whitespace().collect::<Vec<_>>().join(" "), 1000)
+}
+
+/// At most `max` characters, `…` marking a cut.
+fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
     }
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    let mut end = text.len().min(1000);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut out = text[..end].replace(['\r', '\n'], " ");
-    if end < text.len() {
-        out.push('…');
-    }
-    out
 }
 
 #[cfg(test)]
@@ -145,6 +164,21 @@ mod tests {
         );
         assert_eq!(error_body(b"  oops\n"), "oops");
         assert_eq!(error_body(&[b'x'; 2000]).chars().count(), 1001);
+        // Several errors, multi-line messages: one line.
+        let body = br#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown\nto registry","detail":"sha256:ab"},{"code":"DENIED","message":"requested access to the resource is denied"}]}"#;
+        assert_eq!(
+            error_body(body),
+            "MANIFEST_BLOB_UNKNOWN: blob unknown to registry (sha256:ab); DENIED: requested access to the resource is denied"
+        );
+        // Other JSON shapes (token servers, Harbor, proxies), HTML error pages, plain text.
+        assert_eq!(error_body(br#"{"details":"wrong credentials"}"#), "wrong credentials");
+        assert_eq!(error_body(br#"{"error":"invalid_grant","error_description":"bad token"}"#), "bad token");
+        assert_eq!(
+            error_body(b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\n<center>nginx</center></body></html>"),
+            "502 Bad Gateway"
+        );
+        assert_eq!(error_body(b"line one\r\n  line two\n"), "line one line two");
+        assert_eq!(error_body(br#"{"errors":[]}"#), r#"{"errors":[]}"#);
     }
 
     #[test]

@@ -25,22 +25,29 @@
 //! Credentials: see [`auth`]. Secrets live in [`Secret`], whose `Debug`/`Display` print
 //! `<redacted>`, and go into sensitive header values only.
 //!
-//! **TLS**: rustls with the system's roots, plus `*.crt` from `--cert-dir` (else
+//! **TLS** ([`tls`]): rustls with the system's roots, plus `*.crt` from `--cert-dir` (else
 //! `/etc/containers/certs.d/HOST` or `/etc/docker/certs.d/HOST`) and a client certificate
-//! `*.cert` + `*.key`. `--tls-verify=false` accepts any certificate and allows plain HTTP; like
+//! `*.cert` + `*.key`; a self-signed server certificate in that directory is accepted as it is
+//! (host name and dates still checked), as the Go clients do; refusals say which problem and
+//! what to do. `--tls-verify=false` accepts any certificate and allows plain HTTP; like
 //! docker, loopback registries (`localhost`, 127.0.0.0/8, `::1`) may answer on plain HTTP too.
+//!
+//! **Proxies** ([`proxy`]): `HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY` as the Go clients read them;
+//! loopback registries never proxied; credentials in a proxy URL never printed.
 //!
 //! Blocking `reqwest` on plain threads (the build is thread-based); there is no async code.
 
 pub mod auth;
 pub mod client;
 pub mod error;
+pub mod proxy;
 pub mod pull;
 pub mod push;
 pub mod reference;
 pub mod request;
 pub mod retry;
 pub mod secret;
+pub mod tls;
 
 pub use auth::Credentials;
 pub use client::Client;

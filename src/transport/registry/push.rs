@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::Repository;
 use super::error::RegistryError;
 use super::request::{self, Body, Progress, Req};
-use super::retry::Backoff;
+use super::retry::{Failure, with_retry};
 use crate::blob::Digest;
 use crate::image::{Image, JsonBlob};
 use crate::progress::Reporter;
@@ -294,34 +294,32 @@ impl Repository {
     }
 
     /// One `PUT` with the whole blob. A failed attempt may leave partial data in its session,
-    /// so each retry opens a new one.
+    /// so each retry opens a new one (unless the blob landed after all).
     fn upload_monolithic(
         &self,
         item: &Item,
-        mut session: Session,
+        session: Session,
         body: &dyn Fn(u64, u64) -> Body,
     ) -> Result<(), RegistryError> {
         let r = &self.reference;
-        let mut backoff = Backoff::new(self.client.retry);
-        loop {
-            backoff.attempt();
-            let req = request::put_blob(&session.location, &r.repo, &self.name(), &item.digest, body(0, item.size));
-            let (err, after) = match self.client.send_once(&req) {
-                Ok(resp) if resp.status().as_u16() == 201 => {
-                    return self.check_digest(&req, &resp, &item.digest);
+        let mut location = session.location;
+        with_retry(self.client.retry, |backoff| {
+            if backoff.is_retry() {
+                if self.head_now(&item.digest)? {
+                    return Ok(());
                 }
-                Ok(resp) => self.failure(&req, resp),
-                Err(e) => (e, None),
-            };
-            backoff.wait(err, after)?;
-            if self.head_now(&item.digest)? {
-                return Ok(());
+                location = match self.start_upload(None)? {
+                    Started::Session(s) => s.location,
+                    Started::Mounted => return Ok(()),
+                };
             }
-            session = match self.start_upload(None)? {
-                Started::Session(s) => s,
-                Started::Mounted => return Ok(()),
-            };
-        }
+            let req = request::put_blob(&location, &r.repo, &self.name(), &item.digest, body(0, item.size));
+            let resp = self.client.send_once(&req)?;
+            if resp.status().as_u16() == 201 {
+                return Ok(self.check_digest(&req, &resp, &item.digest)?);
+            }
+            Err(self.failure(&req, resp))
+        })
     }
 
     /// `PATCH` chunks then an empty `PUT`; after a failure, resume where the server says it is.
@@ -335,52 +333,52 @@ impl Repository {
         let chunk = CHUNK_SIZE.max(session.min_chunk);
         let mut location = session.location;
         let mut offset = 0u64;
-        let mut backoff = Backoff::new(self.client.retry);
-        loop {
-            backoff.attempt();
-            let finishing = offset >= item.size;
-            let len = chunk.min(item.size - offset.min(item.size));
-            let req = if finishing {
-                request::put_blob(&location, &r.repo, &self.name(), &item.digest, Body::Empty)
-            } else {
-                request::patch_chunk(&location, &r.repo, &self.name(), &item.digest, body(offset, len))
-            };
-            let (err, after) = match self.client.send_once(&req) {
-                Ok(resp) if finishing && resp.status().as_u16() == 201 => {
-                    return self.check_digest(&req, &resp, &item.digest);
+        with_retry(self.client.retry, |backoff| {
+            if backoff.is_retry() {
+                // How far did the server get?
+                if self.head_now(&item.digest)? {
+                    return Ok(());
                 }
-                Ok(resp) if !finishing && resp.status().as_u16() == 202 => {
-                    if let Ok(l) = self.client.location(&req, &resp) {
+                match self.upload_status(&location, &item.digest)? {
+                    Some((l, end)) if end <= item.size => {
+                        tracing::info!("{}: resuming blob {} at byte {end} of {}", self.name(), item.digest, item.size);
                         location = l;
+                        offset = end;
                     }
-                    offset = range_end(&resp).map_or(offset + len, |e| e + 1);
-                    backoff.progressed();
-                    continue;
+                    _ => {
+                        tracing::info!(
+                            "{}: the upload of blob {} was lost; starting it again",
+                            self.name(),
+                            item.digest
+                        );
+                        match self.start_upload(None)? {
+                            Started::Session(s) => location = s.location,
+                            Started::Mounted => return Ok(()),
+                        }
+                        offset = 0;
+                    }
                 }
-                Ok(resp) => self.failure(&req, resp),
-                Err(e) => (e, None),
-            };
-            backoff.wait(err, after)?;
-            // How far did the server get?
-            if self.head_now(&item.digest)? {
-                return Ok(());
             }
-            match self.upload_status(&location, &item.digest)? {
-                Some((l, end)) if end <= item.size => {
-                    tracing::info!("{}: resuming blob {} at byte {end} of {}", self.name(), item.digest, item.size);
+            while offset < item.size {
+                let len = chunk.min(item.size - offset);
+                let req = request::patch_chunk(&location, &r.repo, &self.name(), &item.digest, body(offset, len));
+                let resp = self.client.send_once(&req)?;
+                if resp.status().as_u16() != 202 {
+                    return Err(self.failure(&req, resp));
+                }
+                if let Ok(l) = self.client.location(&req, &resp) {
                     location = l;
-                    offset = end;
                 }
-                _ => {
-                    tracing::info!("{}: the upload of blob {} was lost; starting it again", self.name(), item.digest);
-                    match self.start_upload(None)? {
-                        Started::Session(s) => location = s.location,
-                        Started::Mounted => return Ok(()),
-                    }
-                    offset = 0;
-                }
+                offset = range_end(&resp).map_or(offset + len, |e| e + 1);
+                backoff.progressed();
             }
-        }
+            let req = request::put_blob(&location, &r.repo, &self.name(), &item.digest, Body::Empty);
+            let resp = self.client.send_once(&req)?;
+            if resp.status().as_u16() == 201 {
+                return Ok(self.check_digest(&req, &resp, &item.digest)?);
+            }
+            Err(self.failure(&req, resp))
+        })
     }
 
     /// The server's view of an upload: its new location and how many bytes it holds; `None`
@@ -411,9 +409,10 @@ impl Repository {
         Ok(there)
     }
 
-    fn failure(&self, req: &Req, resp: Response) -> (RegistryError, Option<Duration>) {
-        let after = super::client::retry_after(&resp);
-        (self.client.error_from(req, resp), after)
+    /// An unexpected answer as a failed attempt (retried when transient).
+    fn failure(&self, req: &Req, resp: Response) -> Failure {
+        let retry_after = super::client::retry_after(&resp);
+        Failure { error: self.client.error_from(req, resp), retry_after }
     }
 
     fn check_digest(&self, req: &Req, resp: &Response, want: &Digest) -> Result<(), RegistryError> {

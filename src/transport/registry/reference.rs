@@ -67,8 +67,11 @@ impl Default for RetryPolicy {
 }
 
 impl RegistryRef {
-    /// Parses what follows `docker:`, i.e. `//HOST[:PORT]/REPO[:TAG|@DIGEST]`. A first component
-    /// without `.` or `:` (and not `localhost`) means Docker Hub, like docker and skopeo.
+    /// Parses what follows `docker:`, i.e. `//HOST[:PORT]/REPO[:TAG|@DIGEST]`, normalised as docker
+    /// does (`reference.ParseNormalizedNamed`): a first component that is not a host (no `.` or
+    /// `:`, not `localhost`, no uppercase letter) means Docker Hub, `index.docker.io` is
+    /// `docker.io`, and a Docker Hub name of one component is in `library/`. The API of Docker
+    /// Hub is served from `registry-1.docker.io` ([`Self::api_host`]).
     pub fn parse(s: &str) -> Result<Self> {
         let whole = format!("docker:{s}");
         let Some(rest) = s.strip_prefix("//") else {
@@ -85,10 +88,9 @@ impl RegistryRef {
         if let Some(t) = &tag {
             super::super::check_tag(&whole, t)?;
         }
-        let (host, repo) = match name.split_once('/') {
-            Some((h, r)) if h.contains('.') || h.contains(':') || h == "localhost" => (h.to_owned(), r.to_owned()),
-            _ => ("docker.io".to_owned(), name.to_owned()),
-        };
+        let (host, repo) = split_host(name);
+        // Docker Hub as docker names it: `docker.io`, `library/` for official images.
+        let host = if host.eq_ignore_ascii_case("index.docker.io") { "docker.io".to_owned() } else { host };
         let repo = if host == "docker.io" && !repo.contains('/') { format!("library/{repo}") } else { repo };
         if host.is_empty() || repo.is_empty() {
             bail!("{whole:?}: a registry reference is docker://HOST[:PORT]/REPO[:TAG|@DIGEST]");
@@ -119,6 +121,18 @@ impl RegistryRef {
     pub fn with_options(mut self, options: Arc<RegistryOptions>) -> Self {
         self.options = options;
         self
+    }
+}
+
+/// docker's `splitDockerDomain`: `(host, rest)`, `docker.io` when the first component is no host.
+fn split_host(name: &str) -> (String, String) {
+    match name.split_once('/') {
+        Some((h, r))
+            if h.contains('.') || h.contains(':') || h == "localhost" || h.bytes().any(|b| b.is_ascii_uppercase()) =>
+        {
+            (h.to_owned(), r.to_owned())
+        }
+        _ => ("docker.io".to_owned(), name.to_owned()),
     }
 }
 
@@ -201,6 +215,48 @@ mod tests {
             "//h.io/x@sha256:12",
             "//h.io/a//b",
         ] {
+            assert!(RegistryRef::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn docker_hub_normalisation_table() {
+        // (reference, host, repository, API host, tag)
+        let table: &[(&str, &str, &str, &str, Option<&str>)] = &[
+            ("//alpine", "docker.io", "library/alpine", "registry-1.docker.io", None),
+            ("//alpine:3.20", "docker.io", "library/alpine", "registry-1.docker.io", Some("3.20")),
+            ("//acme/x", "docker.io", "acme/x", "registry-1.docker.io", None),
+            ("//acme/x:1", "docker.io", "acme/x", "registry-1.docker.io", Some("1")),
+            ("//acme/team/x", "docker.io", "acme/team/x", "registry-1.docker.io", None),
+            ("//docker.io/acme/x", "docker.io", "acme/x", "registry-1.docker.io", None),
+            ("//docker.io/alpine", "docker.io", "library/alpine", "registry-1.docker.io", None),
+            ("//docker.io/library/alpine:edge", "docker.io", "library/alpine", "registry-1.docker.io", Some("edge")),
+            ("//index.docker.io/alpine", "docker.io", "library/alpine", "registry-1.docker.io", None),
+            ("//index.docker.io/acme/x", "docker.io", "acme/x", "registry-1.docker.io", None),
+            // Not Docker Hub: hosts by a dot, a port, `localhost`, or an uppercase letter.
+            (
+                "//registry-1.docker.io/library/alpine",
+                "registry-1.docker.io",
+                "library/alpine",
+                "registry-1.docker.io",
+                None,
+            ),
+            ("//ghcr.io/acme/x:1", "ghcr.io", "acme/x", "ghcr.io", Some("1")),
+            ("//ghcr.io/x", "ghcr.io", "x", "ghcr.io", None),
+            ("//localhost/x", "localhost", "x", "localhost", None),
+            ("//localhost:5000/x", "localhost:5000", "x", "localhost:5000", None),
+            ("//reg:5000/x", "reg:5000", "x", "reg:5000", None),
+            ("//Reg/x", "Reg", "x", "Reg", None),
+        ];
+        for (input, host, repo, api, tag) in table {
+            let r = RegistryRef::parse(input).unwrap_or_else(|e| panic!("{input}: {e:#}"));
+            assert_eq!(
+                (r.host.as_str(), r.repo.as_str(), r.api_host(), r.tag.as_deref()),
+                (*host, *repo, *api, *tag),
+                "{input}"
+            );
+        }
+        for bad in ["//Acme", "//docker.io/Acme/x", "//acme/X"] {
             assert!(RegistryRef::parse(bad).is_err(), "{bad}");
         }
     }

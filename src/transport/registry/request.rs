@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use reqwest::Url;
-use reqwest::header::{ACCEPT, CONTENT_RANGE, CONTENT_TYPE, HeaderName};
+use reqwest::header::{ACCEPT, CONTENT_RANGE, CONTENT_TYPE, HeaderName, RANGE};
 
 use crate::blob::Digest;
 
@@ -197,13 +197,19 @@ pub fn get_manifest(base: &Url, name: &str, repo: &str, reference: &str) -> Req 
     r
 }
 
-pub fn get_blob(base: &Url, name: &str, repo: &str, digest: &Digest) -> Req {
-    req(
+/// `GET /v2/REPO/blobs/DIGEST`, from byte `from` on (`Range: bytes=FROM-`) when resuming.
+pub fn get_blob(base: &Url, name: &str, repo: &str, digest: &Digest, from: u64) -> Req {
+    let mut r = req(
         Method::GET,
         url(base, &format!("/v2/{repo}/blobs/{digest}")),
         vec![pull_scope(repo)],
         format!("reading blob {digest} from {name}"),
-    )
+    );
+    if from > 0 {
+        r.headers.push((RANGE, format!("bytes={from}-")));
+        r.what = format!("reading blob {digest} from {name} (from byte {from})");
+    }
+    r
 }
 
 /// `GET REALM?service=S&scope=…` (token auth; basic credentials go in a header).

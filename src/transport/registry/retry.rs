@@ -1,9 +1,42 @@
-//! Exponential backoff with jitter, bounded in attempts and total time; `Retry-After`.
+//! The one retry loop ([`with_retry`]): exponential backoff with jitter, bounded in attempts
+//! and total time; `Retry-After`.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use super::error::RegistryError;
 use super::reference::RetryPolicy;
+
+/// A failed attempt: the error, and the server's `Retry-After` if it sent one.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: RegistryError,
+    pub retry_after: Option<Duration>,
+}
+
+impl From<RegistryError> for Failure {
+    fn from(error: RegistryError) -> Self {
+        Failure { error, retry_after: None }
+    }
+}
+
+/// The one retry loop every registry operation goes through: runs `attempt` until it succeeds,
+/// fails with an error that is not transient, or the policy's bounds run out (then
+/// [`RegistryError::GaveUp`]). `attempt` gets the backoff: [`Backoff::is_retry`] tells it to
+/// recover first (ask the server how far an upload got), and an attempt that sends several
+/// requests (chunks) calls [`Backoff::progressed`] after each one that lands.
+pub fn with_retry<T>(
+    policy: RetryPolicy,
+    mut attempt: impl FnMut(&mut Backoff) -> Result<T, Failure>,
+) -> Result<T, RegistryError> {
+    let mut backoff = Backoff::new(policy);
+    loop {
+        backoff.attempt();
+        match attempt(&mut backoff) {
+            Ok(t) => return Ok(t),
+            Err(f) => backoff.wait(f.error, f.retry_after)?,
+        }
+    }
+}
 
 /// The state of one retried operation.
 pub struct Backoff {
@@ -21,8 +54,13 @@ impl Backoff {
     }
 
     /// Records an attempt.
-    pub fn attempt(&mut self) {
+    fn attempt(&mut self) {
         self.attempts += 1;
+    }
+
+    /// Whether the attempt under way follows a failed one.
+    pub fn is_retry(&self) -> bool {
+        self.attempts > 1
     }
 
     /// Progress was made (a chunk landed): the bounds count from here, so a long upload through
@@ -34,7 +72,7 @@ impl Backoff {
 
     /// After a failed attempt: sleeps and returns `Ok` if another attempt may start, else the
     /// final error. `retry_after` is the server's `Retry-After`, honoured when it fits the budget.
-    pub fn wait(&mut self, err: RegistryError, retry_after: Option<Duration>) -> Result<(), RegistryError> {
+    fn wait(&mut self, err: RegistryError, retry_after: Option<Duration>) -> Result<(), RegistryError> {
         if !err.is_transient() {
             return Err(err);
         }
@@ -116,6 +154,37 @@ mod tests {
             seen.push(d);
         }
         assert!(seen.windows(2).any(|w| w[0] != w[1]));
+    }
+
+    #[test]
+    fn with_retry_retries_transient_failures_only() {
+        let policy = RetryPolicy {
+            retries: 3,
+            max_total: Duration::from_secs(60),
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+        };
+        let mut calls = Vec::new();
+        let got = with_retry(policy, |b| {
+            calls.push(b.is_retry());
+            if calls.len() < 3 { Err(transient().into()) } else { Ok(7) }
+        });
+        assert_eq!(got.unwrap(), 7);
+        assert_eq!(calls, [false, true, true]);
+        let mut n = 0;
+        let e = with_retry(policy, |_| -> Result<(), Failure> {
+            n += 1;
+            Err(RegistryError::Status { host: "h".into(), what: "w".into(), status: 404, body: String::new() }.into())
+        });
+        assert_eq!((n, e.unwrap_err().status()), (1, Some(404)));
+        // Progress resets the bound: five failures, each after a landed chunk, still finish.
+        let mut n = 0;
+        let got = with_retry(RetryPolicy { retries: 1, ..policy }, |b| {
+            n += 1;
+            b.progressed();
+            if n < 5 { Err(transient().into()) } else { Ok(n) }
+        });
+        assert_eq!(got.unwrap(), 5);
     }
 
     #[test]
