@@ -12,12 +12,11 @@
 mod common;
 
 use std::fs;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
+use common::registry::{Registry, Setup};
 use common::*;
 use serde_json::Value;
 
@@ -101,70 +100,6 @@ fn json(bytes: &[u8]) -> Value {
 
 fn blob(layout: &Path, digest: &str) -> Vec<u8> {
     fs::read(layout.join("blobs/sha256").join(digest.strip_prefix("sha256:").unwrap())).unwrap()
-}
-
-/// A plain `docker-registry` on a free loopback port; killed when dropped.
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let dir = tempdir();
-        let d = dir.path();
-        for _attempt in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            fs::write(
-                d.join("config.yml"),
-                format!(
-                    "version: 0.1\nlog: {{level: info, accesslog: {{disabled: true}}}}\n\
-                     storage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n  \
-                     maintenance: {{uploadpurging: {{enabled: false}}}}\n\
-                     http: {{addr: 127.0.0.1:{port}, secret: test-only-secret}}\n",
-                    d.join("data").display()
-                ),
-            )
-            .unwrap();
-            let log = fs::File::create(d.join("registry.log")).unwrap();
-            let mut child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(d.join("config.yml"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("starting docker-registry");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken: try another
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Registry { child, port, _dir: dir };
-                }
-                assert!(Instant::now() < deadline, "docker-registry did not listen in 10 s");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        panic!("could not start docker-registry");
-    }
-
-    fn url(&self, repo_tag: &str) -> String {
-        format!("docker://127.0.0.1:{}/{repo_tag}", self.port)
-    }
-
-    fn podman_ref(&self, repo_tag: &str) -> String {
-        format!("127.0.0.1:{}/{repo_tag}", self.port)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn skopeo(args: &[&str]) -> Vec<u8> {
@@ -276,8 +211,8 @@ fn an_index_of_amd64_and_arm64_images_through_layouts_archives_and_a_registry() 
     assert_eq!(skopeo(&["inspect", "--raw", &format!("oci-archive:{tar}:1.0")]), index_bytes);
 
     // A registry: each manifest by digest, the index at the tag.
-    let reg = Registry::start();
-    let url = reg.url("nixoci/multi:1.0");
+    let reg = Registry::start(Setup::Plain);
+    let url = format!("docker://{}/nixoci/multi:1.0", reg.host());
     let pushed = json(&run_ok(nixoci().args(["index", "--json", "-q", &url, &multi_ref])));
     assert_eq!(pushed["index_digest"], index_digest.as_str());
     assert_eq!(skopeo(&["inspect", "--tls-verify=false", "--raw", &url]), index_bytes);
@@ -287,8 +222,12 @@ fn an_index_of_amd64_and_arm64_images_through_layouts_archives_and_a_registry() 
         let raw = skopeo(&["inspect", "--tls-verify=false", "--override-arch", arch, "--raw", &url]);
         // --raw gives the index; the picked manifest is fetched by digest.
         assert_eq!(raw, index_bytes);
-        let by_digest =
-            skopeo(&["inspect", "--tls-verify=false", "--raw", &reg.url(&format!("nixoci/multi@{manifest}"))]);
+        let by_digest = skopeo(&[
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            &format!("docker://{}/nixoci/multi@{manifest}", reg.host()),
+        ]);
         assert_eq!(sha256_digest(&by_digest), *manifest);
     }
     let from_reg = t.path().join("from-reg");
@@ -305,7 +244,7 @@ fn an_index_of_amd64_and_arm64_images_through_layouts_archives_and_a_registry() 
 
     // podman pulls each platform's image by --arch (image ID = config digest).
     let podman = Podman::new();
-    let pref = reg.podman_ref("nixoci/multi:1.0");
+    let pref = format!("{}/nixoci/multi:1.0", reg.host());
     let pull = |arch: &str| {
         run_ok(podman.cmd().args(["pull", "-q", "--tls-verify=false", "--arch", arch, &pref]));
         run_ok_str(podman.cmd().args(["image", "inspect", "--format", "{{.Id}} {{.Architecture}}", &pref]))
@@ -348,7 +287,7 @@ fn an_index_of_amd64_and_arm64_images_through_layouts_archives_and_a_registry() 
         String::from_utf8_lossy(&err.stderr).contains("no linux/s390x manifest (it has: linux/amd64, linux/arm64)")
     );
     // An index copied registry → registry keeps its digest.
-    let url2 = reg.url("nixoci/copy:3");
+    let url2 = format!("docker://{}/nixoci/copy:3", reg.host());
     run_ok(nixoci().args(["copy", "-q", &url, &url2]));
     assert_eq!(skopeo(&["inspect", "--tls-verify=false", "--raw", &url2]), index_bytes);
 
