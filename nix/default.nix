@@ -44,6 +44,22 @@ let
   optionals = cond: list: if cond then list else [ ];
   optionalAttrs = cond: attrs: if cond then attrs else { };
 
+  # A Nix system's image platform (OCI names), for image specs that set no `architecture`:
+  # nixoci checks every ELF file of the closure against it.
+  platformOf =
+    system:
+    {
+      "x86_64-linux" = { architecture = "amd64"; };
+      "aarch64-linux" = { architecture = "arm64"; };
+      "i686-linux" = { architecture = "386"; };
+      "armv7l-linux" = { architecture = "arm"; variant = "v7"; };
+      "armv6l-linux" = { architecture = "arm"; variant = "v6"; };
+      "powerpc64le-linux" = { architecture = "ppc64le"; };
+      "s390x-linux" = { architecture = "s390x"; };
+      "riscv64-linux" = { architecture = "riscv64"; };
+    }
+    .${system} or { };
+
   # Store names allow [A-Za-z0-9+._?=-]; image names also have '/', ':' and '@'.
   storeName = s: replaceStrings [ "/" ":" "@" ] [ "-" "-" "-" ] s;
 
@@ -71,7 +87,8 @@ let
       # context, e.g. from builtins.storePath: exportReferencesGraph needs them as inputs).
       roots,
       # The image spec as an attribute set: entrypoint, cmd, env, workdir, user, labels,
-      # exposed_ports, users, groups, dirs, files, symlinks, gpu, nix_db (see image.toml).
+      # exposed_ports, users, groups, dirs, files, symlinks, gpu, nix_db (see image.toml), and
+      # the platform: architecture, os, variant (default: `system`'s), foreign_elf.
       config ? { },
       # Layer groups: a path to a layers file (TOML or JSON) or an attribute set of that shape.
       layers ? null,
@@ -115,7 +132,8 @@ let
         if config ? name then
           throw "buildImage ${imageName}: config.name is not used; give `name` and `tag` to buildImage"
         else
-          dropNulls config
+          optionalAttrs (!(config ? architecture)) (platformOf system)
+          // dropNulls config
           // {
             name = "${imageName}:${imageTag}";
           }

@@ -407,13 +407,17 @@ fn preflight(out: &ImageRef, have_stdout: bool) -> Result<()> {
 /// parts by its files here, where they can be seen (`tarball::split`).
 fn list_layers(closure: &Closure, plan: &Plan, opts: &BuildOptions) -> Result<Vec<Listed>> {
     let mut listed = Vec::with_capacity(plan.layers.len() + 1);
+    let elf = crate::platform::ElfCheck::new(&opts.spec.architecture, &opts.spec.foreign_elf)?
+        .with_memo(opts.cache_dir.as_ref().map(|d| d.join("elf")));
     for layer in &plan.layers {
         let mut entries = tarball::store_prefix().to_vec();
         for path in &layer.paths {
-            if closure.get(path).is_none() {
+            let Some(info) = closure.get(path) else {
                 bail!("internal error: the plan names {path}, which is not in the closure");
-            }
+            };
+            let from = entries.len();
             tarball::list_store_path(&opts.store_root, path, &mut entries)?;
+            elf.check_memo(&entries[from..], path, info.nar_hash.as_ref())?;
         }
         tarball::normalize(&mut entries)?;
         match plan.max_layer_size {

@@ -206,7 +206,7 @@ pub fn inspect(img: &SourceImage, opts: &InspectOptions, reporter: &dyn Reporter
         reference: img.reference.clone(),
         manifest_digest: img.manifest_digest.clone(),
         config_digest: img.config_digest.clone(),
-        platform: format!("{}/{}", img.config.os(), img.config.architecture()),
+        platform: crate::platform::Platform::of_config(&img.config).to_string(),
         created: img.config.created().clone(),
         config,
         annotations: img.manifest.annotations().clone().unwrap_or_default().into_iter().collect(),

@@ -168,6 +168,8 @@ fn nix_build_then_copy_to_podman_runs_the_program() {
     for f in ["closure.json", "image.json", "layers.json", "plan.json"] {
         assert!(result.join(f).is_file(), "{f} missing from {}", result.display());
     }
+    // The platform defaults to the derivation's system's (x86_64-linux → amd64).
+    assert_eq!(common::read_json(&result.join("image.json"))["architecture"], "amd64");
     for s in ["copy-to", "copy-to-podman", "copy-to-registry", "plan", "diff-against", "check", "smoke"] {
         let text = fs::read_to_string(result.join("bin").join(s)).unwrap();
         assert!(text.starts_with("#!/bin/sh\n"), "bin/{s}: {text}");

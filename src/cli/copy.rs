@@ -7,14 +7,16 @@ use anyhow::Result;
 use super::registry::RegistryArgs;
 use super::reporter::CliReporter;
 use nixoci::copy::{self, CopyOptions};
+use nixoci::platform::Platform;
 use nixoci::transport::ImageRef;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "SOURCES: oci:DIR[:TAG], oci-archive:FILE[:REF], docker-archive:FILE[:REF], \
 docker://HOST[:PORT]/REPO[:TAG|@DIGEST]
 DESTINATIONS: oci:DIR[:TAG], oci-archive:FILE[:REF], docker://HOST[:PORT]/REPO[:TAG|@DIGEST]
-The manifest is copied byte for byte: the image keeps its digest. Registry options apply to
-both sides.
+The manifest is copied byte for byte: the image keeps its digest. An image index (multi-arch
+image) is copied whole, every platform's image with it, unless --platform picks one. Registry
+options apply to both sides.
 
 EXAMPLES:
   nixoci copy oci:out:1.4 docker://registry.example.com/acme/app:1.4
@@ -27,6 +29,10 @@ pub struct Args {
     /// Where to copy it.
     #[arg(value_name = "DEST", value_parser = ImageRef::parse)]
     pub dest: ImageRef,
+    /// From an image index, copy only this platform's image (OS/ARCH[/VARIANT], e.g.
+    /// linux/arm64); without it an index is copied whole.
+    #[arg(long, value_name = "OS/ARCH", value_parser = Platform::parse)]
+    pub platform: Option<Platform>,
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// Blobs uploaded at once (default: 4).
@@ -44,7 +50,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut refs = args.registry.apply(vec![args.src, args.dest])?.into_iter();
     let (Some(src), Some(dest)) = (refs.next(), refs.next()) else { unreachable!("two references in, two out") };
     let reporter = CliReporter::new(args.quiet);
-    let opts = CopyOptions { jobs: args.jobs.max(1), epoch: super::build::source_date_epoch()? };
+    let opts =
+        CopyOptions { jobs: args.jobs.max(1), epoch: super::build::source_date_epoch()?, platform: args.platform };
     let report = copy::copy(&src, &dest, &opts, &reporter)?;
     // OCI 1.1 referrers (SBOMs…) of the image go with it, between oci: and docker://.
     let referrers = nixoci::referrers::carry_between(&src, &dest, &report.manifest_digest, &reporter)?;
@@ -57,8 +64,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
         super::print_json(&v)?;
     } else if !args.quiet {
         eprintln!(
-            "copied {} layers, manifest {} ({} uploaded, {} skipped, {} mounted, {}) in {:.2}s",
+            "copied {}{} layers, {} {} ({} uploaded, {} skipped, {} mounted, {}) in {:.2}s",
+            if report.platforms.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<&str> = report.platforms.iter().map(|p| p.platform.as_str()).collect();
+                format!("{} images ({}), ", names.len(), names.join(", "))
+            },
             report.layers,
+            if report.platforms.is_empty() { "manifest" } else { "index" },
             report.manifest_digest,
             report.upload.blobs_uploaded,
             report.upload.blobs_skipped,

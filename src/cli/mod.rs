@@ -4,6 +4,7 @@ mod build;
 mod check;
 mod copy;
 mod diff;
+mod index;
 mod inputs;
 mod inspect;
 mod plan;
@@ -48,6 +49,9 @@ pub enum Command {
     /// An SBOM (SPDX 2.3 or CycloneDX 1.6 JSON): the one attached to an image, or computed from
     /// a closure.
     Sbom(sbom::Args),
+    /// Write an image index (multi-arch image) over per-platform images to oci:, oci-archive:
+    /// or docker://.
+    Index(index::Args),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -60,6 +64,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff(a) => diff::run(a),
         Command::Copy(a) => copy::run(a),
         Command::Sbom(a) => sbom::run(a),
+        Command::Index(a) => index::run(a),
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use canon_json::CanonJsonSerialize;
 use oci_spec::image::{
     Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder,
-    ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder,
+    ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, RootFsBuilder,
 };
 use serde::Serialize;
 
@@ -64,7 +64,7 @@ pub struct Image {
     pub config: JsonBlob,
     pub manifest: JsonBlob,
     pub layers: Vec<LayerDesc>,
-    pub architecture: String,
+    pub platform: crate::platform::Platform,
 }
 
 impl Image {
@@ -179,14 +179,16 @@ pub fn config(
         .typ("layers")
         .diff_ids(layers.iter().map(|l| l.blob.diff_id.to_string()).collect::<Vec<_>>())
         .build()?;
-    let config = ImageConfigurationBuilder::default()
+    let platform = spec.platform();
+    let mut config = ImageConfigurationBuilder::default()
         .created(created)
-        .architecture(Arch::from(spec.architecture.as_str()))
-        .os(Os::Linux)
+        .architecture(Arch::from(platform.architecture.as_str()))
+        .os(Os::from(platform.os.as_str()))
         .config(cfg.build()?)
         .rootfs(rootfs)
         .history(history)
         .build()?;
+    config.set_variant(platform.variant);
     JsonBlob::of(&config)
 }
 
@@ -242,7 +244,7 @@ pub fn assemble(
 ) -> Result<Image> {
     let config = config(spec, &layers, epoch, base.map(crate::base::Base::config))?;
     let manifest = manifest(&config, &layers, &annotations(spec, epoch, base))?;
-    Ok(Image { config, manifest, layers, architecture: spec.architecture.clone() })
+    Ok(Image { config, manifest, layers, platform: spec.platform() })
 }
 
 pub fn descriptor(
@@ -264,8 +266,7 @@ pub fn descriptor(
 /// The descriptor of `image`'s manifest in an index, with its platform, the manifest's own
 /// annotations and the optional ref name.
 pub fn manifest_descriptor(image: &Image, ref_name: Option<&str>) -> Result<Descriptor> {
-    let platform =
-        PlatformBuilder::default().architecture(Arch::from(image.architecture.as_str())).os(Os::Linux).build()?;
+    let platform = image.platform.to_oci()?;
     #[derive(serde::Deserialize)]
     struct Annotated {
         annotations: Option<HashMap<String, String>>,
@@ -284,6 +285,58 @@ pub fn manifest_descriptor(image: &Image, ref_name: Option<&str>) -> Result<Desc
     )?;
     d.set_platform(Some(platform));
     Ok(d)
+}
+
+/// Per-platform images and the image index over them, as written to a destination.
+#[derive(Debug, Clone)]
+pub struct IndexImage {
+    /// The index's exact bytes (and digest).
+    pub index: JsonBlob,
+    /// Its `mediaType` (an OCI image index, or a Docker manifest list copied as it is).
+    pub media_type: String,
+    pub images: Vec<Image>,
+}
+
+impl IndexImage {
+    /// The descriptor of the index itself in a layout's `index.json`, with the optional ref name.
+    pub fn descriptor(&self, ref_name: Option<&str>) -> Result<Descriptor> {
+        let ann = ref_name.map(|r| HashMap::from([("org.opencontainers.image.ref.name".to_owned(), r.to_owned())]));
+        descriptor(MediaType::from(self.media_type.as_str()), &self.index.digest, self.index.bytes.len() as u64, ann)
+    }
+}
+
+/// What a destination receives: one image, or an index with its images.
+#[derive(Debug, Clone, Copy)]
+pub enum Top<'a> {
+    Image(&'a Image),
+    Index(&'a IndexImage),
+}
+
+impl<'a> Top<'a> {
+    /// Every image written (one, or the index's).
+    pub fn images(&self) -> &'a [Image] {
+        match *self {
+            Top::Image(i) => std::slice::from_ref(i),
+            Top::Index(x) => &x.images,
+        }
+    }
+
+    /// The JSON blobs written: configs, manifests, and the index.
+    pub fn json_blobs(&self) -> Vec<&'a JsonBlob> {
+        let mut out: Vec<&JsonBlob> = self.images().iter().flat_map(|i| [&i.config, &i.manifest]).collect();
+        if let Top::Index(x) = *self {
+            out.push(&x.index);
+        }
+        out
+    }
+
+    /// The entry of a layout's `index.json` that names what was written.
+    pub fn descriptor(&self, ref_name: Option<&str>) -> Result<Descriptor> {
+        match *self {
+            Top::Image(i) => manifest_descriptor(i, ref_name),
+            Top::Index(x) => x.descriptor(ref_name),
+        }
+    }
 }
 
 /// An index holding `manifests`, as canonical JSON.

@@ -35,8 +35,20 @@ pub struct ImageSpec {
     pub annotations: BTreeMap<String, String>,
     #[serde(default)]
     pub exposed_ports: Vec<String>,
+    /// The platform: `architecture` (GOARCH spelling: amd64, arm64, arm, 386, ppc64le, s390x,
+    /// riscv64), checked at build time against every ELF file's machine ([`crate::platform`]);
+    /// `os` (default linux) and `variant` (e.g. `v8`, `v7`) go into the config and the index.
     #[serde(default = "default_arch")]
     pub architecture: String,
+    #[serde(default = "default_os")]
+    pub os: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+    /// Globs on store path names (the part after `<hash>-`) whose ELF files are not checked
+    /// against `architecture`: store paths meant to hold foreign binaries (valgrind's 32-bit
+    /// preload libraries, firmware, cross toolchains).
+    #[serde(default)]
+    pub foreign_elf: Vec<String>,
     #[serde(default)]
     pub users: Vec<User>,
     #[serde(default)]
@@ -70,6 +82,10 @@ const GPU_ENV_DEFAULTS: [(&str, &str); 2] =
 
 fn default_arch() -> String {
     "amd64".to_owned()
+}
+
+fn default_os() -> String {
+    "linux".to_owned()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -149,6 +165,15 @@ pub struct SymlinkSpec {
 }
 
 impl ImageSpec {
+    /// The declared platform (os `linux` when unset).
+    pub fn platform(&self) -> crate::platform::Platform {
+        crate::platform::Platform {
+            os: if self.os.is_empty() { "linux".to_owned() } else { self.os.clone() },
+            architecture: self.architecture.clone(),
+            variant: self.variant.clone().filter(|v| !v.is_empty()),
+        }
+    }
+
     /// Reads an image spec, TOML or JSON (see [`crate::config_format`]).
     pub fn load(file: &Path) -> Result<Self> {
         let (text, format) = crate::config_format::read(file, "image spec")?;
@@ -158,6 +183,7 @@ impl ImageSpec {
     }
 
     fn validate(&self) -> Result<()> {
+        crate::platform::ElfCheck::new(&self.architecture, &self.foreign_elf)?;
         for e in &self.env {
             if !e.contains('=') {
                 bail!("env entry {e:?} must be KEY=VALUE");

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::oci_dir::BlobSource;
 use crate::blob::{BlobInfo, Compression, OffloadHashWriter};
-use crate::image::{self, Image, JsonBlob};
+use crate::image::{self, Image, JsonBlob, Top};
 use crate::tarball::{self, Content, Entry, Kind};
 
 /// Writes the outer tar of an archive: every member 0444, root-owned, at `epoch`.
@@ -65,15 +65,28 @@ pub fn write_oci_archive(
     blobs: &dyn BlobSource,
     epoch: u64,
 ) -> Result<()> {
+    write_oci_archive_top(file, reference, Top::Image(image), blobs, epoch)
+}
+
+/// Writes an image or an image index with its images ([`Top`]) as an OCI layout inside a tar at
+/// `file`, atomically; `index.json` names the manifest or the index.
+pub fn write_oci_archive_top(
+    file: &std::path::Path,
+    reference: Option<&str>,
+    image: Top<'_>,
+    blobs: &dyn BlobSource,
+    epoch: u64,
+) -> Result<()> {
     crate::atomic::atomic_write(file, crate::atomic::FILE_MODE, |w| {
         let mut out = Outer { w, epoch };
-        let index = image::index(vec![image::manifest_descriptor(image, reference)?])?;
+        let index = image::index(vec![image.descriptor(reference)?])?;
         out.dir("blobs")?;
         out.dir("blobs/sha256")?;
         let mut blobs_sorted: Vec<(String, Option<&JsonBlob>, Option<&BlobInfo>)> = Vec::new();
-        blobs_sorted.push((image.config.digest.hex().to_owned(), Some(&image.config), None));
-        blobs_sorted.push((image.manifest.digest.hex().to_owned(), Some(&image.manifest), None));
-        for l in &image.layers {
+        for json in image.json_blobs() {
+            blobs_sorted.push((json.digest.hex().to_owned(), Some(json), None));
+        }
+        for l in image.images().iter().flat_map(|i| &i.layers) {
             blobs_sorted.push((l.blob.digest.hex().to_owned(), None, Some(&l.blob)));
         }
         blobs_sorted.sort_by(|a, b| a.0.cmp(&b.0));

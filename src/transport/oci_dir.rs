@@ -13,7 +13,7 @@ use oci_spec::image::ImageIndex;
 
 use crate::atomic::atomic_write_bytes;
 use crate::blob::Digest;
-use crate::image::{self, Image};
+use crate::image::{self, Image, Top};
 
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -35,6 +35,12 @@ pub fn has_blob(dir: &Path, digest: &Digest, size: u64) -> bool {
 /// the directory, and when two builds create the same new directory the loser adds its image to
 /// the winner's layout.
 pub fn write(dir: &Path, tag: Option<&str>, image: &Image, blobs: &dyn BlobSource) -> Result<()> {
+    write_top(dir, tag, Top::Image(image), blobs)
+}
+
+/// Writes an image or an image index with its images ([`Top`]) into the layout at `dir`, the
+/// `index.json` entry (the manifest's or the index's descriptor) tagged `tag`; as [`write`].
+pub fn write_top(dir: &Path, tag: Option<&str>, image: Top<'_>, blobs: &dyn BlobSource) -> Result<()> {
     let existing = match fs::read_dir(dir) {
         Ok(mut entries) => entries.next().is_some(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
@@ -116,16 +122,16 @@ impl Drop for TempLayout {
     }
 }
 
-fn add_to_layout(dir: &Path, tag: Option<&str>, image: &Image, blobs: &dyn BlobSource) -> Result<()> {
+fn add_to_layout(dir: &Path, tag: Option<&str>, image: Top<'_>, blobs: &dyn BlobSource) -> Result<()> {
     let blob_dir = dir.join("blobs/sha256");
     fs::create_dir_all(&blob_dir).with_context(|| format!("creating {}", blob_dir.display()))?;
-    for layer in &image.layers {
+    for layer in image.images().iter().flat_map(|i| &i.layers) {
         let dest = blob_dir.join(layer.blob.digest.hex());
         if !dest.exists() {
             place_blob(&blobs.blob_path(&layer.blob.digest)?, &dest)?;
         }
     }
-    for json in [&image.config, &image.manifest] {
+    for json in image.json_blobs() {
         let dest = blob_dir.join(json.digest.hex());
         if !dest.exists() {
             atomic_write_bytes(&dest, &json.bytes)?;
@@ -145,7 +151,7 @@ fn add_to_layout(dir: &Path, tag: Option<&str>, image: &Image, blobs: &dyn BlobS
     if let Some(tag) = tag {
         manifests.retain(|m| m.annotations().as_ref().and_then(|a| a.get(REF_NAME)).map(String::as_str) != Some(tag));
     }
-    manifests.push(image::manifest_descriptor(image, tag)?);
+    manifests.push(image.descriptor(tag)?);
     let index = image::index(manifests)?;
     atomic_write_bytes(&index_path, &index.bytes)
 }

@@ -21,6 +21,7 @@ use super::oci_dir::REF_NAME;
 use super::registry::{self, Repository};
 use crate::atomic::{AtomicFile, FILE_MODE, write_then_commit};
 use crate::blob::{Digest, HashReader, HashWriter};
+use crate::platform::Platform;
 
 /// One layer as the manifest describes it, with its diff_id from the config.
 #[derive(Debug, Clone)]
@@ -47,15 +48,17 @@ pub struct SourceImage {
 }
 
 /// Where blob bytes live.
+#[derive(Clone)]
 enum Blobs {
     /// `DIR/blobs/sha256/<hex>`.
     Dir(PathBuf),
     /// Members of a tar file: name → (offset, size).
     Tar { file: PathBuf, members: BTreeMap<String, (u64, u64)>, layout: TarLayout },
     /// A registry repository: blobs stream from `GET /v2/REPO/blobs/DIGEST`.
-    Registry(Box<Repository>),
+    Registry(std::sync::Arc<Repository>),
 }
 
+#[derive(Clone)]
 enum TarLayout {
     /// An OCI layout inside the tar.
     Oci,
@@ -82,6 +85,11 @@ impl SourceImage {
 
     /// Opens an image; from an image index, its manifest for linux/`architecture`.
     pub fn open_for(r: &ImageRef, architecture: &str) -> Result<Self> {
+        Self::open_platform(r, &Platform { os: "linux".into(), architecture: architecture.into(), variant: None })
+    }
+
+    /// Opens an image; from an image index, its manifest for `platform`.
+    pub fn open_platform(r: &ImageRef, architecture: &Platform) -> Result<Self> {
         let reference = r.to_string();
         let img = (|| match r {
             ImageRef::OciDir { dir, tag } => {
@@ -376,7 +384,14 @@ fn index_tar(file: &Path) -> Result<BTreeMap<String, (u64, u64)>> {
     Ok(members)
 }
 
-fn open_layout(blobs: Blobs, want: Option<&str>, reference: String, architecture: &str) -> Result<SourceImage> {
+fn open_layout(blobs: Blobs, want: Option<&str>, reference: String, architecture: &Platform) -> Result<SourceImage> {
+    let chosen = choose_in_layout(&blobs, want)?;
+    let desc = resolve_platform(&blobs, chosen, architecture)?;
+    load(blobs, &desc, reference)
+}
+
+/// The entry of a layout's `index.json` named `want` (or its only entry).
+fn choose_in_layout(blobs: &Blobs, want: Option<&str>) -> Result<Descriptor> {
     let index_bytes = blobs.read_named("index.json")?;
     let index: ImageIndex = serde_json::from_slice(&index_bytes).context("parsing index.json")?;
     let refname = |m: &Descriptor| m.annotations().as_ref().and_then(|a| a.get(REF_NAME)).cloned();
@@ -398,12 +413,11 @@ fn open_layout(blobs: Blobs, want: Option<&str>, reference: String, architecture
             }
         },
     };
-    let desc = resolve_platform(&blobs, chosen.clone(), architecture)?;
-    load(blobs, &desc, reference)
+    Ok(chosen.clone())
 }
 
-/// Follows a nested image index to its linux/`architecture` manifest.
-fn resolve_platform(blobs: &Blobs, mut desc: Descriptor, architecture: &str) -> Result<Descriptor> {
+/// Follows a nested image index to its manifest for `architecture` (a platform).
+fn resolve_platform(blobs: &Blobs, mut desc: Descriptor, architecture: &Platform) -> Result<Descriptor> {
     for _ in 0..4 {
         if *desc.media_type() != MediaType::ImageIndex
             && desc.media_type().to_string() != "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -415,20 +429,20 @@ fn resolve_platform(blobs: &Blobs, mut desc: Descriptor, architecture: &str) -> 
         desc = index
             .manifests()
             .iter()
-            .find(|m| {
-                m.platform()
-                    .as_ref()
-                    .is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == architecture)
-            })
+            .find(|m| Platform::of_descriptor(m).is_none_or(|p| architecture.matches(&p)))
             .cloned()
-            .ok_or_else(|| anyhow!("the image index has no linux/{architecture} manifest"))?;
+            .ok_or_else(|| {
+                let have: Vec<String> =
+                    index.manifests().iter().filter_map(Platform::of_descriptor).map(|p| p.to_string()).collect();
+                anyhow!("the image index has no {architecture} manifest (it has: {})", have.join(", "))
+            })?;
     }
     bail!("image indexes nest too deep")
 }
 
 /// `docker://…`: the manifest at the tag (default `latest`) or digest, following an index to
 /// its linux/`architecture` manifest.
-fn open_registry(r: &registry::RegistryRef, reference: String, architecture: &str) -> Result<SourceImage> {
+fn open_registry(r: &registry::RegistryRef, reference: String, architecture: &Platform) -> Result<SourceImage> {
     let repo = Repository::open(r)?;
     let at = r.manifest_reference().unwrap_or_else(|| "latest".into());
     let (bytes, content_type) = repo.get_manifest(&at)?;
@@ -444,7 +458,7 @@ fn open_registry(r: &registry::RegistryRef, reference: String, architecture: &st
         media_type: Option<String>,
     }
     let media_type = serde_json::from_slice::<Typed>(&bytes).ok().and_then(|t| t.media_type).unwrap_or(content_type);
-    let blobs = Blobs::Registry(Box::new(repo));
+    let blobs = Blobs::Registry(std::sync::Arc::new(repo));
     if media_type == registry::request::MT_OCI_INDEX || media_type == registry::request::MT_DOCKER_LIST {
         let desc = crate::image::descriptor(MediaType::from(media_type.as_str()), &digest, bytes.len() as u64, None)?;
         let desc = resolve_platform(&blobs, desc, architecture)?;
@@ -616,4 +630,91 @@ impl Blobs {
             }
         }
     }
+}
+
+/// An image index opened for reading: its exact bytes and the images it lists, each opened on
+/// demand from the same place.
+pub struct SourceIndex {
+    /// How the user named it.
+    pub reference: String,
+    pub bytes: Vec<u8>,
+    pub digest: Digest,
+    pub media_type: String,
+    pub index: ImageIndex,
+    blobs: Blobs,
+}
+
+impl SourceIndex {
+    /// Opens `r` as an image index: `None` when it names a single image (or a docker-archive).
+    pub fn open(r: &ImageRef) -> Result<Option<Self>> {
+        let reference = r.to_string();
+        let found = (|| -> Result<Option<Self>> {
+            let (blobs, desc) = match r {
+                ImageRef::OciDir { dir, tag } => {
+                    let blobs = Blobs::Dir(dir.clone());
+                    let desc = choose_in_layout(&blobs, tag.as_deref())?;
+                    (blobs, desc)
+                }
+                ImageRef::OciArchive { file, reference: want } => {
+                    let blobs = Blobs::Tar { file: file.clone(), members: index_tar(file)?, layout: TarLayout::Oci };
+                    let desc = choose_in_layout(&blobs, want.as_deref())?;
+                    (blobs, desc)
+                }
+                ImageRef::DockerArchive { .. } | ImageRef::Stdout => return Ok(None),
+                ImageRef::Registry(rr) => {
+                    let repo = Repository::open(rr)?;
+                    let at = rr.manifest_reference().unwrap_or_else(|| "latest".into());
+                    let (bytes, content_type) = repo.get_manifest(&at)?;
+                    let digest = Digest::of(&bytes);
+                    if let Some(want) = &rr.digest
+                        && *want != digest
+                    {
+                        bail!("the registry sent a manifest whose digest is {digest}, not {want}");
+                    }
+                    let media_type = media_type_of(&bytes).unwrap_or(content_type);
+                    let desc = crate::image::descriptor(
+                        MediaType::from(media_type.as_str()),
+                        &digest,
+                        bytes.len() as u64,
+                        None,
+                    )?;
+                    (Blobs::Registry(std::sync::Arc::new(repo)), desc)
+                }
+            };
+            let media_type = desc.media_type().to_string();
+            if !is_index_type(&media_type) {
+                return Ok(None);
+            }
+            let (bytes, digest) = blobs.read_json(&desc).context("reading the image index")?;
+            let index: ImageIndex = serde_json::from_slice(&bytes).context("parsing the image index")?;
+            Ok(Some(SourceIndex { reference: reference.clone(), bytes, digest, media_type, index, blobs }))
+        })();
+        found.with_context(|| format!("reading image {reference}"))
+    }
+
+    /// The image of one entry of the index (a manifest, not a nested index).
+    pub fn image(&self, desc: &Descriptor) -> Result<SourceImage> {
+        if is_index_type(desc.media_type().as_ref()) {
+            bail!("{}: nested image indexes ({}) are not supported", self.reference, desc.digest());
+        }
+        let reference = match Platform::of_descriptor(desc) {
+            Some(p) => format!("{} ({p})", self.reference),
+            None => format!("{} ({})", self.reference, desc.digest()),
+        };
+        load(self.blobs.clone(), desc, reference.clone()).with_context(|| format!("reading image {reference}"))
+    }
+}
+
+fn is_index_type(mt: &str) -> bool {
+    mt == registry::request::MT_OCI_INDEX || mt == registry::request::MT_DOCKER_LIST
+}
+
+/// The `mediaType` a manifest or index states in its bytes.
+fn media_type_of(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    serde_json::from_slice::<Typed>(bytes).ok().and_then(|t| t.media_type)
 }
