@@ -190,6 +190,25 @@ impl Base {
     }
 }
 
+/// A base in a repository of the same registry as a destination is mounted from there, not
+/// uploaded (unless `--mount-from` already names a repository).
+pub fn mount_from_base(outputs: Vec<ImageRef>, from: Option<&ImageRef>) -> Vec<ImageRef> {
+    let Some(ImageRef::Registry(base)) = from else { return outputs };
+    outputs
+        .into_iter()
+        .map(|o| match o {
+            ImageRef::Registry(r) if r.host == base.host && r.options.mount_from.is_none() => {
+                let options = crate::transport::registry::RegistryOptions {
+                    mount_from: Some(base.repo.clone()),
+                    ..(*r.options).clone()
+                };
+                ImageRef::Registry(r.with_options(std::sync::Arc::new(options)))
+            }
+            other => other,
+        })
+        .collect()
+}
+
 /// The OCI media type for a layer media type we can carry (Docker's names for the same bytes
 /// are translated); `None` for foreign or unknown layers.
 fn oci_layer_type(media_type: &str) -> Option<&'static str> {

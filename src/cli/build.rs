@@ -89,7 +89,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         compression: args.compression,
         jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         epoch: source_date_epoch()?,
-        outputs: mount_from_base(args.inputs.registry.apply(args.outputs)?, args.inputs.from.as_ref()),
+        outputs: nixoci::base::mount_from_base(args.inputs.registry.apply(args.outputs)?, args.inputs.from.as_ref()),
         cache_dir: if args.no_cache { None } else { args.cache_dir.or_else(nixoci::cache::Cache::default_dir) },
         policy: args.policy.as_deref().map(nixoci::policy::Policy::load).transpose()?,
         base: base.map(std::sync::Arc::new),
@@ -115,7 +115,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let sboms = if args.sbom.is_empty() {
         Vec::new()
     } else {
-        attach_sboms(&closure, &report, &opts, &args.sbom, args.quiet || args.json, &reporter)?
+        nixoci::sbom::attach_to_outputs(&closure, &report, &opts, &args.sbom, &reporter)?
     };
     reporter.finish();
     if args.json && !sboms.is_empty() {
@@ -149,74 +149,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// An SBOM attached by `--sbom`, as `--json` lists it.
-#[derive(serde::Serialize)]
-struct AttachedSbom {
-    destination: String,
-    format: String,
-    /// The artifact manifest's digest.
-    digest: nixoci::blob::Digest,
-}
-
-/// `--sbom`: the closure's SBOMs, with the layer of each store path, attached to each output
-/// that holds referrers.
-fn attach_sboms(
-    closure: &nixoci::closure::Closure,
-    report: &build::BuildReport,
-    opts: &BuildOptions,
-    formats: &[nixoci::sbom::Format],
-    quiet: bool,
-    reporter: &CliReporter,
-) -> Result<Vec<AttachedSbom>> {
-    let mut attached = Vec::new();
-    use nixoci::sbom::{self, CollectOptions, Sbom};
-    let layers = sbom::layers_by_path(report.layers.iter().map(|l| (&l.blob.digest, l.paths.as_slice())));
-    let collect = CollectOptions { store_root: Some(&opts.store_root), layers };
-    let doc = Sbom::collect(&sbom::document_name(closure), closure, opts.epoch, &collect)?;
-    for out in &opts.outputs {
-        match out {
-            ImageRef::OciDir { .. } | ImageRef::Registry(_) => {
-                let digests = sbom::attach(&doc, formats, out, &report.manifest_digest, reporter)?;
-                for (f, d) in formats.iter().zip(digests) {
-                    if !quiet {
-                        eprintln!("{f} SBOM attached to {out} as {d}");
-                    }
-                    attached.push(AttachedSbom { destination: out.to_string(), format: f.to_string(), digest: d });
-                }
-            }
-            other => eprintln!(
-                "note: {other} holds no referrers: no SBOM attached there (write one with `nixoci sbom --closure …`)"
-            ),
-        }
-    }
-    Ok(attached)
-}
-
 /// `KEY=VALUE`, for --label and --annotation.
 fn key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("{s:?} is not KEY=VALUE")),
     }
-}
-
-/// A base in a repository of the same registry as a destination is mounted from there, not
-/// uploaded (unless `--mount-from` names another repository).
-fn mount_from_base(outputs: Vec<ImageRef>, from: Option<&ImageRef>) -> Vec<ImageRef> {
-    let Some(ImageRef::Registry(base)) = from else { return outputs };
-    outputs
-        .into_iter()
-        .map(|o| match o {
-            ImageRef::Registry(r) if r.host == base.host && r.options.mount_from.is_none() => {
-                let options = nixoci::transport::registry::RegistryOptions {
-                    mount_from: Some(base.repo.clone()),
-                    ..(*r.options).clone()
-                };
-                ImageRef::Registry(r.with_options(std::sync::Arc::new(options)))
-            }
-            other => other,
-        })
-        .collect()
 }
 
 /// `SOURCE_DATE_EPOCH`, or 1 (not 0: some tools treat a zero mtime as "unset").

@@ -225,6 +225,46 @@ pub fn file_name(format: Format) -> &'static str {
 
 /// Attaches `sbom` in each of `formats` to manifest `subject` of `dest` (an `oci:` layout or a
 /// `docker://` repository) as OCI 1.1 referrers; returns the artifact digests.
+/// An SBOM attached by `build --sbom`, as `--json` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttachedSbom {
+    pub destination: String,
+    pub format: String,
+    /// The artifact manifest's digest.
+    pub digest: Digest,
+}
+
+/// `build --sbom`: the closure's SBOMs, with the layer of each store path, attached to each
+/// output of the build that holds referrers (`oci:`, `docker://`); the others are noted.
+pub fn attach_to_outputs(
+    closure: &Closure,
+    report: &crate::build::BuildReport,
+    opts: &crate::build::BuildOptions,
+    formats: &[Format],
+    reporter: &dyn crate::progress::Reporter,
+) -> Result<Vec<AttachedSbom>> {
+    use crate::transport::ImageRef;
+    let layers = layers_by_path(report.layers.iter().map(|l| (&l.blob.digest, l.paths.as_slice())));
+    let collect = CollectOptions { store_root: Some(&opts.store_root), layers };
+    let doc = Sbom::collect(&document_name(closure), closure, opts.epoch, &collect)?;
+    let mut attached = Vec::new();
+    for out in &opts.outputs {
+        match out {
+            ImageRef::OciDir { .. } | ImageRef::Registry(_) => {
+                let digests = attach(&doc, formats, out, &report.manifest_digest, reporter)?;
+                for (f, d) in formats.iter().zip(digests) {
+                    reporter.note(&format!("{f} SBOM attached to {out} as {d}"));
+                    attached.push(AttachedSbom { destination: out.to_string(), format: f.to_string(), digest: d });
+                }
+            }
+            other => reporter.note(&format!(
+                "note: {other} holds no referrers: no SBOM attached there (write one with `nixoci sbom --closure …`)"
+            )),
+        }
+    }
+    Ok(attached)
+}
+
 pub fn attach(
     sbom: &Sbom,
     formats: &[Format],
