@@ -60,9 +60,16 @@ pub fn atomic_write<T>(dest: &Path, mode: u32, write: impl FnOnce(&mut dyn Write
     write_then_commit(AtomicFile::sibling_of(dest)?, dest, mode, write)
 }
 
-/// Writes `bytes` to `dest` atomically with mode [`FILE_MODE`].
+/// Writes `bytes` to `dest` atomically with mode [`FILE_MODE`], synced before the rename: these
+/// are small files that name others (`index.json`, cache entries), which a crash must not leave
+/// empty. (Blobs and archives are named by what they hold, or rewritten whole by the next run.)
 pub fn atomic_write_bytes(dest: &Path, bytes: &[u8]) -> Result<()> {
-    atomic_write(dest, FILE_MODE, |w| w.write_all(bytes).with_context(|| format!("writing {}", dest.display())))
+    let file = AtomicFile::sibling_of(dest)?;
+    let what = || format!("writing {}", dest.display());
+    let mut f = file.file();
+    f.write_all(bytes).with_context(what)?;
+    f.sync_data().with_context(what)?;
+    file.commit(dest, FILE_MODE)
 }
 
 /// Fills `file` through a buffer, flushes it (errors naming `dest`) and commits it as `dest`.

@@ -19,6 +19,7 @@ use crate::atomic::{AtomicFile, FILE_MODE, write_then_commit};
 use crate::blob::{BlobInfo, Compression, Digest, HashWriter};
 use crate::image::{ANNOTATION_STORE_PATHS, LayerDesc};
 use crate::inspect::{LenientEnd, normalise, read_layer_verified};
+use crate::platform::Platform;
 use crate::transport::ImageRef;
 use crate::transport::source::SourceImage;
 
@@ -27,15 +28,21 @@ pub const BASE_GROUP: &str = "base";
 
 /// The base image, opened for reading.
 pub struct Base {
-    /// How the manifest names it (`org.opencontainers.image.base.name`): `HOST/REPO:TAG` for a
-    /// registry, the reference as given otherwise.
-    pub name: String,
+    /// The reference as given (`oci:/tmp/base:1`), for messages.
+    pub reference: String,
+    /// How the manifest names it (`org.opencontainers.image.base.name`), when it has a name that
+    /// means something elsewhere: `HOST/REPO:TAG` for a registry, an archive's image reference.
+    /// A local path never enters the image: the same base at another path gives the same digest.
+    pub name: Option<String>,
     pub source: SourceImage,
 }
 
 impl std::fmt::Debug for Base {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Base").field("name", &self.name).field("manifest", &self.source.manifest_digest).finish()
+        f.debug_struct("Base")
+            .field("reference", &self.reference)
+            .field("manifest", &self.source.manifest_digest)
+            .finish()
     }
 }
 
@@ -46,16 +53,31 @@ pub struct Accounts {
     pub group: Option<String>,
 }
 
+/// What the customisation layer must know of a `--from` base ([`crate::image::ImageSpec::layer_entries_for`]).
+#[derive(Debug, Clone, Copy)]
+pub struct OnBase<'a> {
+    /// Names the base in errors.
+    pub reference: &'a str,
+    /// Its `/etc/passwd` and `/etc/group`, read when the image spec adds users or groups.
+    pub accounts: Option<&'a Accounts>,
+}
+
 impl Base {
-    /// Opens `r` (from an image index, its linux/`architecture` manifest) and checks its
-    /// platform is the image's.
-    pub fn open(r: &ImageRef, architecture: &str) -> Result<Self> {
-        let source = SourceImage::open_for(r, architecture)?;
-        let (os, arch) = (source.config.os().to_string(), source.config.architecture().to_string());
-        if os != "linux" || arch != architecture {
+    /// Opens `r` (from an image index, its manifest for `platform`) and checks its platform is
+    /// the image's (a variant, when both name one, included).
+    pub fn open(r: &ImageRef, platform: &Platform) -> Result<Self> {
+        let source = SourceImage::open_platform(r, platform)?;
+        let actual = Platform {
+            os: source.config.os().to_string(),
+            architecture: source.config.architecture().to_string(),
+            variant: source.config.variant().clone().filter(|v| !v.is_empty()),
+        };
+        if !platform.matches(&actual)
+            || (actual.variant.is_some() && platform.variant.is_some() && actual.variant != platform.variant)
+        {
             bail!(
-                "the base image {r} is {os}/{arch}, the image being built is linux/{architecture}: pick the base's \
-                 linux/{architecture} variant, or set `architecture` in the image spec"
+                "the base image {r} is {actual}, the image being built is {platform}: pick the base's {platform} \
+                 image, or set `architecture` (and `variant`) in the image spec"
             );
         }
         if source.config.rootfs().diff_ids().len() != source.layers.len() {
@@ -66,10 +88,11 @@ impl Base {
             );
         }
         let name = match r {
-            ImageRef::Registry(reg) => reg.to_string().trim_start_matches("docker://").to_owned(),
-            other => other.to_string(),
+            ImageRef::Registry(reg) => Some(reg.to_string().trim_start_matches("docker://").to_owned()),
+            ImageRef::OciArchive { reference, .. } | ImageRef::DockerArchive { reference, .. } => reference.clone(),
+            ImageRef::OciDir { .. } | ImageRef::Stdout => None,
         };
-        Ok(Self { name, source })
+        Ok(Self { reference: r.to_string(), name, source })
     }
 
     pub fn config(&self) -> &ImageConfiguration {
@@ -99,7 +122,7 @@ impl Base {
                     anyhow!(
                         "layer {} of the base image {} has media type {}, which nixoci cannot carry",
                         i + 1,
-                        self.name,
+                        self.reference,
                         l.media_type
                     )
                 })?;
@@ -109,7 +132,7 @@ impl Base {
                         .map(|p| Ok(crate::closure::StorePath::parse(p)?))
                         .collect::<Result<Vec<_>>>()
                         .with_context(|| {
-                            format!("layer {} of the base image {}: {ANNOTATION_STORE_PATHS}", i + 1, self.name)
+                            format!("layer {} of the base image {}: {ANNOTATION_STORE_PATHS}", i + 1, self.reference)
                         })?,
                     None => Vec::new(),
                 };
@@ -117,7 +140,9 @@ impl Base {
                     blob: BlobInfo {
                         digest: l.digest.clone(),
                         size: l.size,
-                        diff_id: diff_id.parse().with_context(|| format!("the base image {}'s config", self.name))?,
+                        diff_id: diff_id
+                            .parse()
+                            .with_context(|| format!("the base image {}'s config", self.reference))?,
                         uncompressed_size: 0,
                         media_type: media_type.to_owned(),
                     },
@@ -157,7 +182,7 @@ impl Base {
                 }
                 Ok(())
             })
-            .with_context(|| format!("the base image {}", self.name))?;
+            .with_context(|| format!("the base image {}", self.reference))?;
         }
         Ok(Accounts { passwd: files.remove("passwd").flatten(), group: files.remove("group").flatten() })
     }
@@ -176,7 +201,7 @@ impl Base {
         if let Ok(m) = std::fs::metadata(&dest) {
             return Ok((dest, m.len()));
         }
-        let what = || format!("decompressing layer {} of the base image {}", i + 1, self.name);
+        let what = || format!("decompressing layer {} of the base image {}", i + 1, self.reference);
         let size = write_then_commit(AtomicFile::new_in(dir)?, &dest, FILE_MODE, |w| {
             let mut hashed = HashWriter::new(w);
             std::io::copy(&mut self.source.open_layer_tar(i)?, &mut hashed).with_context(what)?;

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
 use crate::atomic::{AtomicFile, FILE_MODE};
-use crate::base::Base;
+use crate::base::{Base, OnBase};
 use crate::blob::{self, BlobInfo, Compression, Digest, Pool};
 use crate::cache::{Cache, LayerKey};
 use crate::closure::Closure;
@@ -204,7 +204,8 @@ fn make_oci_image<'a>(
     };
     descs.extend(make_blobs(closure, layers, opts, &store, &dests_have, reporter, stats)?);
     let image = image::assemble(&opts.spec, descs, opts.epoch, opts.base.as_deref())?;
-    gate(opts, layers, image.layers.iter().map(|l| l.blob.size))?;
+    let n_base = opts.base.as_ref().map_or(0, |b| b.layer_count());
+    gate(opts, layers, image.layers[n_base..].iter().map(|l| l.blob.size))?;
     Ok((image, store))
 }
 
@@ -321,38 +322,37 @@ fn write_stream_output(
     Ok((descs, config))
 }
 
-/// `--policy`: judges the listed layers (with their blob `sizes`, a base's layers first) before
-/// anything is written. A base's layers count in size and number; their files are judged by
-/// `nixoci check` of the result, which reads them.
-fn gate(opts: &BuildOptions, layers: &[Listed], sizes: impl Iterator<Item = u64>) -> Result<()> {
+/// `--policy`: judges the listed layers (with `our_sizes`, their blob sizes) before anything is
+/// written, after a base's layers (with their blob sizes). A base's layers count in size and
+/// number; their files are judged by `nixoci check` of the result, which reads them. The user is
+/// the spec's, else the base's; `/etc/passwd` ours, else the base's.
+fn gate(opts: &BuildOptions, layers: &[Listed], our_sizes: impl Iterator<Item = u64>) -> Result<()> {
     use crate::policy::{ImageFacts, LayerFacts};
     let Some(policy) = &opts.policy else { return Ok(()) };
-    let mut sizes = sizes;
-    let n_base = opts.base.as_ref().map_or(0, |b| b.layer_count());
-    let base_facts: Vec<LayerFacts> = match &opts.base {
-        Some(b) => b
-            .layers()?
-            .into_iter()
-            .zip(sizes.by_ref())
-            .map(|(d, size)| LayerFacts::from_entries(size, &d.group, d.paths, &[]))
-            .collect(),
+    let mut facts: Vec<LayerFacts> = match &opts.base {
+        Some(b) => {
+            b.layers()?.into_iter().map(|d| LayerFacts::from_entries(d.blob.size, &d.group, d.paths, &[])).collect()
+        }
         None => Vec::new(),
     };
-    debug_assert_eq!(base_facts.len(), n_base);
-    let facts = ImageFacts {
-        reference: "the image being built".to_owned(),
-        user: opts.spec.user.clone(),
-        passwd: crate::policy::passwd_of_entries(layers.iter().map(|l| l.entries.as_slice())),
-        layers: base_facts
-            .into_iter()
-            .chain(
-                layers
-                    .iter()
-                    .zip(sizes)
-                    .map(|(l, size)| LayerFacts::from_entries(size, &l.group, l.paths.clone(), &l.entries)),
-            )
-            .collect(),
-    };
+    let ours: Vec<u64> = our_sizes.collect();
+    if ours.len() != layers.len() {
+        bail!("internal error: {} layer sizes for {} layers", ours.len(), layers.len());
+    }
+    facts.extend(
+        layers.iter().zip(ours).map(|(l, size)| LayerFacts::from_entries(size, &l.group, l.paths.clone(), &l.entries)),
+    );
+    let base_user = opts.base.as_ref().and_then(|b| b.config().config().as_ref().and_then(|c| c.user().clone()));
+    let user = opts.spec.user.clone().or(base_user).filter(|u| !u.is_empty());
+    let mut passwd = crate::policy::passwd_of_entries(layers.iter().map(|l| l.entries.as_slice()));
+    // The base's layers are read for its /etc/passwd only when a rule needs it.
+    if passwd.is_none()
+        && policy.needs_passwd(user.as_deref())
+        && let Some(b) = &opts.base
+    {
+        passwd = b.accounts()?.passwd;
+    }
+    let facts = ImageFacts { reference: "the image being built".to_owned(), user, passwd, layers: facts };
     let verdict = policy.evaluate(&facts);
     if !verdict.passed {
         return Err(verdict.to_error());
@@ -459,13 +459,14 @@ fn list_layers(closure: &Closure, plan: &Plan, opts: &BuildOptions) -> Result<Ve
         let spec = &opts.spec;
         // Users and groups join the base's: read its /etc/passwd and /etc/group only then.
         let accounts = match &opts.base {
-            Some(b) if !(spec.users.is_empty() && spec.groups.is_empty()) => Some((b.accounts()?, b.name.as_str())),
+            Some(b) if !(spec.users.is_empty() && spec.groups.is_empty()) => Some(b.accounts()?),
             _ => None,
         };
+        let on_base = opts.base.as_ref().map(|b| OnBase { reference: &b.reference, accounts: accounts.as_ref() });
         listed.push(Listed {
             group: CUSTOM_GROUP.to_owned(),
             paths: Vec::new(),
-            entries: spec.layer_entries_for(closure, opts.epoch, accounts.as_ref().map(|(a, n)| (a, *n)))?,
+            entries: spec.layer_entries_for(closure, opts.epoch, on_base)?,
             variant: String::new(),
         });
     }

@@ -619,9 +619,13 @@ pub fn write_text<W: Write>(ins: &Inspection, w: &mut W) -> io::Result<()> {
     for (k, v) in config_lines(&ins.config) {
         kv(k, v);
     }
-    if let Some(name) = ins.annotations.get(crate::image::ANNOTATION_BASE_NAME) {
-        let digest = ins.annotations.get(crate::image::ANNOTATION_BASE_DIGEST).map_or("", String::as_str);
-        kv("BASE", format!("{name} {digest} (its layers: group base)").replace("  ", " "));
+    let (base_name, base_digest) = (
+        ins.annotations.get(crate::image::ANNOTATION_BASE_NAME),
+        ins.annotations.get(crate::image::ANNOTATION_BASE_DIGEST),
+    );
+    if base_name.is_some() || base_digest.is_some() {
+        let parts: Vec<&str> = [base_name, base_digest].into_iter().flatten().map(String::as_str).collect();
+        kv("BASE", format!("{} (its layers: group base)", parts.join(" ")));
     }
     if !ins.annotations.is_empty() {
         kv("ANNOTATIONS", ins.annotations.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n"));

@@ -143,7 +143,7 @@ impl Policy {
     }
 
     /// Whether the user must be resolved through the image's `/etc/passwd`.
-    fn needs_passwd(&self, user: Option<&str>) -> bool {
+    pub fn needs_passwd(&self, user: Option<&str>) -> bool {
         self.non_root_user && matches!(user.map(parse_user), Some(UserSpec::Name(n)) if n != "root")
     }
 

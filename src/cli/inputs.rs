@@ -57,6 +57,10 @@ pub struct Inputs {
     /// Cmd, User…) is inherited where the image spec gives none; its platform must match.
     #[arg(long, value_name = "IMAGE", value_parser = ImageRef::parse)]
     pub from: Option<ImageRef>,
+    /// USER:PASSWORD for the --from registry (--creds are the destinations' and are never sent
+    /// to it; without this flag the auth files are used, as for any registry).
+    #[arg(long, value_name = "USER:PASS", requires = "from", value_parser = super::registry::secret)]
+    pub from_creds: Option<nixoci::transport::registry::Secret<String>>,
     #[command(flatten)]
     pub registry: super::registry::RegistryArgs,
 }
@@ -98,8 +102,8 @@ impl Inputs {
     /// `--from`: the base image, opened (its manifest and config read) for `spec`'s platform.
     pub fn base(&self, spec: &ImageSpec) -> Result<Option<Base>> {
         let Some(r) = &self.from else { return Ok(None) };
-        let r = r.clone().with_registry_options(&self.registry.options()?);
-        Base::open(&r, &spec.architecture).map(Some).with_context(|| format!("--from {r}"))
+        let r = r.clone().with_registry_options(&self.registry.base_options(self.from_creds.as_ref())?);
+        Base::open(&r, &spec.platform()).map(Some).with_context(|| format!("--from {r}"))
     }
 
     /// Plans the layers, `base_layers` of the budget being taken by a base image's; warnings

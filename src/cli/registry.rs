@@ -42,7 +42,7 @@ pub struct RegistryArgs {
 
 /// Kept secret from the start: clap echoes a value its parser refuses, so `--creds` is parsed
 /// later, by [`RegistryArgs::options`], with an error that does not repeat it.
-fn secret(s: &str) -> Result<Secret<String>, String> {
+pub(super) fn secret(s: &str) -> Result<Secret<String>, String> {
     Ok(Secret::new(s.to_owned()))
 }
 
@@ -62,6 +62,21 @@ impl RegistryArgs {
             mount_from: self.mount_from.clone(),
             retry: RetryPolicy { retries: self.retry_times, ..RetryPolicy::default() },
         }))
+    }
+
+    /// The options for reading the `--from` base: `--from-creds` instead of `--creds` (whose
+    /// credentials are the destination's, and must not be sent to another registry), no mount;
+    /// auth files, certificates and TLS settings as for the destinations.
+    pub fn base_options(&self, from_creds: Option<&Secret<String>>) -> Result<Arc<RegistryOptions>> {
+        let creds = match from_creds {
+            Some(s) => Some(
+                s.expose()
+                    .parse::<Credentials>()
+                    .map_err(|_| anyhow::anyhow!("--from-creds: expected USER:PASSWORD"))?,
+            ),
+            None => None,
+        };
+        Ok(Arc::new(RegistryOptions { creds, mount_from: None, ..(*self.options()?).clone() }))
     }
 
     /// `refs` with these options where they are registry references.

@@ -161,10 +161,12 @@ pub fn config(
     if let Some(s) = inherited.stop_signal() {
         cfg = cfg.stop_signal(s.clone());
     }
-    let base_history = base.and_then(|b| b.history().clone()).unwrap_or_default();
+    // The base's layers come first; its history is kept when it accounts for them.
+    let n_base = base.map_or(0, |b| b.rootfs().diff_ids().len());
+    let base_history = base.map(|b| base_history(b, n_base)).transpose()?.unwrap_or_default();
     let ours = layers
         .iter()
-        .filter(|l| l.group != crate::base::BASE_GROUP)
+        .skip(n_base)
         .map(|l| {
             let what = if l.group == CUSTOM_GROUP {
                 "nixoci: customisation layer".to_owned()
@@ -190,6 +192,24 @@ pub fn config(
         .build()?;
     config.set_variant(platform.variant);
     JsonBlob::of(&config)
+}
+
+/// The base's history when its non-empty entries match its `n_layers` layers (as image tools
+/// require); else one entry per base layer, so the new history still lines up with the layers.
+fn base_history(base: &ImageConfiguration, n_layers: usize) -> Result<Vec<oci_spec::image::History>> {
+    let history = base.history().clone().unwrap_or_default();
+    if history.iter().filter(|h| h.empty_layer() != Some(true)).count() == n_layers {
+        return Ok(history);
+    }
+    (0..n_layers)
+        .map(|i| {
+            let mut h = HistoryBuilder::default().created_by(format!("layer {} of the base image", i + 1));
+            if let Some(c) = base.created() {
+                h = h.created(c.clone());
+            }
+            Ok(h.build()?)
+        })
+        .collect()
 }
 
 /// The OCI manifest for `layers` (already compressed as they will be stored), with
@@ -228,7 +248,9 @@ pub fn manifest(config: &JsonBlob, layers: &[LayerDesc], annotations: &BTreeMap<
 pub fn annotations(spec: &ImageSpec, epoch: u64, base: Option<&crate::base::Base>) -> BTreeMap<String, String> {
     let mut a = BTreeMap::from([(ANNOTATION_CREATED.to_owned(), rfc3339(epoch))]);
     if let Some(b) = base {
-        a.insert(ANNOTATION_BASE_NAME.to_owned(), b.name.clone());
+        if let Some(name) = &b.name {
+            a.insert(ANNOTATION_BASE_NAME.to_owned(), name.clone());
+        }
         a.insert(ANNOTATION_BASE_DIGEST.to_owned(), b.manifest_digest().to_string());
     }
     a.extend(spec.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -377,19 +399,21 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
+    /// The config of `spec` over `base`: its one layer, then one of ours.
     fn config_of(spec: &str, base: &ImageConfiguration) -> serde_json::Value {
         let spec: ImageSpec = toml::from_str(spec).unwrap();
-        let layers = vec![LayerDesc {
+        let layer = |group: &str| LayerDesc {
             blob: BlobInfo {
-                digest: Digest::of(b"l"),
+                digest: Digest::of(group.as_bytes()),
                 size: 1,
                 diff_id: Digest::of(b"t"),
                 uncompressed_size: 1,
                 media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
             },
-            group: "auto".into(),
+            group: group.into(),
             paths: vec![],
-        }];
+        };
+        let layers = vec![layer("base"), layer("auto")];
         serde_json::from_slice(&config(&spec, &layers, 1, Some(base)).unwrap().bytes).unwrap()
     }
 
@@ -444,5 +468,36 @@ mod tests {
         let env: Vec<&str> = cfg["Env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
         assert_eq!(&env[..3], ["PATH=/bin", "LANG=C", "TZ=UTC"]);
         assert!(env.contains(&"NVIDIA_VISIBLE_DEVICES=all"), "{env:?}");
+    }
+
+    #[test]
+    fn a_base_history_that_does_not_match_its_layers_is_replaced() {
+        // Two layers, one history entry: image tools would refuse the result.
+        let base = base_config(&BASE.replace(
+            r#""diff_ids":["sha256:0000000000000000000000000000000000000000000000000000000000000000"]"#,
+            r#""diff_ids":["sha256:0000000000000000000000000000000000000000000000000000000000000000","sha256:1111111111111111111111111111111111111111111111111111111111111111"]"#,
+        ));
+        let spec: ImageSpec = toml::from_str("").unwrap();
+        let layer = |group: &str| LayerDesc {
+            blob: BlobInfo {
+                digest: Digest::of(group.as_bytes()),
+                size: 1,
+                diff_id: Digest::of(b"t"),
+                uncompressed_size: 1,
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            },
+            group: group.into(),
+            paths: vec![],
+        };
+        // A layers-file group may not be called "base"; the base's layers are known by position.
+        let layers = vec![layer("base"), layer("base"), layer("auto")];
+        let c: serde_json::Value =
+            serde_json::from_slice(&config(&spec, &layers, 1, Some(&base)).unwrap().bytes).unwrap();
+        let history: Vec<&str> =
+            c["history"].as_array().unwrap().iter().map(|h| h["created_by"].as_str().unwrap()).collect();
+        assert_eq!(
+            history,
+            ["layer 1 of the base image", "layer 2 of the base image", "nixoci: group auto, 0 store path(s)"]
+        );
     }
 }

@@ -279,23 +279,21 @@ impl ImageSpec {
 
     /// The customisation layer's entries for an image of `closure` made at `epoch`: with
     /// `nix_db = true`, `/nix/var/nix/db` registering every path of it. On a base image
-    /// (`build --from`) whose `/etc/passwd` and `/etc/group` are `base.0`, ours are merged into
-    /// them ([`crate::base::merge_accounts`]); `base.1` names the base in errors.
+    /// (`build --from`): our users and groups are merged into the base's `/etc/passwd` and
+    /// `/etc/group` ([`crate::base::merge_accounts`]), and missing parent directories are not
+    /// added (the base's own, a 1777 `/tmp` say, must stay as they are; a runtime creates those
+    /// the base lacks).
     pub fn layer_entries_for(
         &self,
         closure: &Closure,
         epoch: u64,
-        base: Option<(&crate::base::Accounts, &str)>,
+        base: Option<crate::base::OnBase<'_>>,
     ) -> Result<Vec<Entry>> {
         let db = if self.nix_db { super::nix_db::entries(closure, epoch)? } else { Vec::new() };
         self.entries_with(db, base)
     }
 
-    fn entries_with(
-        &self,
-        mut entries: Vec<Entry>,
-        base: Option<(&crate::base::Accounts, &str)>,
-    ) -> Result<Vec<Entry>> {
+    fn entries_with(&self, mut entries: Vec<Entry>, base: Option<crate::base::OnBase<'_>>) -> Result<Vec<Entry>> {
         for d in &self.dirs {
             entries.push(Entry {
                 path: clean(&d.path)?,
@@ -326,10 +324,10 @@ impl ImageSpec {
         }
         if !self.users.is_empty() || !self.groups.is_empty() {
             let merge = |theirs: Option<&String>, ours: &dyn Fn(bool) -> String, kind, file| match (theirs, base) {
-                (Some(theirs), Some((_, name))) => crate::base::merge_accounts(theirs, &ours(false), kind, file, name),
+                (Some(theirs), Some(b)) => crate::base::merge_accounts(theirs, &ours(false), kind, file, b.reference),
                 _ => Ok(ours(true)),
             };
-            let accounts = base.map(|b| b.0);
+            let accounts = base.and_then(|b| b.accounts);
             let passwd = merge(
                 accounts.and_then(|a| a.passwd.as_ref()),
                 &|root| self.passwd(root),
@@ -347,7 +345,7 @@ impl ImageSpec {
         }
         let have: BTreeSet<String> = entries.iter().map(|e| e.path.clone()).collect();
         let mut parents = BTreeSet::new();
-        for e in &entries {
+        for e in entries.iter().filter(|_| base.is_none()) {
             let mut p = e.path.as_str();
             while let Some((parent, _)) = p.rsplit_once('/') {
                 if !have.contains(parent) {

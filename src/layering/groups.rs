@@ -32,7 +32,8 @@ use crate::size::{IntOrString, parse_size};
 /// The partition name of paths no group claims.
 pub const AUTO_GROUP: &str = "auto";
 /// Names a layers file may not use: they mean something else in plans and images.
-const RESERVED: [&str; 2] = [AUTO_GROUP, "customisation"];
+/// Names the image gives layers of its own: the customisation layer's, and a `--from` base's.
+const RESERVED: [&str; 3] = [AUTO_GROUP, "customisation", "base"];
 
 /// How a group's paths start out before the budget is applied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -335,7 +336,7 @@ max_layers = 40
 max_layer_size = "4GiB"
 
 [[group]]
-name = "base"
+name = "runtime"
 match = ["glibc-*"]
 
 [[group]]
@@ -395,7 +396,7 @@ max_layers = 3
     #[test]
     fn json_has_the_same_schema_and_errors() {
         let json = r#"{"max_layers": 40, "max_layer_size": "4GiB", "group": [
-            {"name": "base", "match": ["glibc-*"]},
+            {"name": "runtime", "match": ["glibc-*"]},
             {"name": "torch", "match": ["python3.14-torch-*", "nothing-*"], "split": "per-path", "max_layers": 3}]}"#;
         let (t, j) =
             (LayersFile::parse(FILE, "t.toml").unwrap(), LayersFile::parse(json, "/nix/store/x-layers").unwrap());
@@ -422,6 +423,8 @@ max_layers = 3
     fn bad_values_are_errors() {
         for (text, want) in [
             ("[[group]]\nname = \"auto\"\nmatch = [\"x\"]\n", "reserved"),
+            // The group a --from base's layers carry.
+            ("[[group]]\nname = \"base\"\nmatch = [\"x\"]\n", "reserved"),
             ("[[group]]\nname = \"a b\"\nmatch = [\"x\"]\n", "must be non-empty"),
             ("[[group]]\nname = \"a\"\nmatch = []\n", "empty `match`"),
             ("[[group]]\nname = \"a\"\nmatch = [\"[\"]\n", "invalid glob"),

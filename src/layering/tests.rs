@@ -131,7 +131,7 @@ fn the_cap_splits_big_paths_and_the_budget_counts_the_parts() {
 
 fn comfy_groups() -> Groups {
     Groups::new(vec![
-        Group::new("base", &["glibc-*", "python3-3.*[0-9]"], SplitMode::None, None).unwrap(),
+        Group::new("runtime", &["glibc-*", "python3-3.*[0-9]"], SplitMode::None, None).unwrap(),
         Group::new("cuda-torch", &["python3.14-torch-*", "cudnn-*", "libcublas-*", "nccl-*"], SplitMode::PerPath, None)
             .unwrap(),
         Group::new(
@@ -157,11 +157,11 @@ fn groups_partition_order_and_limits() {
     }
     let p = plan_checked(&c, &g, budget(40, None), None);
     let groups: Vec<&str> = p.layers.iter().map(|l| l.group.as_str()).collect();
-    assert_eq!(groups.iter().filter(|g| **g == "base").count(), 1, "a group without split is one layer");
+    assert_eq!(groups.iter().filter(|g| **g == "runtime").count(), 1, "a group without split is one layer");
     assert!(groups.iter().filter(|g| **g == "ml").count() <= 3, "max_layers of a group holds");
-    assert_eq!(groups.first(), Some(&"base"));
+    assert_eq!(groups.first(), Some(&"runtime"));
     // base's closure (zlib, openssl) came along with python3.
-    assert!(layer_of(&p, "openssl-3.4.1").group == "base");
+    assert!(layer_of(&p, "openssl-3.4.1").group == "runtime");
     // A budget smaller than the groups: they share layers, and a warning says so.
     let p = plan_checked(&c, &g, budget(3, None), None);
     assert!(p.warnings.iter().any(|w| w.contains("share layers")), "{:?}", p.warnings);

@@ -161,12 +161,15 @@ fn place_blob(src: &Path, dest: &Path) -> Result<()> {
     let tmp =
         dest.with_file_name(format!(".{}.tmp-{}", dest.file_name().unwrap().to_string_lossy(), std::process::id()));
     let _ = fs::remove_file(&tmp);
-    if fs::hard_link(src, &tmp).is_err() {
-        fs::copy(src, &tmp).with_context(|| format!("copying blob {} to {}", src.display(), tmp.display()))?;
-    }
-    // Readable like every file of a layout, whatever mode the cache or staging file had.
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
-        .with_context(|| format!("writing blob {}", dest.display()))?;
+    // Readable like every file of a layout, whatever mode the cache or staging file had. A hard
+    // link shares its mode with `src` (perhaps another layout's file, or one we may not chmod):
+    // link only when `src` is readable by all already, else copy.
+    let readable = fs::metadata(src).is_ok_and(|m| m.permissions().mode() & 0o444 == 0o444);
+    if !(readable && fs::hard_link(src, &tmp).is_ok()) {
+        fs::copy(src, &tmp).with_context(|| format!("copying blob {} to {}", src.display(), tmp.display()))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("writing blob {}", dest.display()))?;
+    }
     fs::rename(&tmp, dest).with_context(|| format!("writing blob {}", dest.display()))
 }
