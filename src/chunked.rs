@@ -340,7 +340,14 @@ pub fn write_layer<W: Write>(
     };
     let mut buf = vec![0u8; 256 * 1024];
     let mut header = Vec::with_capacity(1536);
-    for e in entries {
+    // The layer's root as its first entry (as podman's own writer has it): a partial pull
+    // (podman 4.3) creates a layer's root 0700 unless the TOC says otherwise, and the merged `/`
+    // takes the top layer's, so a non-root user could reach nothing. It is in the tar too (newer
+    // clients check that TOC and tar-split list the same entries), hence the tar differs from
+    // plain zstd's by this one leading entry.
+    let root = Entry::dir(".", 0o755);
+    let with_root = entries.first().is_none_or(|e| e.path != ".");
+    for e in with_root.then_some(&root).into_iter().chain(entries) {
         header.clear();
         tarball::write_header(e, epoch, &mut header)?;
         p.raw(&header);
@@ -402,17 +409,10 @@ pub fn write_layer<W: Write>(
     let split_offset = frames.offset() + 8;
     skippable(&mut frames.out, &split)?;
     let mut footer = [0u8; FOOTER_SIZE];
-    for (i, v) in [
-        toc_offset,
-        toc_z.len() as u64,
-        toc_json.len() as u64,
-        1,
-        split_offset,
-        split.len() as u64,
-        split_uncompressed,
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, v) in
+        [toc_offset, toc_z.len() as u64, toc_json.len() as u64, 1, split_offset, split.len() as u64, split_uncompressed]
+            .into_iter()
+            .enumerate()
     {
         footer[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
     }
@@ -653,7 +653,13 @@ mod tests {
     use super::*;
 
     fn file(path: &str, data: Vec<u8>) -> Entry {
-        Entry { path: path.into(), kind: Kind::File { size: data.len() as u64, content: Content::Inline(data) }, mode: 0o444, uid: 0, gid: 0 }
+        Entry {
+            path: path.into(),
+            kind: Kind::File { size: data.len() as u64, content: Content::Inline(data) },
+            mode: 0o444,
+            uid: 0,
+            gid: 0,
+        }
     }
 
     fn entries() -> Vec<Entry> {
@@ -672,7 +678,13 @@ mod tests {
             Entry::dir("nix/store", 0o755),
             file("nix/store/a/big", big),
             file("nix/store/a/empty", vec![]),
-            Entry { path: "nix/store/a/l".into(), kind: Kind::Symlink { target: "big".into() }, mode: 0o777, uid: 0, gid: 0 },
+            Entry {
+                path: "nix/store/a/l".into(),
+                kind: Kind::Symlink { target: "big".into() },
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+            },
             file(&format!("nix/store/a/{}", "n".repeat(150)), b"hello\n".to_vec()),
         ]
     }
@@ -688,12 +700,17 @@ mod tests {
     fn one_zstd_stream_same_tar_as_plain_zstd_and_toc_points_at_content() {
         let entries = entries();
         let (blob, info) = write_layer(&entries, 1, 3, None, Vec::new(), &mut |_| {}).unwrap();
-        let (_, plain) = crate::blob::write_layer(&entries, 1, Compression::Zstd(3), None, Vec::new(), &mut |_| {}).unwrap();
+        let (_, plain) =
+            crate::blob::write_layer(&entries, 1, Compression::Zstd(3), None, Vec::new(), &mut |_| {}).unwrap();
         assert_eq!(info.digest, Digest::of(&blob));
         assert_eq!(info.size, blob.len() as u64);
         let tar = zstd::decode_all(&blob[..]).unwrap();
         assert_eq!(Digest::of(&tar), info.diff_id);
-        assert_eq!(info.diff_id, plain.diff_id, "same tar as plain zstd");
+        let (plain_tar, _) =
+            crate::blob::write_layer(&entries, 1, Compression::None, None, Vec::new(), &mut |_| {}).unwrap();
+        assert_eq!(Digest::of(&plain_tar), plain.diff_id);
+        assert_eq!(&tar[..512], &tarball::write(&[Entry::dir(".", 0o755)], 1, Vec::new(), &mut |_| {}).unwrap()[..512]);
+        assert_eq!(tar[512..], plain_tar[..], "plain zstd's tar after the root entry");
         assert_eq!(info.media_type, "application/vnd.oci.image.layer.v1.tar+zstd");
 
         let (offset, length, sum) = toc_position(&info.annotations).unwrap();
@@ -741,7 +758,8 @@ mod tests {
             assert_eq!(j["position"], i as u64);
             if j["type"] == 2 {
                 use base64::Engine as _;
-                rebuilt.extend(base64::engine::general_purpose::STANDARD.decode(j["payload"].as_str().unwrap()).unwrap());
+                rebuilt
+                    .extend(base64::engine::general_purpose::STANDARD.decode(j["payload"].as_str().unwrap()).unwrap());
             } else if j["size"].as_u64().unwrap_or(0) > 0 {
                 let Kind::File { content: Content::Inline(b), .. } = &files.next().unwrap().kind else { panic!() };
                 rebuilt.extend(b);
