@@ -233,13 +233,16 @@ enum Tag {
     Chunk { file: usize, entry: usize },
 }
 
+type Reply = mpsc::Receiver<io::Result<Vec<u8>>>;
+
 /// Frames in order: compressed on the pool, written to `out` in submission order, their
 /// offsets recorded into the TOC.
 struct Frames<'p, W: Write> {
     out: HashWriter<W>,
     level: i32,
     pool: Option<&'p Pool>,
-    pending: VecDeque<(mpsc::Receiver<io::Result<Vec<u8>>>, usize, Tag)>,
+    /// Frames on the pool: the reply, its uncompressed size, where it goes in the TOC.
+    pending: VecDeque<(Reply, usize, Tag)>,
     pending_bytes: usize,
 }
 
