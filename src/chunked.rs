@@ -32,7 +32,7 @@
 //!
 //! Frames are compressed on the build's [`Pool`] (or inline); the bytes do not depend on it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::sync::mpsc;
@@ -43,6 +43,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::blob::{BlobInfo, Compression, Digest, HashWriter, Pool, compress_chunk};
 use crate::tarball::{self, Content, Entry, Kind};
+use crate::transport::source::{SourceImage, SourceLayer};
 
 /// podman 4.3 (containers/storage ≤ 1.45): sha256 of the compressed TOC.
 pub const OLD_TOC_CHECKSUM: &str = "io.containers.zstd-chunked.manifest-checksum";
@@ -603,6 +604,88 @@ pub fn parse_toc(compressed: &[u8], expected: &Digest) -> Result<Toc> {
     serde_json::from_slice(&json).context("parsing the zstd:chunked TOC")
 }
 
+/// Reads and checks the TOC of a chunked layer of `img` (`None`: the layer is not chunked). An
+/// `oci:` layout's blob is read at the TOC's offset; other transports stream the blob up to it.
+pub fn read_layer_toc(img: &SourceImage, layer: &SourceLayer) -> Result<Option<Toc>> {
+    let Some((offset, length, digest)) = toc_position(&layer.annotations) else {
+        return Ok(None);
+    };
+    let what = || format!("the zstd:chunked TOC of layer {} ({offset}:{length})", layer.digest);
+    if offset.checked_add(length).is_none_or(|end| end > layer.size) || length > 256 << 20 {
+        bail!("{}: outside the {}-byte blob", what(), layer.size);
+    }
+    let mut compressed = vec![0u8; length as usize];
+    match img.blob_file(&layer.digest) {
+        Some(path) => {
+            use std::io::{Seek, SeekFrom};
+            let mut f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            f.seek(SeekFrom::Start(offset)).and_then(|_| f.read_exact(&mut compressed)).with_context(what)?;
+        }
+        None => {
+            let mut r = img.open_blob(&layer.digest, layer.size)?;
+            io::copy(&mut (&mut r).take(offset), &mut io::sink()).with_context(what)?;
+            r.read_exact(&mut compressed).with_context(what)?;
+        }
+    }
+    parse_toc(&compressed, &digest).with_context(what).map(Some)
+}
+
+/// What a client that pulls a chunked layer partially can reuse or must fetch: every regular
+/// file and every chunk with the compressed bytes of its frames.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contents {
+    /// (content digest, compressed bytes) of each regular file with content.
+    pub files: Vec<(String, u64)>,
+    /// (chunk digest, compressed bytes) of each chunk; a file of one chunk is that chunk
+    /// (named by the file's digest).
+    pub chunks: Vec<(String, u64)>,
+    /// The compressed TOC: fetched by every partial pull.
+    pub toc_bytes: u64,
+}
+
+impl Contents {
+    pub fn of(toc: &Toc, toc_bytes: u64) -> Self {
+        let mut c = Contents { toc_bytes, ..Contents::default() };
+        let mut file_end = 0;
+        for (i, e) in toc.entries.iter().enumerate() {
+            let is_file = e.kind == "reg" && !e.digest.is_empty();
+            if is_file {
+                file_end = e.end_offset;
+                c.files.push((e.digest.clone(), e.end_offset.saturating_sub(e.offset)));
+            }
+            if is_file || e.kind == "chunk" {
+                let end = match toc.entries.get(i + 1) {
+                    Some(n) if n.kind == "chunk" => n.offset,
+                    _ => file_end,
+                };
+                let digest = if e.chunk_digest.is_empty() { &e.digest } else { &e.chunk_digest };
+                c.chunks.push((digest.clone(), end.saturating_sub(e.offset)));
+            }
+        }
+        c
+    }
+
+    /// Compressed bytes of the files (and of the chunks) whose digest `have` lacks, each digest
+    /// counted once, plus the TOC: estimates of what a partial pull fetches when the client
+    /// holds `have` — by whole files (the floor the issue names) and by chunks (podman 4.3 also
+    /// reuses unchanged chunks of a changed file).
+    pub fn missing(&self, have: &HashSet<&str>) -> (u64, u64) {
+        let sum = |list: &[(String, u64)]| {
+            let mut seen = HashSet::new();
+            list.iter()
+                .filter(|(d, _)| !have.contains(d.as_str()) && seen.insert(d.as_str()))
+                .map(|(_, n)| n)
+                .sum::<u64>()
+        };
+        (self.toc_bytes + sum(&self.files), self.toc_bytes + sum(&self.chunks))
+    }
+
+    /// Every file and chunk digest.
+    pub fn digests(&self) -> impl Iterator<Item = &str> {
+        self.files.iter().chain(&self.chunks).map(|(d, _)| d.as_str())
+    }
+}
+
 /// A TOC in numbers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TocSummary {
@@ -629,25 +712,6 @@ impl Toc {
             }
         }
         s
-    }
-
-    /// Content digests of every regular file.
-    pub fn digests(&self) -> impl Iterator<Item = &str> {
-        self.entries.iter().filter(|e| e.kind == "reg" && !e.digest.is_empty()).map(|e| e.digest.as_str())
-    }
-
-    /// Compressed bytes of the files whose content digest `have` lacks (each digest once): what
-    /// a partial pull fetches besides the TOC, when the client holds the files of `have`.
-    pub fn missing_bytes(&self, have: &std::collections::HashSet<String>) -> (u64, u64) {
-        let mut seen = std::collections::HashSet::new();
-        let (mut files, mut bytes) = (0, 0);
-        for e in &self.entries {
-            if e.kind == "reg" && !e.digest.is_empty() && !have.contains(&e.digest) && seen.insert(e.digest.as_str()) {
-                files += 1;
-                bytes += e.end_offset.saturating_sub(e.offset);
-            }
-        }
-        (files, bytes)
     }
 }
 

@@ -103,6 +103,16 @@ fn chunked_layers_are_valid_reproducible_and_run_in_podman() {
         }
     }
 
+    // inspect says which layers are chunked and what their TOCs hold.
+    let text = run_ok_str(nixoci().args(["inspect", &oci(&out, "c")]));
+    assert_eq!(text.matches("tar+zstd:chunked").count(), b.layers.len(), "{text}");
+    let json: Value = serde_json::from_slice(&run_ok(nixoci().args(["inspect", "--json", &oci(&out, "c")]))).unwrap();
+    let files: u64 = json["layers"].as_array().unwrap().iter().map(|l| l["chunked"]["files"].as_u64().unwrap()).sum();
+    assert!(files > 10, "TOC summaries count the closure's files: {json:#}");
+    let plain_json: Value =
+        serde_json::from_slice(&run_ok(nixoci().args(["inspect", "--json", &oci(&out, "zstd")]))).unwrap();
+    assert!(plain_json["layers"][0].get("chunked").is_none());
+
     // skopeo copies it (verifying every digest); podman loads and runs it.
     let archive = d.join("c.tar");
     run_ok(Command::new("skopeo").args([
@@ -355,6 +365,19 @@ fn podman_partial_pull_fetches_only_changed_files() {
     let whole: u64 = new_layers.values().sum();
     assert!(!new_layers.is_empty() && !changed.is_empty(), "release 2 changes layers and files");
 
+    // nixoci diff's estimate, before any pull.
+    let diff: Value = serde_json::from_slice(&run_ok(nixoci().args([
+        "diff",
+        "--tls-verify=false",
+        "--json",
+        &format!("docker://{}/nx:1", reg.host()),
+        &format!("docker://{}/nx:2", reg.host()),
+    ])))
+    .unwrap();
+    let estimate = diff["partial_pull"]["by_chunks_bytes"].as_u64().unwrap();
+    assert_eq!(diff["partial_pull"]["chunked_layers"].as_u64().unwrap(), new_layers.len() as u64);
+    assert_eq!(diff["download_bytes"].as_u64().unwrap(), whole);
+
     let partial = Storage::new(true);
     partial.pull(&format!("{}/nx:1", reg.host()));
     let before = reg.access_log().len();
@@ -366,7 +389,7 @@ fn podman_partial_pull_fetches_only_changed_files() {
     eprintln!(
         "release 2 after 1: {} new layers, {whole} bytes whole; {partial_pulls} partial pulls fetched \
          {layer_bytes} bytes of them; {} changed files, {changed_bytes} bytes ({changed_compressed} \
-         compressed; new chunks {changed_chunks} compressed)",
+         compressed; new chunks {changed_chunks} compressed); nixoci diff estimated {estimate}",
         new_layers.len(),
         changed.len()
     );
@@ -374,6 +397,10 @@ fn podman_partial_pull_fetches_only_changed_files() {
     // podman 4.3 takes unchanged chunks of a changed file from local storage too (the chunks
     // of `hello`, whose only change is the data path it embeds): the new chunks are the floor.
     assert!(layer_bytes >= changed_chunks, "every new chunk must be fetched ({layer_bytes} < {changed_chunks})");
+    assert!(
+        estimate.abs_diff(layer_bytes) * 10 <= layer_bytes,
+        "nixoci diff's estimate {estimate} is within 10 % of what podman fetched ({layer_bytes})"
+    );
 
     // It runs, and its root filesystem is the one a whole-layer pull gives.
     let image = format!("{}/nx:2", reg.host());
