@@ -322,6 +322,11 @@ impl Producer {
     }
 }
 
+/// The entry for a layer's root (`./`, 0755) that every zstd:chunked layer starts with.
+pub fn root_entry() -> Entry {
+    Entry::dir(".", 0o755)
+}
+
 /// Writes the `zstd:chunked` layer of `entries` at zstd `level` into `sink`; the descriptor's
 /// annotations locate the TOC and tar-split. The bytes do not depend on the pool.
 pub fn write_layer<W: Write>(
@@ -349,7 +354,7 @@ pub fn write_layer<W: Write>(
     // takes the top layer's, so a non-root user could reach nothing. It is in the tar too (newer
     // clients check that TOC and tar-split list the same entries), hence the tar differs from
     // plain zstd's by this one leading entry.
-    let root = Entry::dir(".", 0o755);
+    let root = root_entry();
     let with_root = entries.first().is_none_or(|e| e.path != ".");
     for e in with_root.then_some(&root).into_iter().chain(entries) {
         header.clear();

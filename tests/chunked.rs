@@ -68,8 +68,14 @@ fn chunked_layers_are_valid_reproducible_and_run_in_podman() {
     };
     // Plain zstd first into the same cache: the chunked build must not take its entries.
     let plain = run(&["--compression", "zstd", "--cache-dir", cache.to_str().unwrap(), "-o", &oci(&out, "zstd")]);
+    // A docker-archive beside it: the same config (its tars carry the root entry too).
+    let docker = d.join("docker.tar");
+    let docker_out = format!("docker-archive:{}:localhost/chunked-docker:1", docker.display());
+    let cache_arg = cache.to_str().unwrap();
     let chunked =
-        run(&["--compression", "zstd:chunked", "--cache-dir", cache.to_str().unwrap(), "-o", &oci(&out, "c")]);
+        run(&["--compression", "zstd:chunked", "--cache-dir", cache_arg, "-o", &oci(&out, "c"), "-o", &docker_out]);
+    let again = run(&["--compression", "zstd:chunked", "--cache-dir", cache_arg, "-o", &oci(&d.join("again"), "c")]);
+    assert_eq!(again.manifest_digest, chunked.manifest_digest, "a rebuild from the cache (annotations included)");
     let jobs1 = run(&["--compression", "zstd:chunked", "--no-cache", "--jobs", "1", "-o", &oci(&d.join("j1"), "c")]);
     let jobs4 = run(&["--compression", "zstd:chunked", "--no-cache", "--jobs", "4", "-o", &oci(&d.join("j4"), "c")]);
     assert_eq!(chunked.manifest_digest, jobs1.manifest_digest, "cached vs fresh");
@@ -124,6 +130,8 @@ fn chunked_layers_are_valid_reproducible_and_run_in_podman() {
     let podman = Podman::new();
     podman.load(&archive);
     assert_eq!(podman.run("localhost/chunked:1", &[]), c.expected_hello);
+    podman.load(&docker);
+    assert_eq!(podman.run("localhost/chunked-docker:1", &[]), c.expected_hello);
 }
 
 // ---- the partial pull ------------------------------------------------------------------------------
