@@ -133,7 +133,28 @@ impl RollSum {
         }
     }
 
-    #[inline]
+    /// Rolls over `data` until a cut: the bytes up to and including the one after which the
+    /// checksum says to cut, or `None` (all rolled, no cut).
+    fn scan(&mut self, data: &[u8]) -> Option<usize> {
+        let mask = (1u32 << ROLLSUM_BITS) - 1;
+        let (mut s1, mut s2, mut wofs) = (self.s1, self.s2, self.wofs);
+        let mut cut = None;
+        for (i, &ch) in data.iter().enumerate() {
+            let drop = u32::from(self.window[wofs]);
+            s1 = s1.wrapping_add(u32::from(ch)).wrapping_sub(drop);
+            s2 = s2.wrapping_add(s1).wrapping_sub(Self::WINDOW.wrapping_mul(drop + Self::CHAR_OFFSET));
+            self.window[wofs] = ch;
+            wofs = (wofs + 1) & 63;
+            if s2 & mask == mask {
+                cut = Some(i + 1);
+                break;
+            }
+        }
+        (self.s1, self.s2, self.wofs) = (s1, s2, wofs);
+        cut
+    }
+
+    #[cfg(test)]
     fn roll(&mut self, ch: u8) {
         let drop = u32::from(self.window[self.wofs]);
         self.s1 = self.s1.wrapping_add(u32::from(ch)).wrapping_sub(drop);
@@ -142,7 +163,7 @@ impl RollSum {
         self.wofs = (self.wofs + 1) & 63;
     }
 
-    #[inline]
+    #[cfg(test)]
     fn on_split(&self) -> bool {
         let mask = (1u32 << ROLLSUM_BITS) - 1;
         self.s2 & mask == mask
@@ -150,29 +171,49 @@ impl RollSum {
 }
 
 /// CRC-64 with the ISO polynomial as Go's `hash/crc64` computes it (tar-split's file checksum).
+/// Slicing-by-8: eight bytes per step (a byte-at-a-time CRC cost a third of the layer's time).
 struct Crc64 {
-    table: [u64; 256],
+    tables: Box<[[u64; 256]; 8]>,
     crc: u64,
 }
 
 impl Crc64 {
     fn new() -> Self {
         const POLY: u64 = 0xD800_0000_0000_0000;
-        let mut table = [0u64; 256];
-        for (i, slot) in table.iter_mut().enumerate() {
+        let mut tables = Box::new([[0u64; 256]; 8]);
+        for i in 0..256 {
             let mut crc = i as u64;
             for _ in 0..8 {
                 crc = if crc & 1 == 1 { (crc >> 1) ^ POLY } else { crc >> 1 };
             }
-            *slot = crc;
+            tables[0][i] = crc;
         }
-        Self { table, crc: 0 }
+        for i in 0..256 {
+            for k in 1..8 {
+                let prev = tables[k - 1][i];
+                tables[k][i] = tables[0][(prev & 0xff) as usize] ^ (prev >> 8);
+            }
+        }
+        Self { tables, crc: 0 }
     }
 
     fn update(&mut self, data: &[u8]) {
+        let t = &*self.tables;
         let mut crc = !self.crc;
-        for &b in data {
-            crc = self.table[((crc as u8) ^ b) as usize] ^ (crc >> 8);
+        let mut words = data.chunks_exact(8);
+        for w in &mut words {
+            let v = crc ^ u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+            crc = t[7][(v & 0xff) as usize]
+                ^ t[6][((v >> 8) & 0xff) as usize]
+                ^ t[5][((v >> 16) & 0xff) as usize]
+                ^ t[4][((v >> 24) & 0xff) as usize]
+                ^ t[3][((v >> 32) & 0xff) as usize]
+                ^ t[2][((v >> 40) & 0xff) as usize]
+                ^ t[1][((v >> 48) & 0xff) as usize]
+                ^ t[0][(v >> 56) as usize];
+        }
+        for &b in words.remainder() {
+            crc = t[0][((crc as u8) ^ b) as usize] ^ (crc >> 8);
         }
         self.crc = !crc;
     }
@@ -534,14 +575,7 @@ impl Chunker {
         self.crc.update(data);
         while !data.is_empty() {
             let room = MAX_CHUNK - self.chunk.len();
-            let mut cut = None;
-            for (i, &b) in data[..room.min(data.len())].iter().enumerate() {
-                self.roll.roll(b);
-                if self.roll.on_split() {
-                    cut = Some(i + 1);
-                    break;
-                }
-            }
+            let cut = self.roll.scan(&data[..room.min(data.len())]);
             let take = cut.unwrap_or(room.min(data.len()));
             self.chunk.extend_from_slice(&data[..take]);
             self.chunk_hash.update(&data[..take]);
@@ -766,6 +800,40 @@ mod tests {
         let mut c = Crc64::new();
         c.update(b"123456789");
         assert_eq!(u64::from_be_bytes(c.sum()), 0xb909_56c7_75a4_1001);
+        // In pieces of any length, the same.
+        let mut c = Crc64::new();
+        for piece in [&b"1"[..], b"2345", b"6789"] {
+            c.update(piece);
+        }
+        assert_eq!(u64::from_be_bytes(c.sum()), 0xb909_56c7_75a4_1001);
+    }
+
+    #[test]
+    fn scan_cuts_where_rolling_byte_by_byte_does() {
+        let mut x: u32 = 7;
+        let data: Vec<u8> = (0..2_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x >> 24) as u8
+            })
+            .collect();
+        let (mut a, mut b) = (RollSum::new(), RollSum::new());
+        let mut cuts_a = Vec::new();
+        for (i, &ch) in data.iter().enumerate() {
+            a.roll(ch);
+            if a.on_split() {
+                cuts_a.push(i + 1);
+            }
+        }
+        let (mut cuts_b, mut at) = (Vec::new(), 0);
+        while let Some(n) = b.scan(&data[at..]) {
+            at += n;
+            cuts_b.push(at);
+        }
+        assert!(cuts_a.len() > 5, "{}", cuts_a.len());
+        assert_eq!(cuts_a, cuts_b);
     }
 
     #[test]
