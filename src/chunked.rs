@@ -512,7 +512,6 @@ fn write_content<W: Write>(
         file,
         roll: RollSum::new(),
         chunk: Vec::new(),
-        chunk_hash: Sha256::new(),
         chunk_offset: 0,
         file_hash: Sha256::new(),
         crc: Crc64::new(),
@@ -541,7 +540,7 @@ fn write_content<W: Write>(
             }
         }
     }
-    chunker.cut(frames, p)?;
+    chunker.cut(frames, p, true)?;
     let digest = Digest::from_sha256(&chunker.file_hash.finalize()).to_string();
     p.toc[file].digest = digest;
     if chunker.chunks.len() > 1 {
@@ -559,7 +558,6 @@ struct Chunker {
     file: usize,
     roll: RollSum,
     chunk: Vec<u8>,
-    chunk_hash: Sha256,
     chunk_offset: u64,
     file_hash: Sha256,
     crc: Crc64,
@@ -578,17 +576,18 @@ impl Chunker {
             let cut = self.roll.scan(&data[..room.min(data.len())]);
             let take = cut.unwrap_or(room.min(data.len()));
             self.chunk.extend_from_slice(&data[..take]);
-            self.chunk_hash.update(&data[..take]);
             data = &data[take..];
             if cut.is_some() || self.chunk.len() == MAX_CHUNK {
-                self.cut(frames, p)?;
+                self.cut(frames, p, false)?;
             }
         }
         Ok(())
     }
 
     /// Ends the current chunk (if it holds anything) as a frame.
-    fn cut<W: Write>(&mut self, frames: &mut Frames<'_, W>, p: &mut Producer) -> Result<()> {
+    /// `last`: the file has no more bytes. A file of one chunk needs no chunk digest (the TOC
+    /// gives chunk fields only to files of several), which spares its second SHA-256 pass.
+    fn cut<W: Write>(&mut self, frames: &mut Frames<'_, W>, p: &mut Producer, last: bool) -> Result<()> {
         if self.chunk.is_empty() {
             return Ok(());
         }
@@ -601,8 +600,12 @@ impl Chunker {
         };
         let data = std::mem::take(&mut self.chunk);
         let size = data.len() as u64;
-        let hash = std::mem::replace(&mut self.chunk_hash, Sha256::new());
-        self.chunks.push((self.chunk_offset, size, Digest::from_sha256(&hash.finalize()).to_string()));
+        let digest = if last && self.chunks.is_empty() {
+            String::new()
+        } else {
+            Digest::of(&data).to_string()
+        };
+        self.chunks.push((self.chunk_offset, size, digest));
         self.chunk_offset += size;
         frames.submit(data, Tag::Chunk { file: self.file, entry }, &mut p.toc)?;
         Ok(())
