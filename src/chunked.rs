@@ -600,11 +600,7 @@ impl Chunker {
         };
         let data = std::mem::take(&mut self.chunk);
         let size = data.len() as u64;
-        let digest = if last && self.chunks.is_empty() {
-            String::new()
-        } else {
-            Digest::of(&data).to_string()
-        };
+        let digest = if last && self.chunks.is_empty() { String::new() } else { Digest::of(&data).to_string() };
         self.chunks.push((self.chunk_offset, size, digest));
         self.chunk_offset += size;
         frames.submit(data, Tag::Chunk { file: self.file, entry }, &mut p.toc)?;
@@ -646,8 +642,8 @@ pub fn parse_toc(compressed: &[u8], expected: &Digest) -> Result<Toc> {
     serde_json::from_slice(&json).context("parsing the zstd:chunked TOC")
 }
 
-/// Reads and checks the TOC of a chunked layer of `img` (`None`: the layer is not chunked). An
-/// `oci:` layout's blob is read at the TOC's offset; other transports stream the blob up to it.
+/// Reads and checks the TOC of a chunked layer of `img` (`None`: the layer is not chunked): a
+/// range request to a registry, a seek in an `oci:` layout; archives stream the blob up to it.
 pub fn read_layer_toc(img: &SourceImage, layer: &SourceLayer) -> Result<Option<Toc>> {
     let Some((offset, length, digest)) = toc_position(&layer.annotations) else {
         return Ok(None);
@@ -656,19 +652,16 @@ pub fn read_layer_toc(img: &SourceImage, layer: &SourceLayer) -> Result<Option<T
     if offset.checked_add(length).is_none_or(|end| end > layer.size) || length > 256 << 20 {
         bail!("{}: outside the {}-byte blob", what(), layer.size);
     }
-    let mut compressed = vec![0u8; length as usize];
-    match img.blob_file(&layer.digest) {
-        Some(path) => {
-            use std::io::{Seek, SeekFrom};
-            let mut f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-            f.seek(SeekFrom::Start(offset)).and_then(|_| f.read_exact(&mut compressed)).with_context(what)?;
-        }
+    let compressed = match img.read_blob_range(&layer.digest, offset, length) {
+        Some(read) => read.with_context(what)?,
         None => {
+            let mut compressed = vec![0u8; length as usize];
             let mut r = img.open_blob(&layer.digest, layer.size)?;
             io::copy(&mut (&mut r).take(offset), &mut io::sink()).with_context(what)?;
             r.read_exact(&mut compressed).with_context(what)?;
+            compressed
         }
-    }
+    };
     parse_toc(&compressed, &digest).with_context(what).map(Some)
 }
 

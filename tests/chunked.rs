@@ -373,7 +373,8 @@ fn podman_partial_pull_fetches_only_changed_files() {
     let whole: u64 = new_layers.values().sum();
     assert!(!new_layers.is_empty() && !changed.is_empty(), "release 2 changes layers and files");
 
-    // nixoci diff's estimate, before any pull.
+    // nixoci diff's estimate, before any pull: it reads only the TOCs (range requests).
+    let before_diff = reg.access_log().len();
     let diff: Value = serde_json::from_slice(&run_ok(nixoci().args([
         "diff",
         "--tls-verify=false",
@@ -382,6 +383,15 @@ fn podman_partial_pull_fetches_only_changed_files() {
         &format!("docker://{}/nx:2", reg.host()),
     ])))
     .unwrap();
+    let whole_gets: Vec<_> = reg.access_log()[before_diff..]
+        .iter()
+        .filter(|l| {
+            l.contains("/blobs/") && l.contains("\" 200 ") && !l.contains(m2["config"]["digest"].as_str().unwrap())
+        })
+        .filter(|l| !l.contains(m1["config"]["digest"].as_str().unwrap()))
+        .cloned()
+        .collect();
+    assert!(whole_gets.is_empty(), "diff fetched whole layer blobs: {whole_gets:#?}");
     let estimate = diff["partial_pull"]["by_chunks_bytes"].as_u64().unwrap();
     assert_eq!(diff["partial_pull"]["chunked_layers"].as_u64().unwrap(), new_layers.len() as u64);
     assert_eq!(diff["download_bytes"].as_u64().unwrap(), whole);
