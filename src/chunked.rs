@@ -905,6 +905,15 @@ mod tests {
     }
 
     #[test]
+    fn a_toc_that_does_not_match_its_annotation_is_refused() {
+        let (blob, info) = write_layer(&entries(), 1, 3, None, Vec::new(), &mut |_| {}).unwrap();
+        let (offset, length, _) = toc_position(&info.annotations).unwrap();
+        let wrong = Digest::of(b"not the toc");
+        let err = parse_toc(&blob[offset as usize..(offset + length) as usize], &wrong).unwrap_err().to_string();
+        assert!(err.contains(wrong.as_str()) && err.contains("hashes to"), "{err}");
+    }
+
+    #[test]
     fn bytes_do_not_depend_on_workers() {
         let entries = entries();
         let (inline, a) = write_layer(&entries, 1, 3, None, Vec::new(), &mut |_| {}).unwrap();

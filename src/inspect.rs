@@ -208,12 +208,15 @@ pub fn inspect(img: &SourceImage, opts: &InspectOptions, reporter: &dyn Reporter
                 }
             }
         };
-        if let Some(toc) =
-            crate::chunked::read_layer_toc(img, l).with_context(|| format!("layer {} of {}", i + 1, img.reference))?
-        {
-            let toc_bytes = crate::chunked::toc_position(&l.annotations).map_or(0, |p| p.1);
-            info.chunked = Some(toc.summary());
-            info.chunked_contents = Some(crate::chunked::Contents::of(&toc, toc_bytes));
+        // A TOC that cannot be read is reported, not fatal: the layer still pulls whole.
+        match crate::chunked::read_layer_toc(img, l) {
+            Ok(Some(toc)) => {
+                let toc_bytes = crate::chunked::toc_position(&l.annotations).map_or(0, |p| p.1);
+                info.chunked = Some(toc.summary());
+                info.chunked_contents = Some(crate::chunked::Contents::of(&toc, toc_bytes));
+            }
+            Ok(None) => {}
+            Err(e) => reporter.note(&format!("warning: layer {} of {}: {e:#}", i + 1, img.reference)),
         }
         layers.push(info);
     }
