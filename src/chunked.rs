@@ -2,7 +2,7 @@
 //! partially, fetching with range requests only the files whose content it does not hold yet.
 //!
 //! The blob is one valid zstd stream that decompresses to the exact tar [`tarball::write`]
-//! makes (so the diff_id equals plain zstd's for the same listing), cut into frames so that every
+//! makes, cut into frames so that every
 //! regular file's content can be fetched and decompressed on its own:
 //!
 //! ```text
@@ -10,6 +10,10 @@
 //! [skippable: TOC (zstd JSON)][skippable: tar-split (zstd JSON lines)][skippable: footer, 64 B]
 //! ```
 //!
+//! - The tar is plain zstd's for the same listing after one leading `./` entry (0755): a
+//!   podman 4.3 partial pull otherwise creates the layer's root 0700, and the merged `/` takes the
+//!   top layer's, so a non-root user reaches nothing. The build adds it to the listing
+//!   ([`root_entry`]) so every output of one build (a docker-archive too) has the same diff_ids.
 //! - Tar headers (with the previous file's padding) share frames; each file's content starts a
 //!   new frame and is cut into chunks by the same rolling checksum containers/storage uses
 //!   (bup/perkeep rollsum, a cut where the low 16 bits of `s2` are all ones: ~64 KiB chunks),
