@@ -2,8 +2,8 @@
 //! partially, fetching with range requests only the files whose content it does not hold yet.
 //!
 //! The blob is one valid zstd stream that decompresses to the exact tar [`tarball::write`]
-//! makes, cut into frames so that every
-//! regular file's content can be fetched and decompressed on its own:
+//! makes, cut into frames so that every regular file's content can be fetched and decompressed
+//! on its own:
 //!
 //! ```text
 //! [headers…][file 1 chunk 1][file 1 chunk 2]…[padding, headers…][file 2]…[padding, end blocks]
