@@ -145,6 +145,8 @@ impl Base {
                             .with_context(|| format!("the base image {}'s config", self.reference))?,
                         uncompressed_size: 0,
                         media_type: media_type.to_owned(),
+                        // The blob is the base's, byte for byte: its zstd:chunked TOC stays valid.
+                        annotations: crate::chunked::blob_annotations(&l.annotations),
                     },
                     group: BASE_GROUP.to_owned(),
                     paths,

@@ -78,6 +78,9 @@ pub enum Compression {
     None,
     Gzip(u32),
     Zstd(i32),
+    /// zstd with every file's content in frames of its own and a table of contents, for
+    /// partial pulls ([`crate::chunked`]).
+    ZstdChunked(i32),
 }
 
 impl Compression {
@@ -93,7 +96,7 @@ impl Compression {
         match self {
             Compression::None => MediaType::ImageLayer,
             Compression::Gzip(_) => MediaType::ImageLayerGzip,
-            Compression::Zstd(_) => MediaType::ImageLayerZstd,
+            Compression::Zstd(_) | Compression::ZstdChunked(_) => MediaType::ImageLayerZstd,
         }
     }
 }
@@ -101,6 +104,17 @@ impl Compression {
 impl FromStr for Compression {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
+        if let Some(rest) = s.strip_prefix("zstd:chunked") {
+            let level = match rest.strip_prefix(':') {
+                None if rest.is_empty() => Self::DEFAULT_ZSTD,
+                Some(l) => match l.parse::<i32>() {
+                    Ok(n) if (1..=19).contains(&n) => n,
+                    _ => bail!("compression level {l:?} for zstd:chunked must be 1..=19"),
+                },
+                None => bail!("unknown compression {s:?}: use zstd:chunked[:1-19]"),
+            };
+            return Ok(Compression::ZstdChunked(level));
+        }
         let (name, given) = match s.split_once(':') {
             Some((n, l)) => (n, Some(l)),
             None => (s, None),
@@ -118,7 +132,7 @@ impl FromStr for Compression {
             "none" | "uncompressed" if given.is_none() => Compression::None,
             "gzip" => Compression::Gzip(level(9, Self::DEFAULT_GZIP as i64)? as u32),
             "zstd" => Compression::Zstd(level(19, Self::DEFAULT_ZSTD as i64)? as i32),
-            _ => bail!("unknown compression {s:?}: use gzip[:1-9], zstd[:1-19] or none"),
+            _ => bail!("unknown compression {s:?}: use gzip[:1-9], zstd[:1-19], zstd:chunked[:1-19] or none"),
         })
     }
 }
@@ -129,6 +143,7 @@ impl fmt::Display for Compression {
             Compression::None => f.write_str("none"),
             Compression::Gzip(l) => write!(f, "gzip:{l}"),
             Compression::Zstd(l) => write!(f, "zstd:{l}"),
+            Compression::ZstdChunked(l) => write!(f, "zstd:chunked:{l}"),
         }
     }
 }
@@ -141,6 +156,9 @@ pub struct BlobInfo {
     pub diff_id: Digest,
     pub uncompressed_size: u64,
     pub media_type: String,
+    /// Annotations the layer's descriptor must carry (`zstd:chunked`: where its TOC is).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// A writer that hashes and counts what passes through.
@@ -157,6 +175,11 @@ impl<W: Write> HashWriter<W> {
 
     pub fn finish(self) -> (W, Digest, u64) {
         (self.inner, Digest::from_sha256(&self.hasher.finalize()), self.count)
+    }
+
+    /// Bytes written so far.
+    pub fn count(&self) -> u64 {
+        self.count
     }
 }
 
@@ -326,7 +349,7 @@ impl Pool {
         Self { tx: Some(tx), workers }
     }
 
-    fn submit(&self, data: Vec<u8>, compression: Compression) -> mpsc::Receiver<io::Result<Vec<u8>>> {
+    pub(crate) fn submit(&self, data: Vec<u8>, compression: Compression) -> mpsc::Receiver<io::Result<Vec<u8>>> {
         let (reply, rx) = mpsc::sync_channel(1);
         let job = Job { data, compression, reply };
         if let Some(tx) = &self.tx
@@ -348,7 +371,7 @@ impl Drop for Pool {
 }
 
 /// One chunk as a complete gzip member or zstd frame.
-fn compress_chunk(data: &[u8], compression: Compression) -> io::Result<Vec<u8>> {
+pub(crate) fn compress_chunk(data: &[u8], compression: Compression) -> io::Result<Vec<u8>> {
     match compression {
         Compression::None => Ok(data.to_vec()),
         Compression::Gzip(level) => {
@@ -358,7 +381,7 @@ fn compress_chunk(data: &[u8], compression: Compression) -> io::Result<Vec<u8>> 
             enc.write_all(data)?;
             enc.finish()
         }
-        Compression::Zstd(level) => ZSTD.with(|cell| {
+        Compression::Zstd(level) | Compression::ZstdChunked(level) => ZSTD.with(|cell| {
             let mut slot = cell.borrow_mut();
             if slot.as_ref().is_none_or(|(l, _)| *l != level) {
                 let mut c = zstd::bulk::Compressor::new(level)?;
@@ -455,16 +478,26 @@ pub fn write_layer<W: Write>(
     sink: W,
     on_data: &mut dyn FnMut(u64),
 ) -> Result<(W, BlobInfo)> {
+    if let Compression::ZstdChunked(level) = compression {
+        return crate::chunked::write_layer(entries, epoch, level, pool, sink, on_data);
+    }
     let outer = HashWriter::new(sink);
     let (outer, diff_id, uncompressed_size) = match compression {
         Compression::None => {
             let tar = tarball::write(entries, epoch, outer, on_data)?;
             let (sink, digest, size) = tar.finish();
             let media_type = compression.media_type().to_string();
-            let info = BlobInfo { diff_id: digest.clone(), digest, size, uncompressed_size: size, media_type };
+            let info = BlobInfo {
+                diff_id: digest.clone(),
+                digest,
+                size,
+                uncompressed_size: size,
+                media_type,
+                annotations: Default::default(),
+            };
             return Ok((sink, info));
         }
-        Compression::Gzip(_) | Compression::Zstd(_) => {
+        Compression::Gzip(_) | Compression::Zstd(_) | Compression::ZstdChunked(_) => {
             let chunks = ChunkWriter::new(outer, compression, pool);
             let tar = tarball::write(entries, epoch, HashWriter::new(chunks), on_data)?;
             let (chunks, diff_id, size) = tar.finish();
@@ -472,7 +505,8 @@ pub fn write_layer<W: Write>(
         }
     };
     let (sink, digest, size) = outer.finish();
-    Ok((sink, BlobInfo { digest, size, diff_id, uncompressed_size, media_type: compression.media_type().to_string() }))
+    let media_type = compression.media_type().to_string();
+    Ok((sink, BlobInfo { digest, size, diff_id, uncompressed_size, media_type, annotations: Default::default() }))
 }
 
 #[cfg(test)]
@@ -508,7 +542,7 @@ mod tests {
                     flate2::read::MultiGzDecoder::new(&blob[..]).read_to_end(&mut v).unwrap();
                     v
                 }
-                Compression::Zstd(_) => zstd::decode_all(&blob[..]).unwrap(),
+                Compression::Zstd(_) | Compression::ZstdChunked(_) => zstd::decode_all(&blob[..]).unwrap(),
             };
             assert_eq!(info.diff_id, Digest::of(&tar), "{c}");
             assert_eq!(info.uncompressed_size, tar.len() as u64);
@@ -565,5 +599,10 @@ mod tests {
         assert_eq!("none".parse::<Compression>().unwrap(), Compression::None);
         assert!("gzip:0".parse::<Compression>().is_err());
         assert!("lz4".parse::<Compression>().is_err());
+        assert_eq!("zstd:chunked".parse::<Compression>().unwrap(), Compression::ZstdChunked(3));
+        assert_eq!("zstd:chunked:7".parse::<Compression>().unwrap(), Compression::ZstdChunked(7));
+        assert_eq!(Compression::ZstdChunked(7).to_string(), "zstd:chunked:7");
+        assert!("zstd:chunked:0".parse::<Compression>().is_err());
+        assert!("zstd:chunkedx".parse::<Compression>().is_err());
     }
 }

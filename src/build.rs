@@ -115,7 +115,14 @@ pub fn build(
     let repos = connect_registries(&opts.outputs)?;
     let mut stats = Stats::default();
     let mut clock = Stopwatch(Instant::now());
-    let layers = list_layers(closure, plan, opts)?;
+    let mut layers = list_layers(closure, plan, opts)?;
+    if let Compression::ZstdChunked(_) = opts.compression {
+        // zstd:chunked layers start with their root (see chunked.rs); in every output, so that
+        // a docker-archive written beside them has the same diff_ids.
+        for l in &mut layers {
+            l.entries.insert(0, crate::chunked::root_entry());
+        }
+    }
     clock.lap(&mut stats, "list");
     let mut written = Vec::new();
     let mut primary: Option<Image> = None;

@@ -179,6 +179,7 @@ pub fn image_of(source: &SourceImage) -> Result<Image> {
                 diff_id: l.diff_id.clone().unwrap_or_else(|| l.digest.clone()),
                 uncompressed_size: 0,
                 media_type: l.media_type.clone(),
+                annotations: Default::default(),
             },
             group: l.annotations.get(ANNOTATION_GROUP).cloned().unwrap_or_default(),
             paths: Vec::new(),

@@ -63,6 +63,9 @@ pub struct Diff {
     pub download_bytes: u64,
     /// What a node holding nothing downloads to get NEW.
     pub new_total_bytes: u64,
+    /// When NEW's added layers include zstd:chunked ones: what a partial pull fetches instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partial_pull: Option<PartialPull>,
     pub layers: LayerDiff,
     pub paths: PathDiff,
     pub config: Vec<ConfigChange>,
@@ -71,6 +74,42 @@ pub struct Diff {
     pub old_image: Inspection,
     #[serde(skip)]
     pub new_image: Inspection,
+}
+
+/// Estimates of what a node holding OLD fetches to get NEW's added layers with partial pulls
+/// (podman with `enable_partial_images`): for each chunked layer its TOC plus the frames of what
+/// OLD's chunked layers lack; other added layers whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartialPull {
+    /// Added layers that are zstd:chunked.
+    pub chunked_layers: usize,
+    /// Fetching every file whose content digest OLD lacks.
+    pub by_files_bytes: u64,
+    /// Fetching every chunk whose digest OLD lacks (podman 4.3 also reuses the unchanged chunks
+    /// of a changed file): the closer estimate.
+    pub by_chunks_bytes: u64,
+}
+
+fn partial_pull(old: &Inspection, new: &Inspection, added: &[LayerRef]) -> Option<PartialPull> {
+    let have: std::collections::HashSet<&str> =
+        old.layers.iter().filter_map(|l| l.chunked_contents.as_ref()).flat_map(|c| c.digests()).collect();
+    let mut seen = BTreeSet::new();
+    let mut p = PartialPull { chunked_layers: 0, by_files_bytes: 0, by_chunks_bytes: 0 };
+    for a in added.iter().filter(|a| seen.insert(&a.digest)) {
+        match new.layers.iter().find(|l| l.digest == a.digest).and_then(|l| l.chunked_contents.as_ref()) {
+            Some(c) => {
+                let (files, chunks) = c.missing(&have);
+                p.chunked_layers += 1;
+                p.by_files_bytes += files;
+                p.by_chunks_bytes += chunks;
+            }
+            None => {
+                p.by_files_bytes += a.size;
+                p.by_chunks_bytes += a.size;
+            }
+        }
+    }
+    (p.chunked_layers > 0).then_some(p)
 }
 
 /// One side of the diff, in brief.
@@ -310,6 +349,7 @@ pub fn compare(old_image: Inspection, new_image: Inspection) -> Diff {
     let layers = layer_diff(&old_image, &new_image, &old_paths, &new_paths);
     let mut seen = BTreeSet::new();
     let download_bytes = layers.added.iter().filter(|l| seen.insert(&l.digest)).map(|l| l.size).sum();
+    let partial_pull = partial_pull(&old_image, &new_image, &layers.added);
     let paths = path_diff(&old_paths, &new_paths);
     let mut config = config_diff(&old_image.config, &new_image.config);
     let mut field = |name: &str, o: Option<String>, n: Option<String>| {
@@ -343,6 +383,7 @@ pub fn compare(old_image: Inspection, new_image: Inspection) -> Diff {
         identical,
         download_bytes,
         new_total_bytes: new_image.compressed_size,
+        partial_pull,
         layers,
         paths,
         config,

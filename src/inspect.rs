@@ -97,6 +97,12 @@ pub struct LayerInfo {
     /// Whether this layer hides every store path below (an opaque `nix/store`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub opaque_store: bool,
+    /// A zstd:chunked layer (its TOC annotations present): its TOC in numbers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunked: Option<crate::chunked::TocSummary>,
+    /// A zstd:chunked layer's files and chunks, for `diff`'s partial-pull estimate.
+    #[serde(skip)]
+    pub chunked_contents: Option<crate::chunked::Contents>,
 }
 
 impl LayerInfo {
@@ -145,7 +151,7 @@ pub fn inspect(img: &SourceImage, opts: &InspectOptions, reporter: &dyn Reporter
     let mut layers = Vec::with_capacity(total);
     for (i, l) in img.layers.iter().enumerate() {
         let annotated = annotated_paths(l).with_context(|| format!("layer {} of {}", i + 1, img.reference))?;
-        let info = match annotated {
+        let mut info = match annotated {
             Some((group, paths)) if !opts.read_layers => LayerInfo {
                 digest: l.digest.clone(),
                 diff_id: l.diff_id.clone(),
@@ -158,6 +164,8 @@ pub fn inspect(img: &SourceImage, opts: &InspectOptions, reporter: &dyn Reporter
                 other_entries: None,
                 whiteouts: Vec::new(),
                 opaque_store: false,
+                chunked: None,
+                chunked_contents: None,
             },
             annotated => {
                 reporter.note(&format!(
@@ -195,9 +203,21 @@ pub fn inspect(img: &SourceImage, opts: &InspectOptions, reporter: &dyn Reporter
                     other_entries: Some(scan.other_entries),
                     whiteouts: scan.whiteouts.into_iter().collect(),
                     opaque_store: scan.opaque_store,
+                    chunked: None,
+                    chunked_contents: None,
                 }
             }
         };
+        // A TOC that cannot be read is reported, not fatal: the layer still pulls whole.
+        match crate::chunked::read_layer_toc(img, l) {
+            Ok(Some(toc)) => {
+                let toc_bytes = crate::chunked::toc_position(&l.annotations).map_or(0, |p| p.1);
+                info.chunked = Some(toc.summary());
+                info.chunked_contents = Some(crate::chunked::Contents::of(&toc, toc_bytes));
+            }
+            Ok(None) => {}
+            Err(e) => reporter.note(&format!("warning: layer {} of {}: {e:#}", i + 1, img.reference)),
+        }
         layers.push(info);
     }
     let mut seen = BTreeSet::new();
@@ -659,7 +679,12 @@ pub fn write_text<W: Write>(ins: &Inspection, w: &mut W) -> io::Result<()> {
             short_digest(l.digest.as_str()).to_owned(),
             human_size(l.size),
             l.unpacked_size.map_or_else(|| "-".to_owned(), human_size),
-            short_media_type(&l.media_type).to_owned(),
+            match &l.chunked {
+                Some(c) => {
+                    format!("{}:chunked\n{} files, {} chunks", short_media_type(&l.media_type), c.files, c.chunks)
+                }
+                None => short_media_type(&l.media_type).to_owned(),
+            },
             l.group.clone().unwrap_or_else(|| "-".to_owned()),
             paths.join("\n"),
         ]);

@@ -9,6 +9,7 @@ pub mod base;
 pub mod blob;
 pub mod build;
 pub mod cache;
+pub mod chunked;
 pub mod closure;
 pub mod config_format;
 pub mod copy;

@@ -31,7 +31,7 @@ pub struct Args {
     /// Where to write the image (repeatable).
     #[arg(short = 'o', long = "output", value_name = "DEST", required = true, value_parser = ImageRef::parse)]
     pub outputs: Vec<ImageRef>,
-    /// Layer compression for OCI outputs: gzip[:1-9] (default gzip:6), zstd[:1-19], none.
+    /// Layer compression for OCI outputs: gzip[:1-9] (default gzip:6), zstd[:1-19], zstd:chunked[:1-19] (partial pulls), none.
     /// docker-archive outputs always carry uncompressed layers.
     #[arg(long, value_name = "ALGO[:LEVEL]", default_value = "gzip")]
     pub compression: Compression,

@@ -34,6 +34,16 @@ pub fn write_text<W: Write>(d: &Diff, w: &mut W) -> io::Result<()> {
         added,
         d.new.layer_count
     )?;
+    if let Some(p) = &d.partial_pull {
+        writeln!(
+            w,
+            "PARTIAL   about {} with partial pulls of its {} zstd:chunked layer(s): the chunks OLD lacks \
+             ({} fetching whole changed files)",
+            human_size(p.by_chunks_bytes),
+            p.chunked_layers,
+            human_size(p.by_files_bytes)
+        )?;
+    }
     writeln!(w)?;
     write_layers(d, w)?;
     write_paths(d, w)?;

@@ -227,6 +227,7 @@ pub fn manifest(config: &JsonBlob, layers: &[LayerDesc], annotations: &BTreeMap<
                     l.paths.iter().map(|p| p.full()).collect::<Vec<_>>().join("\n"),
                 );
             }
+            ann.extend(l.blob.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
             descriptor(MediaType::from(l.blob.media_type.as_str()), &l.blob.digest, l.blob.size, Some(ann))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -409,6 +410,7 @@ mod tests {
                 diff_id: Digest::of(b"t"),
                 uncompressed_size: 1,
                 media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                annotations: Default::default(),
             },
             group: group.into(),
             paths: vec![],
@@ -485,6 +487,7 @@ mod tests {
                 diff_id: Digest::of(b"t"),
                 uncompressed_size: 1,
                 media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                annotations: Default::default(),
             },
             group: group.into(),
             paths: vec![],

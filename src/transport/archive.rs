@@ -188,6 +188,7 @@ pub fn write_docker_archive<W: Write>(
             diff_id,
             uncompressed_size: size,
             media_type: Compression::None.media_type().to_string(),
+            annotations: Default::default(),
         };
         on_layer(i, 0, Some(&blob));
         descs.push(image::LayerDesc { blob, group: layer.group.clone(), paths: layer.paths.clone() });

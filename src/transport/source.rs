@@ -132,6 +132,24 @@ impl SourceImage {
         Ok(Verified::new(raw, digest.clone(), size))
     }
 
+    /// `len` bytes of a blob from `offset`: a range request to a registry, a seek in a file;
+    /// `None` where the transport cannot (the caller then streams the blob).
+    pub fn read_blob_range(&self, digest: &Digest, offset: u64, len: u64) -> Option<Result<Vec<u8>>> {
+        match &self.blobs {
+            Blobs::Registry(repo) => Some(repo.read_blob_range(digest, offset, len).map_err(Into::into)),
+            Blobs::Dir(dir) => Some((|| {
+                let path = dir.join("blobs/sha256").join(digest.hex());
+                let mut f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+                let mut buf = vec![0u8; len as usize];
+                f.seek(SeekFrom::Start(offset))
+                    .and_then(|_| f.read_exact(&mut buf))
+                    .with_context(|| format!("reading {}", path.display()))?;
+                Ok(buf)
+            })()),
+            Blobs::Tar { .. } => None,
+        }
+    }
+
     /// The file holding a blob, when the image is an `oci:` layout (so it can be used in place).
     pub fn blob_file(&self, digest: &Digest) -> Option<PathBuf> {
         match &self.blobs {

@@ -225,6 +225,14 @@ pub fn get_blob(base: &Url, name: &str, repo: &str, digest: &Digest, from: u64) 
     r
 }
 
+/// `GET` of `len` bytes of a blob from `offset` (a `Range` request: a zstd:chunked TOC).
+pub fn get_blob_range(base: &Url, name: &str, repo: &str, digest: &Digest, offset: u64, len: u64) -> Req {
+    let mut r = get_blob(base, name, repo, digest, 0);
+    r.what = format!("reading bytes {offset}+{len} of blob {digest} from {name}");
+    r.headers.push((RANGE, format!("bytes={offset}-{}", offset + len.max(1) - 1)));
+    r
+}
+
 /// `GET REALM?service=S&scope=…` (token auth; basic credentials go in a header).
 pub fn token(realm: &Url, service: Option<&str>, scopes: &[String], host: &str) -> Req {
     let mut u = realm.clone();
@@ -299,6 +307,12 @@ mod tests {
         let body = Body::File { path: "/x".into(), offset: 16, len: 16, progress: None };
         let r = patch_chunk(&loc, "app", "h/app", &d(), body);
         assert!(r.headers.iter().any(|(k, v)| *k == CONTENT_RANGE && v == "16-31"));
+        let r = get_blob_range(&base, "h/app", "app", &d(), 100, 50);
+        assert_eq!(
+            (r.method.clone(), r.url.path()),
+            (Method::GET, format!("/v2/app/blobs/sha256:{}", "ab".repeat(32)).as_str())
+        );
+        assert!(r.headers.iter().any(|(k, v)| *k == reqwest::header::RANGE && v == "bytes=100-149"));
         let r = put_manifest(&base, "h/app", "app", "1.0", Arc::from(&b"{}"[..]), MT_OCI_MANIFEST);
         assert_eq!(r.url.path(), "/v2/app/manifests/1.0");
         assert!(r.headers.iter().any(|(k, v)| *k == CONTENT_TYPE && v == MT_OCI_MANIFEST));
