@@ -439,58 +439,6 @@ fn every_nix_file_parses_and_lib_evaluates_through_a_plain_import() {
     assert_eq!(attrs, format!("[ \"{NAME}\" \"1.0\" \"string\" \"nixoci-nix-1.0-oci\" ]"));
 }
 
-/// A plain `docker-registry` on 127.0.0.1 (no auth, no TLS); killed when dropped.
-struct Registry {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let dir = common::tempdir();
-        let d = dir.path();
-        for _attempt in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let config = format!(
-                "version: 0.1\nlog: {{level: info, accesslog: {{disabled: true}}}}\n\
-                 storage:\n  filesystem: {{rootdirectory: {}}}\n\
-                 http: {{addr: 127.0.0.1:{port}, secret: test-only-secret}}\n",
-                d.join("data").display()
-            );
-            fs::write(d.join("config.yml"), config).unwrap();
-            let log = fs::File::create(d.join("registry.log")).unwrap();
-            let mut child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(d.join("config.yml"))
-                .stdin(std::process::Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("starting docker-registry");
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // the port was taken: another one
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Registry { child, port, _dir: dir };
-                }
-                assert!(std::time::Instant::now() < deadline, "docker-registry did not listen in 10 s");
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-        }
-        panic!("could not start docker-registry: {}", fs::read_to_string(d.join("registry.log")).unwrap_or_default());
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn copy_to_registry_pushes_what_the_oci_derivation_holds() {
     require_tools!("docker-registry", "skopeo");
@@ -499,7 +447,7 @@ fn copy_to_registry_pushes_what_the_oci_derivation_holds() {
     let expr = write_expression(c, tmp.path());
     let result = nix_build(c, &expr, None, &[], &tmp.path().join("result"));
     let oci = nix_build(c, &expr, Some("oci"), &[], &tmp.path().join("result-oci"));
-    let registry = Registry::start();
+    let registry = common::registry::Registry::start(common::registry::Setup::Plain);
     let reference = format!("127.0.0.1:{}/nixoci-nix:1.0", registry.port);
     // Extra arguments pass through to nixoci build (here a registry flag).
     run_ok(script(&result, "copy-to-registry", &tmp.path().join("cache")).arg(&reference).arg("--tls-verify=false"));

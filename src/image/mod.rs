@@ -400,10 +400,9 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
-    /// The config of `spec` over `base`: its one layer, then one of ours.
-    fn config_of(spec: &str, base: &ImageConfiguration) -> serde_json::Value {
-        let spec: ImageSpec = toml::from_str(spec).unwrap();
-        let layer = |group: &str| LayerDesc {
+    /// A one-byte layer of `group`.
+    fn layer(group: &str) -> LayerDesc {
+        LayerDesc {
             blob: BlobInfo {
                 digest: Digest::of(group.as_bytes()),
                 size: 1,
@@ -414,7 +413,12 @@ mod tests {
             },
             group: group.into(),
             paths: vec![],
-        };
+        }
+    }
+
+    /// The config of `spec` over `base`: its one layer, then one of ours.
+    fn config_of(spec: &str, base: &ImageConfiguration) -> serde_json::Value {
+        let spec: ImageSpec = toml::from_str(spec).unwrap();
         let layers = vec![layer("base"), layer("auto")];
         serde_json::from_slice(&config(&spec, &layers, 1, Some(base)).unwrap().bytes).unwrap()
     }
@@ -480,18 +484,6 @@ mod tests {
             r#""diff_ids":["sha256:0000000000000000000000000000000000000000000000000000000000000000","sha256:1111111111111111111111111111111111111111111111111111111111111111"]"#,
         ));
         let spec: ImageSpec = toml::from_str("").unwrap();
-        let layer = |group: &str| LayerDesc {
-            blob: BlobInfo {
-                digest: Digest::of(group.as_bytes()),
-                size: 1,
-                diff_id: Digest::of(b"t"),
-                uncompressed_size: 1,
-                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-                annotations: Default::default(),
-            },
-            group: group.into(),
-            paths: vec![],
-        };
         // A layers-file group may not be called "base"; the base's layers are known by position.
         let layers = vec![layer("base"), layer("base"), layer("auto")];
         let c: serde_json::Value =
