@@ -6,7 +6,7 @@ Modes:
                                  Nix expression builds from
   install                        (Nix builder, the store's python) one package from its wheel
   env                            (Nix builder, the store's python) the python.withPackages-style env
-  check STORE_LD PATH...         (host) every NEEDED of every ELF file resolves in the store
+  check STORE_LD SPEC PATH...    (host) every NEEDED of every ELF file resolves in the store
 
 Only the standard library in the builder modes; `plan` also uses pip's vendored `packaging`.
 Errors are one line naming the package and the file, and exit 1.
@@ -103,6 +103,16 @@ def plan(lock, cache, spec_out):
 
     entries = read_lock(lock)
     names = {n: v for n, v, _, _ in entries}
+    # `# wheel-closure: ignore-missing PKG LIB… -- why`: NEEDED libraries of optional parts of a
+    # package that no store path provides on purpose (nixpkgs' autoPatchelfIgnoreMissingDeps).
+    ignore = {}
+    for i, line in enumerate(open(lock, encoding="utf-8"), 1):
+        m = re.match(r"^#\s*wheel-closure:\s*ignore-missing\s+(\S+)\s+(.*?)\s*(--.*)?$", line)
+        if m:
+            pkg = normalize(m.group(1))
+            if pkg not in names:
+                die(f"{lock}:{i}: ignore-missing names {pkg}, which is not in the set")
+            ignore.setdefault(pkg, []).extend(m.group(2).split())
     by_dist = {}
     for f in sorted(os.listdir(cache)):
         t = f.endswith(".whl") and wheel_tags(f)
@@ -149,7 +159,7 @@ def plan(lock, cache, spec_out):
             if dep != name and dep not in requires:
                 requires.append(dep)
         packages.append({"name": name, "version": version, "file": f, "path": os.path.join(cache, f),
-                         "sha256": digest, "requires": sorted(requires)})
+                         "sha256": digest, "requires": sorted(requires), "ignoreMissing": ignore.get(name, [])})
     # The Requires-Dist closure of each package: the store paths its ELF files may link against.
     reqs = {p["name"]: p["requires"] for p in packages}
     for p in packages:
@@ -206,6 +216,7 @@ def install():
     pyexe = os.path.join(python, "bin", f"python{short}")
     patchelf = os.path.join(e["patchelf"], "bin", "patchelf")
     deps = e.get("deps", "").split()
+    ignore_missing = set(e.get("ignoreMissing", "").split())
     base_libs = e["baseLibs"].split()
     os.makedirs(site)
     # 1. Unpack, with the modes the wheel records; `.data/` goes where an installer puts it.
@@ -307,7 +318,7 @@ def install():
                     dirs.extend(os.path.join(s, inner) for _, s in dep_sites if os.path.isdir(os.path.join(s, inner)))
             missing = []
             for lib in needed.split():
-                if lib in DRIVER_LIBS or lib.startswith("ld-linux"):
+                if lib in DRIVER_LIBS or lib in ignore_missing or lib.startswith("ld-linux"):
                     continue
                 if os.path.exists(os.path.join(dirpath, lib)):
                     dirs.append(dirpath)
@@ -376,10 +387,15 @@ def make_env():
 # --- check (host, after the build) ---------------------------------------------------------------
 
 
-def check(store_ld, paths):
-    """Asks the store's own loader (no ld.so.cache) to resolve every ELF file of `paths`."""
-    bad, n = [], 0
+def check(store_ld, spec, paths):
+    """Asks the store's own loader (no ld.so.cache) to resolve every ELF file of `paths`; the
+    driver's libraries and a package's `ignore-missing` ones (from the spec) may stay unresolved."""
+    allowed_by_name = {}
+    for p in json.load(open(spec))["packages"]:
+        allowed_by_name[f"python3.11-{p['name']}-{p['version']}"] = set(p.get("ignoreMissing", []))
+    bad, n, waived = [], 0, 0
     for root in paths:
+        allowed = DRIVER_LIBS | allowed_by_name.get(os.path.basename(root).split("-", 1)[1], set())
         for dirpath, _, files in os.walk(root):
             for fn in files:
                 path = os.path.join(dirpath, fn)
@@ -391,7 +407,8 @@ def check(store_ld, paths):
                 n += 1
                 for line in r.stdout.splitlines():
                     parts = line.split()
-                    if not parts or parts[0] in DRIVER_LIBS:
+                    if not parts or parts[0] in allowed:
+                        waived += parts[0] not in DRIVER_LIBS
                         continue
                     if "not found" in line or ("=>" in parts and not parts[parts.index("=>") + 1].startswith("/nix/store/")):
                         bad.append(f"{path}: {line.strip()}")
@@ -400,7 +417,7 @@ def check(store_ld, paths):
     if bad:
         die("libraries that do not resolve inside the closure:\n  " + "\n  ".join(bad[:50]))
     print(f"wheel-closure: the store's loader resolves every NEEDED of {n} ELF files "
-          f"(except {', '.join(sorted(DRIVER_LIBS))})", file=sys.stderr)
+          f"(except {', '.join(sorted(DRIVER_LIBS))}; {waived} ignore-missing by the lock)", file=sys.stderr)
 
 
 if __name__ == "__main__":
@@ -411,7 +428,7 @@ if __name__ == "__main__":
         install()
     elif mode == "env":
         make_env()
-    elif mode == "check" and len(sys.argv) >= 3:
-        check(sys.argv[2], sys.argv[3:])
+    elif mode == "check" and len(sys.argv) >= 4:
+        check(sys.argv[2], sys.argv[3], sys.argv[4:])
     else:
-        die(f"usage: {sys.argv[0]} plan LOCK CACHE SPEC | install | env | check STORE_LD PATH...")
+        die(f"usage: {sys.argv[0]} plan LOCK CACHE SPEC | install | env | check STORE_LD SPEC PATH...")
