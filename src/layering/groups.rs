@@ -199,10 +199,8 @@ impl Groups {
     ///    diffusers;
     /// 3. the rest is `len()`, the [`AUTO_GROUP`] partition.
     pub fn assign<'a>(&self, closure: &'a Closure) -> BTreeMap<&'a StorePath, usize> {
-        let named: BTreeMap<&StorePath, usize> = closure
-            .iter()
-            .filter_map(|info| self.named_by(info.path.name()).map(|i| (&info.path, i)))
-            .collect();
+        let named: BTreeMap<&StorePath, usize> =
+            closure.iter().filter_map(|info| self.named_by(info.path.name()).map(|i| (&info.path, i))).collect();
         let mut out = named.clone();
         for i in 0..self.groups.len() {
             let mut stack: Vec<&StorePath> = named.iter().filter(|&(_, &g)| g == i).map(|(p, _)| *p).collect();
