@@ -286,8 +286,8 @@ def install():
         index(d, "base")
     dep_sites = [(d, os.path.join(d, "lib", f"python{short}", "site-packages")) for d in deps]
     ld = os.path.join(e["glibc"], "lib", "ld-linux-x86-64.so.2")
-    n_elf = 0
-    for dirpath, _, files in os.walk(out):
+    n_elf, all_missing = 0, []
+    for dirpath, _, files in sorted(os.walk(out)):
         for fn in sorted(files):
             path = os.path.join(dirpath, fn)
             if not is_elf(path):
@@ -329,9 +329,7 @@ def install():
                     continue
                 dirs.append(where[0][1])
             if missing:
-                die(f"{name}: {rel} needs {', '.join(missing)}, which no store path provides (this package, "
-                    f"its Requires-Dist closure [{', '.join(os.path.basename(d) for d in deps) or 'none'}], "
-                    f"glibc, the gcc and python libraries)")
+                all_missing.append(f"{rel} needs {', '.join(missing)}")
             seen, rpath = set(), []
             for d in dirs:
                 if d not in seen:
@@ -340,6 +338,11 @@ def install():
             rc, _, err = run(patchelf, "--set-rpath", ":".join(rpath), path)
             if rc != 0:
                 die(f"{name}: {rel}: patchelf --set-rpath failed: {err}")
+    if all_missing:
+        die(f"{name}: NEEDED libraries no store path provides (searched: this package, its Requires-Dist "
+            f"closure [{', '.join(os.path.basename(d) for d in deps) or 'none'}], glibc, the gcc and python "
+            f"libraries; a lock line `# wheel-closure: ignore-missing {e['pname']} LIB… -- why` waives optional "
+            f"ones):\n  " + "\n  ".join(all_missing))
     # 4. Requires-Dist → propagated-build-inputs (real references), then bytecode as nixpkgs does.
     os.makedirs(os.path.join(out, "nix-support"))
     with open(os.path.join(out, "nix-support", "propagated-build-inputs"), "w") as f:
