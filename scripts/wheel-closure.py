@@ -122,7 +122,7 @@ def plan(lock, cache, spec_out):
     env.update({"python_version": "3.11", "sys_platform": "linux", "platform_system": "Linux",
                 "platform_machine": "x86_64", "implementation_name": "cpython",
                 "platform_python_implementation": "CPython", "os_name": "posix"})
-    packages = []
+    packages, top_owners = [], {}
     for name, version, hashes, line in entries:
         files = [f for (d, v), fs in by_dist.items() if d == name and Version(v) == Version(version) for f in fs]
         where = f"{name}=={version} ({lock}:{line})"
@@ -142,6 +142,9 @@ def plan(lock, cache, spec_out):
                 f"{' or '.join(hashes)}")
         f, digest = chosen
         with zipfile.ZipFile(os.path.join(cache, f)) as z:
+            tops = {n.split("/")[0] for n in z.namelist() if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*/__init__\.py", n)}
+            for t in tops:
+                top_owners.setdefault(t, []).append(name)
             meta = [n for n in z.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", n)]
             if len(meta) != 1:
                 die(f"{where}: {f} has {len(meta)} */*.dist-info/METADATA files, not one")
@@ -160,6 +163,12 @@ def plan(lock, cache, spec_out):
                 requires.append(dep)
         packages.append({"name": name, "version": version, "file": f, "path": os.path.join(cache, f),
                          "sha256": digest, "requires": sorted(requires), "ignoreMissing": ignore.get(name, [])})
+    # A top-level package several wheels ship (`nvidia/__init__.py` in every nvidia-* wheel) is a
+    # namespace: pip merges them into one directory, separate store paths cannot, so each package
+    # drops that __init__.py and Python joins the directories (nixpkgs' pythonNamespaces).
+    shared = {t for t, owners in top_owners.items() if len(owners) > 1}
+    for p in packages:
+        p["namespaces"] = sorted(t for t in shared if p["name"] in top_owners[t])
     # The Requires-Dist closure of each package: the store paths its ELF files may link against.
     reqs = {p["name"]: p["requires"] for p in packages}
     for p in packages:
@@ -249,6 +258,14 @@ def install():
                     os.chmod(dest, 0o755)
                     with open(dest, "wb") as f:
                         f.write(b"#!" + pyexe.encode() + data[data.index(b"\n"):])
+    for ns in e.get("namespaces", "").split():
+        init = os.path.join(site, ns, "__init__.py")
+        with open(init, "rb") as f:
+            code = re.sub(rb"(?m)^\s*#.*$", b"", f.read()).strip()
+        if code and not re.fullmatch(rb"__path__\s*=\s*__import__\(.pkgutil.\)\.extend_path\(__path__,\s*__name__\)", code):
+            die(f"{name}: {ns}/__init__.py, which other wheels of the set also ship, holds code: it cannot become "
+                f"a namespace package")
+        os.remove(init)
     dist_info = [d for d in os.listdir(site) if d.endswith(".dist-info")]
     if len(dist_info) != 1:
         die(f"{name}: {os.path.basename(wheel)} holds {len(dist_info)} .dist-info directories, not one")
