@@ -12,8 +12,10 @@
 //!                            # a share of the store-layer budget: "10%" (rounded up, at least 1)
 //! ```
 //!
-//! Group *i* holds its matched paths and their closure, minus everything the groups below it
-//! claimed. Paths no group claims form the `auto` partition, laid out last. Unknown keys are an
+//! A path a group's globs name belongs to the first group that names it; a path no group names
+//! follows the closure of the first group whose named paths reach it (through unnamed paths), so
+//! a dependency never drags a path another group names into its own group ([`Groups::assign`]).
+//! Paths no group claims form the `auto` partition, laid out last. Unknown keys are an
 //! error naming the file and line; a glob that matches no store path is a warning.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -188,20 +190,43 @@ impl Groups {
         self.groups.get(i).map_or(usize::MAX, |g| g.limit(store_layers))
     }
 
-    /// Which partition each path of `closure` falls in: the index of the lowest group whose
-    /// matched paths' closure holds it, or `len()` (auto) when none does.
+    /// Which partition each path of `closure` falls in (DESIGN.md §5):
+    ///
+    /// 1. a path some group's globs *name* belongs to the first group that names it, whatever
+    ///    closure it also sits in (a kernel that depends on diffusers does not drag diffusers
+    ///    into the kernels' group);
+    /// 2. a path no group names belongs to the first group whose named paths reach it through
+    ///    unnamed paths only: the walk stops at a path another group names, so what only
+    ///    diffusers needs stays with diffusers even when a lower group's kernel refers to
+    ///    diffusers;
+    /// 3. the rest is `len()`, the [`AUTO_GROUP`] partition.
     pub fn assign<'a>(&self, closure: &'a Closure) -> BTreeMap<&'a StorePath, usize> {
-        let mut out: BTreeMap<&StorePath, usize> = BTreeMap::new();
-        for (i, g) in self.groups.iter().enumerate() {
-            let matched = closure.iter().map(|info| &info.path).filter(|p| g.matches(p.name()));
-            for p in closure.closure_of(matched) {
-                out.entry(p).or_insert(i);
+        let named: BTreeMap<&StorePath, usize> =
+            closure.iter().filter_map(|info| self.named_by(info.path.name()).map(|i| (&info.path, i))).collect();
+        let mut out = named.clone();
+        for i in 0..self.groups.len() {
+            let mut stack: Vec<&StorePath> = named.iter().filter(|&(_, &g)| g == i).map(|(p, _)| *p).collect();
+            let mut seen: BTreeSet<&StorePath> = stack.iter().copied().collect();
+            while let Some(p) = stack.pop() {
+                let Some(info) = closure.get(p) else { continue };
+                for r in &info.references {
+                    if named.contains_key(r) || !seen.insert(r) {
+                        continue;
+                    }
+                    out.entry(r).or_insert(i);
+                    stack.push(r);
+                }
             }
         }
         for info in closure.iter() {
             out.entry(&info.path).or_insert(self.groups.len());
         }
         out
+    }
+
+    /// The index of the first group whose globs match the store path name `name`.
+    pub fn named_by(&self, name: &str) -> Option<usize> {
+        self.groups.iter().position(|g| g.matches(name))
     }
 
     /// Warnings about `closure`: globs that match no store path, groups left empty because
@@ -458,5 +483,53 @@ max_layers = 3
         assert_eq!(by_name["app-1"], 1);
         assert_eq!(by_name["stray-1"], 2, "unclaimed: auto");
         assert_eq!(groups.partition_name(2), AUTO_GROUP);
+    }
+
+    /// The named rule on a graph shaped like the real one (DESIGN.md §5): each row is a store
+    /// path, its references, and the group it must land in.
+    #[test]
+    fn a_named_path_stays_in_the_first_group_that_names_it() {
+        #[rustfmt::skip]
+        let table: &[(&str, &[&str], &str)] = &[
+            // path                               references                                          group
+            ("glibc-2.36",                        &[],                                                "runtime"),
+            ("python3-3.11.2",                    &["glibc-2.36", "python3.11-libs"],                 "runtime"),
+            ("python3.11-libs",                   &["glibc-2.36"],                                    "runtime"),
+            ("python3.11-nvidia-cublas-cu12-12.8", &["glibc-2.36"],                                   "cuda-torch"),
+            ("python3.11-torch-2.10.0",           &["python3.11-nvidia-cublas-cu12-12.8", "python3.11-numpy-2.2.6", "python3.11-sympy-1.14"], "cuda-torch"),
+            ("python3.11-sympy-1.14",             &["python3.11-mpmath-1.3"],                         "cuda-torch"),
+            ("python3.11-mpmath-1.3",             &[],                                                "cuda-torch"),
+            // The kernel depends on diffusers: diffusers stays with the frameworks that name it.
+            ("python3.11-nunchaku-1.0.2",         &["python3.11-torch-2.10.0", "python3.11-diffusers-0.31.0", "python3.11-kernel-helper-1"], "kernels"),
+            ("python3.11-kernel-helper-1",        &[],                                                "kernels"),
+            ("python3.11-diffusers-0.31.0",       &["python3.11-importlib-metadata-8", "python3.11-numpy-2.2.6"], "ml"),
+            // Named by no group, reached by the kernel only through diffusers: it follows diffusers.
+            ("python3.11-importlib-metadata-8",   &[],                                                "ml"),
+            // Torch depends on numpy, a lower group's kernel reaches it too: the group naming it wins.
+            ("python3.11-numpy-2.2.6",            &[],                                                "scientific"),
+            ("python3.11-env",                    &["python3-3.11.2", "python3.11-nunchaku-1.0.2", "python3.11-diffusers-0.31.0", "python3.11-stray-1"], "app"),
+            // Only the env reaches it: it follows the env's group.
+            ("python3.11-stray-1",                &[],                                                "app"),
+            ("lonely-1",                          &[],                                                AUTO_GROUP),
+        ];
+        let c = Closure::new(table.iter().map(|(p, refs, _)| info(p, 1, refs))).unwrap();
+        let groups = Groups::new(vec![
+            Group::new("runtime", &["glibc-*", "python3-3.*[0-9]"], SplitMode::None, None).unwrap(),
+            Group::new("cuda-torch", &["python3*-torch-*", "python3*-nvidia-*"], SplitMode::PerPath, None).unwrap(),
+            Group::new("kernels", &["python3*-nunchaku-*"], SplitMode::PerPath, None).unwrap(),
+            Group::new("ml", &["python3*-diffusers-*", "python3*-torch-*"], SplitMode::PerPath, None).unwrap(),
+            Group::new("scientific", &["python3*-numpy-*"], SplitMode::PerPath, None).unwrap(),
+            Group::new("app", &["python3*-env"], SplitMode::PerPath, None).unwrap(),
+        ])
+        .unwrap();
+        let assigned = groups.assign(&c);
+        for (path, _, want) in table {
+            let got = groups.partition_name(assigned[&crate::closure::testing::sp(path)]);
+            assert_eq!(got, *want, "{path}");
+        }
+        assert_eq!(assigned.len(), table.len());
+        assert_eq!(groups.named_by("python3.11-torch-2.10.0"), Some(1), "the first group naming it");
+        assert_eq!(groups.named_by("python3.11-importlib-metadata-8"), None);
+        assert!(groups.warnings(&c, "t.toml").is_empty(), "{:?}", groups.warnings(&c, "t.toml"));
     }
 }

@@ -42,9 +42,14 @@
 //!
 //! # Steps
 //!
-//! 1. **Partitions.** Groups of the layers file ([`groups`]), bottom first: group *i* takes the
-//!    closure of the paths its globs match, minus what lower groups took. What no group takes is
-//!    the `auto` partition, laid out last. Layers never mix partitions (but see step 4).
+//! 1. **Partitions.** Groups of the layers file ([`groups`]), bottom first. A path some group's
+//!    globs *name* belongs to the first group that names it, whatever closure it also sits in:
+//!    real graphs have cross-stratum references (a perf kernel that depends on diffusers), and
+//!    following closures there would drag diffusers into the kernels' layer, so a diffusers bump
+//!    would re-pull the kernels. A path no group names follows the closure of the first group
+//!    whose named paths reach it through unnamed paths (the walk stops at another group's named
+//!    path, so what only diffusers needs stays with diffusers). What no group takes is the
+//!    `auto` partition, laid out last. Layers never mix partitions (but see step 4).
 //! 2. **Components.** Every path starts as its own component. A path larger than
 //!    `max_layer_size` is marked *split at build time*: it takes `⌈size / cap⌉` layers of the
 //!    budget, never shares a layer, and is cut by its files when the build lists it ([`crate::tarball::split`]).
