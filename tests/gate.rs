@@ -13,36 +13,13 @@ use serde_json::Value;
 
 const NIXOCI: &str = env!("CARGO_BIN_EXE_nixoci");
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+
+use common::repo;
 
 /// Whether every tool is there; outside CI a missing one skips the test, in CI it fails it.
 fn have_tools(tools: &[&str]) -> bool {
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| {
-            if t.starts_with('/') {
-                !Path::new(t).exists()
-            } else {
-                Command::new("sh")
-                    .args(["-c", &format!("command -v {t}")])
-                    .output()
-                    .map_or(true, |o| !o.status.success())
-            }
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let msg =
-        format!("missing tools: {} (apt-get install nix-bin patchelf jq python3.11 podman runc)", missing.join(", "));
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED: {msg}");
-    false
+    common::have_tools("tests/gate.rs", tools)
 }
 
 const CLOSURE_TOOLS: &[&str] = &["nix-build", "nix", "patchelf", "jq", "/usr/bin/python3.11"];
@@ -75,14 +52,9 @@ fn python_closure() -> &'static PyClosure {
     })
 }
 
+/// `nixoci ARGS` with `envs`, a layer cache of its own (as every suite's runs have).
 fn nixoci(args: &[&str], envs: &[(&str, &Path)]) -> Output {
-    // A layer cache of its own for every run, as tests/common gives the other suites: a cache
-    // shared with other runs would hide what this run's store holds.
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("gate-cache-{}-{n}", std::process::id()));
-    let mut cmd = Command::new(NIXOCI);
-    cmd.env("XDG_CACHE_HOME", &cache);
+    let mut cmd = common::nixoci();
     cmd.args(args);
     for (k, v) in envs {
         cmd.env(k, v);
@@ -119,42 +91,18 @@ fn build_image_layers(dest: &str, image: Option<&Path>, max_layers: &str) {
 
 /// A private podman: runc, cgroupfs, vfs, no network, lowered ulimits, storage unique to this
 /// run under /tmp (runroot under 50 characters). Removed on drop.
+/// The shared private podman, and `nixoci smoke` pointed at it.
 struct Podman {
-    dir: tempfile::TempDir,
+    inner: common::Podman,
 }
 
 impl Podman {
     fn new() -> Self {
-        let dir = tempfile::Builder::new().prefix("ngt-").tempdir_in("/tmp").unwrap();
-        let d = dir.path();
-        assert!(d.join("run").as_os_str().len() < 50);
-        std::fs::write(
-            d.join("containers.conf"),
-            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\nnetns = \"none\"\n\
-             [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nruntime = \"runc\"\n",
-        )
-        .unwrap();
-        std::fs::write(
-            d.join("storage.conf"),
-            format!(
-                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}/root\"\nrunroot = \"{}/run\"\n",
-                d.display(),
-                d.display()
-            ),
-        )
-        .unwrap();
-        Self { dir }
-    }
-
-    fn envs(&self) -> Vec<(&'static str, PathBuf)> {
-        vec![
-            ("CONTAINERS_CONF", self.dir.path().join("containers.conf")),
-            ("CONTAINERS_STORAGE_CONF", self.dir.path().join("storage.conf")),
-        ]
+        Self { inner: common::Podman::new() }
     }
 
     fn smoke(&self, args: &[&str]) -> Output {
-        let envs = self.envs();
+        let envs = self.inner.envs();
         let envs: Vec<(&str, &Path)> = envs.iter().map(|(k, v)| (*k, v.as_path())).collect();
         let mut all = vec!["smoke"];
         all.extend(args);
@@ -162,12 +110,7 @@ impl Podman {
     }
 
     fn podman(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new("podman");
-        cmd.args(args);
-        for (k, v) in self.envs() {
-            cmd.env(k, v);
-        }
-        cmd.output().unwrap()
+        self.inner.cmd().args(args).output().unwrap()
     }
 }
 

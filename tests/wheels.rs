@@ -15,50 +15,30 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-const NIXOCI: &str = env!("CARGO_BIN_EXE_nixoci");
+mod common;
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use common::repo;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
-/// Whether every tool is there; outside CI a missing one skips the test, in CI it fails it.
+/// Whether every tool (and pip for Debian's python3.11) is there; outside CI a missing one skips
+/// the test, in CI it fails it.
 fn have_tools(tools: &[&str]) -> bool {
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| {
-            if t.starts_with('/') {
-                !Path::new(t).exists()
-            } else {
-                Command::new("sh")
-                    .args(["-c", &format!("command -v {t}")])
-                    .output()
-                    .map_or(true, |o| !o.status.success())
-            }
-        })
-        .collect();
+    if !common::have_tools("tests/wheels.rs", tools) {
+        return false;
+    }
     let pip = Path::new("/usr/bin/python3.11").exists()
         && Command::new("/usr/bin/python3.11")
             .args(["-m", "pip", "--version"])
             .output()
             .is_ok_and(|o| o.status.success());
-    if missing.is_empty() && pip {
+    if pip {
         return true;
     }
-    let msg = format!(
-        "missing tools: {}{} (apt-get install nix-bin patchelf jq python3.11 python3-pip podman runc gcc)",
-        missing.join(", "),
-        if pip { "" } else { " pip for /usr/bin/python3.11" }
-    );
-    assert!(!in_ci(), "{msg}");
+    let msg = "pip for /usr/bin/python3.11 is missing (apt-get install python3-pip)";
+    assert!(!common::in_ci(), "{msg}");
     eprintln!("SKIPPED: {msg}");
     false
 }
@@ -74,29 +54,14 @@ fn wheel_closure(set: &str, out: &Path, envs: &[(&str, &Path)]) -> Output {
     cmd.output().expect("running scripts/wheel-closure")
 }
 
+/// `nixoci ARGS` with `envs`, a layer cache of its own (as every suite's runs have).
 fn nixoci(args: &[&str], envs: &[(&str, PathBuf)]) -> Output {
-    let mut cmd = Command::new(NIXOCI);
+    let mut cmd = common::nixoci();
     cmd.args(args);
     for (k, v) in envs {
         cmd.env(k, v);
     }
     cmd.output().expect("running nixoci")
-}
-
-/// A private podman (runc, cgroupfs, vfs, no network), as tests/gate.rs sets it up.
-fn podman_envs(dir: &Path) -> Vec<(&'static str, PathBuf)> {
-    std::fs::write(
-        dir.join("containers.conf"),
-        "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\nnetns = \"none\"\n\
-         [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nruntime = \"runc\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("storage.conf"),
-        format!("[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/root\"\nrunroot = \"{0}/run\"\n", dir.display()),
-    )
-    .unwrap();
-    vec![("CONTAINERS_CONF", dir.join("containers.conf")), ("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))]
 }
 
 const SMALL_CHECKS: &str = r#"
@@ -212,8 +177,8 @@ fn small_set_builds_images_and_runs_in_podman() {
     assert!(out.status.success(), "nixoci build failed:\n{}", text(&out.stderr));
     let checks = work.path().join("checks.toml");
     std::fs::write(&checks, SMALL_CHECKS).unwrap();
-    let pdir = tempfile::Builder::new().prefix("nwh-").tempdir_in("/tmp").unwrap();
-    let envs = podman_envs(pdir.path());
+    let podman = common::Podman::new();
+    let envs = podman.envs();
     let out = nixoci(&["smoke", &dest, "--checks", checks.to_str().unwrap(), "--cpu", "--json"], &envs);
     let stderr = text(&out.stderr);
     let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}:\n{stderr}"));

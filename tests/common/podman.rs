@@ -41,11 +41,19 @@ impl Podman {
         Self { dir }
     }
 
+    /// The environment that points podman (or nixoci's `smoke`, which runs it) at this one.
+    pub fn envs(&self) -> Vec<(&'static str, std::path::PathBuf)> {
+        let d = self.dir.path();
+        vec![
+            ("CONTAINERS_CONF", d.join("containers.conf")),
+            ("CONTAINERS_STORAGE_CONF", d.join("storage.conf")),
+            ("TMPDIR", d.to_owned()),
+        ]
+    }
+
     pub fn cmd(&self) -> Command {
         let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", self.dir.path().join("storage.conf"))
-            .env("TMPDIR", self.dir.path());
+        c.envs(self.envs());
         c
     }
 
