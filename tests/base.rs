@@ -329,16 +329,21 @@ fn a_base_in_the_registry_is_mounted_not_uploaded() {
     );
     let spec = nix_image_toml(c, t.path());
     let archive = t.path().join("img-docker.tar");
-    let built = build(&[
-        "--closure".to_owned(),
-        c.closure_json().display().to_string(),
-        "--image".into(),
-        spec.display().to_string(),
-        "--from".into(),
-        format!("docker://{host}/acme/base:1"),
-        "-o".into(),
+    // The Nix test closure on the registry's base, into `outputs`.
+    let build_on_base = |outputs: &[String]| {
+        let mut args = vec![
+            "--closure".to_owned(),
+            c.closure_json().display().to_string(),
+            "--image".into(),
+            spec.display().to_string(),
+            "--from".into(),
+            format!("docker://{host}/acme/base:1"),
+        ];
+        args.extend(outputs.iter().flat_map(|o| ["-o".to_owned(), o.clone()]));
+        build(&args)
+    };
+    let built = build_on_base(&[
         format!("docker://{host}/acme/app:1"),
-        "-o".into(),
         format!("docker-archive:{}:localhost/app:1", archive.display()),
     ]);
     let stats = &built.json["stats"];
@@ -368,16 +373,7 @@ fn a_base_in_the_registry_is_mounted_not_uploaded() {
     assert!(listing.lines().filter(|l| l.ends_with(".tar")).count() == built.layers.len(), "{listing}");
 
     // Into the base's own repository: nothing of the base is sent again (a HEAD finds it).
-    let again = build(&[
-        "--closure".to_owned(),
-        c.closure_json().display().to_string(),
-        "--image".into(),
-        spec.display().to_string(),
-        "--from".into(),
-        format!("docker://{host}/acme/base:1"),
-        "-o".into(),
-        format!("docker://{host}/acme/base:with-app"),
-    ]);
+    let again = build_on_base(&[format!("docker://{host}/acme/base:with-app")]);
     assert_eq!(again.json["stats"]["blobs_mounted"], 0);
     assert!(again.json["stats"]["blobs_skipped"].as_u64().unwrap() >= 1, "{}", again.json["stats"]);
 }
