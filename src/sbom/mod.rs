@@ -450,6 +450,7 @@ const KNOWN_LICENSES: &[&str] = &[
     "GPL-3.0-or-later",
     "HPND",
     "ISC",
+    "LGPL-2.0-or-later",
     "LGPL-2.1-only",
     "LGPL-2.1-or-later",
     "LGPL-3.0-only",
@@ -514,7 +515,8 @@ fn classifier_license(c: &str) -> Option<&'static str> {
         "Boost Software License 1.0 (BSL-1.0)" => "BSL-1.0",
         "GNU General Public License v2 or later (GPLv2+)" => "GPL-2.0-or-later",
         "GNU General Public License v3 or later (GPLv3+)" => "GPL-3.0-or-later",
-        "GNU Lesser General Public License v2 or later (LGPLv2+)" => "LGPL-2.1-or-later",
+        // "v2 or later" of the Library GPL: 2.0, whose "or later" includes 2.1.
+        "GNU Lesser General Public License v2 or later (LGPLv2+)" => "LGPL-2.0-or-later",
         "GNU Lesser General Public License v3 or later (LGPLv3+)" => "LGPL-3.0-or-later",
         _ => return None,
     })
