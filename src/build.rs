@@ -140,10 +140,16 @@ pub fn build(
         gate(opts, &layers, layers.iter().map(|l| tarball::tar_size(&l.entries)))?;
     }
     let mut stdout = stdout;
-    for out in opts.outputs.iter().filter(|o| !is_oci_output(o)) {
+    let streams: Vec<&ImageRef> = opts.outputs.iter().filter(|o| !is_oci_output(o)).collect();
+    // A base's layers, decompressed once for every docker-archive output.
+    let base_tars = match &opts.base {
+        Some(base) if !streams.is_empty() => Some(BaseTars::decompress(base, &opts.outputs)?),
+        _ => None,
+    };
+    for out in streams {
         // `-o -` is given once at most (checked above): it takes stdout.
         let to = if *out == ImageRef::Stdout { stdout.take() } else { None };
-        let (descs, config) = write_stream_output(out, &layers, opts, to, reporter, &mut stats)?;
+        let (descs, config) = write_stream_output(out, &layers, base_tars.as_ref(), opts, to, reporter, &mut stats)?;
         match &primary {
             Some(p) if p.config != config => {
                 bail!("internal error: the docker-archive's config differs from the OCI image's")
@@ -255,34 +261,46 @@ fn write_oci_output(
     Ok(())
 }
 
-/// Streams a docker-archive (uncompressed layers, tarred as they are written) to a file or to
-/// `stdout`; returns its layers and config. A base's layers are decompressed into a staging
-/// directory first (once per build).
+/// A base's layers as uncompressed tar files (in place, or decompressed into a staging
+/// directory removed with this), for docker-archive outputs.
+struct BaseTars {
+    layers: Vec<(PathBuf, u64, LayerDesc)>,
+    _staging: tempfile::TempDir,
+}
+
+impl BaseTars {
+    fn decompress(base: &Base, outputs: &[ImageRef]) -> Result<Self> {
+        let staging = staging_dir(".nixoci-base-", outputs)?;
+        let layers = base
+            .layers()?
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| base.uncompressed_layer(i, staging.path()).map(|(path, size)| (path, size, d)))
+            .collect::<Result<_>>()?;
+        Ok(Self { layers, _staging: staging })
+    }
+}
+
+/// Streams a docker-archive (uncompressed layers, tarred as they are written; a base's from
+/// `base_tars`) to a file or to `stdout`; returns its layers and config.
 fn write_stream_output(
     out: &ImageRef,
     layers: &[Listed],
+    base_tars: Option<&BaseTars>,
     opts: &BuildOptions,
     stdout: Option<&mut dyn Write>,
     reporter: &dyn Reporter,
     stats: &mut Stats,
 ) -> Result<(Vec<LayerDesc>, JsonBlob)> {
-    let mut stream: Vec<StreamLayer<'_>> = Vec::new();
-    let staging;
-    if let Some(base) = &opts.base {
-        let parent = transport::staging_parent([out]);
-        staging = tempfile::Builder::new()
-            .prefix(".nixoci-base-")
-            .tempdir_in(&parent)
-            .with_context(|| format!("creating a staging directory in {}", parent.display()))?;
-        for (i, d) in base.layers()?.iter().enumerate() {
-            let (path, size) = base.uncompressed_layer(i, staging.path())?;
-            stream.push(StreamLayer {
-                tar: LayerTar::File { path, size },
-                group: d.group.clone(),
-                paths: d.paths.clone(),
-            });
-        }
-    }
+    let mut stream: Vec<StreamLayer<'_>> = base_tars
+        .into_iter()
+        .flat_map(|b| &b.layers)
+        .map(|(path, size, d)| StreamLayer {
+            tar: LayerTar::File { path: path.clone(), size: *size },
+            group: d.group.clone(),
+            paths: d.paths.clone(),
+        })
+        .collect();
     let n_base = stream.len();
     stream.extend(layers.iter().map(|l| StreamLayer {
         tar: LayerTar::Entries(&l.entries),

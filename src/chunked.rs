@@ -768,17 +768,21 @@ mod tests {
         }
     }
 
-    fn entries() -> Vec<Entry> {
-        // Pseudo-random bytes: the rollsum cuts them into several chunks.
-        let mut x: u32 = 1;
-        let big: Vec<u8> = (0..600_000)
+    /// `len` pseudo-random bytes (xorshift from `seed`): the rollsum cuts them into chunks.
+    fn noise(seed: u32, len: usize) -> Vec<u8> {
+        let mut x = seed;
+        (0..len)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
                 (x >> 24) as u8
             })
-            .collect();
+            .collect()
+    }
+
+    fn entries() -> Vec<Entry> {
+        let big = noise(1, 600_000);
         vec![
             Entry::dir("nix", 0o755),
             Entry::dir("nix/store", 0o755),
@@ -810,15 +814,7 @@ mod tests {
 
     #[test]
     fn scan_cuts_where_rolling_byte_by_byte_does() {
-        let mut x: u32 = 7;
-        let data: Vec<u8> = (0..2_000_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x >> 24) as u8
-            })
-            .collect();
+        let data = noise(7, 2_000_000);
         let (mut a, mut b) = (RollSum::new(), RollSum::new());
         let mut cuts_a = Vec::new();
         for (i, &ch) in data.iter().enumerate() {
