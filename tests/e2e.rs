@@ -583,7 +583,7 @@ const GOLDEN: &str = "tests/golden/example-digests.txt";
 fn example_golden_digests() {
     let t = tempdir();
     let mut got = Vec::new();
-    for compression in ["gzip", "zstd", "none"] {
+    for compression in ["gzip", "zstd", "none", "zstd:chunked"] {
         let dir = t.path().join(compression);
         let b = build(&with(
             example_args(),
@@ -593,7 +593,7 @@ fn example_golden_digests() {
         assert_eq!(image.manifest_digest, b.manifest_digest);
         let mt = match compression {
             "gzip" => MT_LAYER_GZIP,
-            "zstd" => MT_LAYER_ZSTD,
+            "zstd" | "zstd:chunked" => MT_LAYER_ZSTD,
             _ => MT_LAYER_TAR,
         };
         check_all_layers(&image, mt, 1);
