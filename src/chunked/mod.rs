@@ -41,7 +41,6 @@
 //! ≥ 0.8× plain zstd's throughput (`scripts/bench`).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::sync::mpsc;
 
@@ -422,23 +421,11 @@ fn write_content<W: Write>(
             chunker.feed(bytes, frames, p)?;
             on_data(bytes.len() as u64);
         }
-        Content::Disk(path) => {
-            let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            let mut left = size;
-            while left > 0 {
-                let want = buf.len().min(left as usize);
-                let n = f.read(&mut buf[..want]).with_context(|| format!("reading {}", path.display()))?;
-                if n == 0 {
-                    bail!("{} shrank while the layer was written (expected {size} bytes)", path.display());
-                }
-                chunker.feed(&buf[..n], frames, p)?;
-                on_data(n as u64);
-                left -= n as u64;
-            }
-            if f.read(&mut buf[..1]).with_context(|| format!("reading {}", path.display()))? != 0 {
-                bail!("{} grew while the layer was written (expected {size} bytes)", path.display());
-            }
-        }
+        Content::Disk(path) => tarball::read_exact_pieces(path, size, buf, |piece| {
+            chunker.feed(piece, frames, p)?;
+            on_data(piece.len() as u64);
+            Ok(())
+        })?,
     }
     chunker.cut(frames, p, true)?;
     let digest = hex_digest(chunker.file_hash);

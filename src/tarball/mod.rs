@@ -271,6 +271,21 @@ pub fn write_padding<W: Write>(w: &mut W, size: u64) -> io::Result<()> {
 
 /// Copies exactly `size` bytes of `file`; a file that changed size since it was listed is an error.
 fn copy_exact<W: Write>(file: &Path, size: u64, w: &mut W, buf: &mut [u8], on_data: &mut dyn FnMut(u64)) -> Result<()> {
+    read_exact_pieces(file, size, buf, |piece| {
+        w.write_all(piece)?;
+        on_data(piece.len() as u64);
+        Ok(())
+    })
+}
+
+/// Reads exactly `size` bytes of `file` into `buf` a piece at a time, handing each to `each`;
+/// a file that changed size since it was listed is an error that names it.
+pub(crate) fn read_exact_pieces(
+    file: &Path,
+    size: u64,
+    buf: &mut [u8],
+    mut each: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
     let mut f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let mut left = size;
     while left > 0 {
@@ -279,11 +294,10 @@ fn copy_exact<W: Write>(file: &Path, size: u64, w: &mut W, buf: &mut [u8], on_da
         if n == 0 {
             bail!("{} shrank while the layer was written (expected {size} bytes)", file.display());
         }
-        w.write_all(&buf[..n])?;
-        on_data(n as u64);
+        each(&buf[..n])?;
         left -= n as u64;
     }
-    if f.read(&mut buf[..1])? != 0 {
+    if f.read(&mut buf[..1]).with_context(|| format!("reading {}", file.display()))? != 0 {
         bail!("{} grew while the layer was written (expected {size} bytes)", file.display());
     }
     Ok(())
