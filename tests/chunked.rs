@@ -285,9 +285,9 @@ impl Drop for Storage {
     }
 }
 
-/// Every regular file (content digest, size, compressed size) and every chunk (digest,
-/// compressed size) across the TOCs of an image in the registry.
-type Contents = (Value, Vec<(String, u64, u64)>, Vec<(String, u64)>);
+/// Every regular file (content digest, size, compressed size, layer digest, name) and every chunk
+/// (digest, compressed size) across the TOCs of an image in the registry.
+type Contents = (Value, Vec<(String, u64, u64, String, String)>, Vec<(String, u64)>);
 
 fn toc_files(reg: &Registry, tag: &str) -> Contents {
     let get = |path: &str, accept: &str| -> Vec<u8> {
@@ -311,7 +311,13 @@ fn toc_files(reg: &Registry, tag: &str) -> Contents {
             let offset = e["offset"].as_u64().unwrap_or(0);
             if e["type"] == "reg" && e["digest"].is_string() {
                 file_end = e["endOffset"].as_u64().unwrap();
-                files.push((e["digest"].as_str().unwrap().to_owned(), e["size"].as_u64().unwrap(), file_end - offset));
+                files.push((
+                    e["digest"].as_str().unwrap().to_owned(),
+                    e["size"].as_u64().unwrap(),
+                    file_end - offset,
+                    l["digest"].as_str().unwrap().to_owned(),
+                    e["name"].as_str().unwrap().to_owned(),
+                ));
             }
             if (e["type"] == "reg" && e["digest"].is_string()) || e["type"] == "chunk" {
                 // A chunk ends where the next chunk of its file starts, else where the file ends.
@@ -419,6 +425,12 @@ fn podman_partial_pull_fetches_only_changed_files() {
         estimate.abs_diff(layer_bytes) * 10 <= layer_bytes,
         "nixoci diff's estimate {estimate} is within 10 % of what podman fetched ({layer_bytes})"
     );
+    // A re-hashed large file (the links' share/big-with-reference.txt: 2 MB that embed the data
+    // leaf's path once) costs its reference region, not the file: its other chunks are local.
+    let big = files2.iter().find(|f| f.4.ends_with("/share/big-with-reference.txt")).expect("the big file");
+    assert!(!old.contains(big.0.as_str()), "variant 2 changes the big file (the path it embeds)");
+    let big_layer = fetched.get(&big.3).copied().unwrap_or(0);
+    assert!(big_layer * 4 < big.2, "its layer cost {big_layer} bytes where the file alone is {} compressed", big.2);
 
     // It runs, and its root filesystem is the one a whole-layer pull gives.
     let image = format!("{}/nx:2", reg.host());
