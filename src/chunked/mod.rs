@@ -446,7 +446,7 @@ fn write_content<W: Write>(
     };
     match content {
         Content::Inline(bytes) => {
-            for piece in bytes.chunks(tests::inline_piece()) {
+            for piece in bytes.chunks(inline_piece()) {
                 chunker.feed(piece, frames, p)?;
             }
             on_data(bytes.len() as u64);
@@ -470,6 +470,15 @@ fn write_content<W: Write>(
     }
     Ok(chunker.crc.sum())
 }
+
+/// The size of the pieces inline content is fed in: all of it at once, except in tests, which
+/// vary it (the cuts must not depend on it).
+#[cfg(not(test))]
+fn inline_piece() -> usize {
+    usize::MAX
+}
+#[cfg(test)]
+use tests::inline_piece;
 
 struct Chunker {
     file: usize,
@@ -756,14 +765,6 @@ impl Toc {
             }
         }
         s
-    }
-}
-
-/// Outside tests, inline content is fed in one piece.
-#[cfg(not(test))]
-mod tests {
-    pub(super) fn inline_piece() -> usize {
-        usize::MAX
     }
 }
 
