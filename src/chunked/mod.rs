@@ -509,25 +509,19 @@ impl Chunker {
         }
         let tail = STORE_DIR.len() - 1;
         if !self.carry.is_empty() {
-            let carry = std::mem::take(&mut self.carry);
-            if data.len() < tail {
-                // Too few new bytes to decide the carry's last ones: place what can be decided.
-                let mut all = carry;
-                all.extend_from_slice(data);
-                let ready = all.len().saturating_sub(tail);
-                let starts: Vec<usize> = STORE_DIR_FINDER.find_iter(&all).take_while(|&i| i < ready).collect();
-                self.place(&all[..ready], &starts, frames, p)?;
-                self.carry = all[ready..].to_vec();
+            // The carry and enough new bytes to decide it (all of them, if fewer came).
+            let mut joint = std::mem::take(&mut self.carry);
+            let head = tail.min(data.len());
+            joint.extend_from_slice(&data[..head]);
+            let ready = joint.len().saturating_sub(tail);
+            self.place(&joint, ready, frames, p)?;
+            if head < tail {
+                self.carry = joint[ready..].to_vec();
                 return Ok(());
             }
-            let mut joint = carry.clone();
-            joint.extend_from_slice(&data[..tail]);
-            let starts: Vec<usize> = STORE_DIR_FINDER.find_iter(&joint).take_while(|&i| i < carry.len()).collect();
-            self.place(&carry, &starts, frames, p)?;
         }
         let ready = data.len().saturating_sub(tail);
-        let starts: Vec<usize> = STORE_DIR_FINDER.find_iter(data).take_while(|&i| i < ready).collect();
-        self.place(&data[..ready], &starts, frames, p)?;
+        self.place(data, ready, frames, p)?;
         self.carry = data[ready..].to_vec();
         Ok(())
     }
@@ -535,31 +529,34 @@ impl Chunker {
     /// The file has no more bytes: places the carry and ends the last chunk.
     fn finish<W: Write>(&mut self, frames: &mut Frames<'_, W>, p: &mut Producer) -> Result<()> {
         let carry = std::mem::take(&mut self.carry);
-        let starts: Vec<usize> = STORE_DIR_FINDER.find_iter(&carry).collect();
-        self.place(&carry, &starts, frames, p)?;
+        self.place(&carry, carry.len(), frames, p)?;
         self.cut(frames, p, true)
     }
 
-    /// Places `data`, in which a [`STORE_DIR`] starts at each of `starts`: a reference region
-    /// begins there (its own chunk, with the chunk before it ended).
+    /// Places `window[..ready]`: where a [`STORE_DIR`] starts in it (found in all of `window`),
+    /// a reference region begins (its own chunk, with the chunk before it ended).
     fn place<W: Write>(
         &mut self,
-        data: &[u8],
-        starts: &[usize],
+        window: &[u8],
+        ready: usize,
         frames: &mut Frames<'_, W>,
         p: &mut Producer,
     ) -> Result<()> {
         let mut at = 0;
-        for &s in starts {
-            self.run(&data[at..s], frames, p)?;
-            let here = self.chunk_offset + self.chunk.len() as u64;
-            if here >= self.ref_end {
+        for s in STORE_DIR_FINDER.find_iter(window).take_while(|&i| i < ready) {
+            self.run(&window[at..s], frames, p)?;
+            if self.position() >= self.ref_end {
                 self.cut(frames, p, false)?;
             }
-            self.ref_end = here + REF_SPAN;
+            self.ref_end = self.position() + REF_SPAN;
             at = s;
         }
-        self.run(&data[at..], frames, p)
+        self.run(&window[at..ready], frames, p)
+    }
+
+    /// The file offset of the next byte.
+    fn position(&self) -> u64 {
+        self.chunk_offset + self.chunk.len() as u64
     }
 
     /// Appends placed bytes to chunks, cutting at the end of a reference region, by the rollsum
@@ -569,7 +566,7 @@ impl Chunker {
         self.crc.update(data);
         while !data.is_empty() {
             let room = (MAX_CHUNK - self.chunk.len()).min(data.len());
-            let here = self.chunk_offset + self.chunk.len() as u64;
+            let here = self.position();
             let (take, cut) = if !self.split {
                 (room, false)
             } else if here < self.ref_end {
