@@ -1,11 +1,14 @@
 //! zstd:chunked layers (issue 13) with the real tools: the Nix test closure built with
 //! `--compression zstd:chunked`, checked by our own layout reader (digests, diff_ids equal to
-//! plain zstd's), `skopeo copy`, `podman load` + `run`; and the real partial pull: podman 4.3
+//! plain zstd's), `skopeo copy`, `podman load` + `run`, and — converted to gzip by skopeo, which
+//! decodes our stream with Go's zstd reader, since Debian's umoci 0.4.7 and oci-image-tool refuse
+//! every `tar+zstd` layer — `oci-image-tool validate` and `umoci unpack` with a rootfs equal to
+//! the store; and the real partial pull: podman 4.3
 //! with the overlay driver and `enable_partial_images`, release 2 (one leaf bumped:
 //! `NIXOCI_TEST_VARIANT=2`) pulled from a loopback `docker-registry` after release 1, the bytes
 //! fetched counted from the registry's access log.
 //!
-//! Tools: nix (the test closure), skopeo, podman, runc, docker-registry. Under CI a missing tool
+//! Tools: nix (the test closure), skopeo, podman, runc, umoci, oci-image-tool, docker-registry. Under CI a missing tool
 //! fails the test.
 
 mod common;
@@ -54,7 +57,7 @@ fn toc(descriptor: &Value, blob: &[u8]) -> Value {
 
 #[test]
 fn chunked_layers_are_valid_reproducible_and_run_in_podman() {
-    require_tools!("skopeo", "podman", "runc");
+    require_tools!("skopeo", "podman", "runc", "umoci", "oci-image-tool");
     let Some(c) = nix_closure(test_name!(), 1) else { return };
     let tmp = tempdir();
     let d = tmp.path();
@@ -132,6 +135,31 @@ fn chunked_layers_are_valid_reproducible_and_run_in_podman() {
     assert_eq!(podman.run("localhost/chunked:1", &[]), c.expected_hello);
     podman.load(&docker);
     assert_eq!(podman.run("localhost/chunked-docker:1", &[]), c.expected_hello);
+
+    // Debian's umoci and oci-image-tool refuse any tar+zstd media type (plain zstd too), so skopeo
+    // recompresses to gzip: it reads every layer as one zstd stream (TOC and footer frames
+    // included) and checks its digest; then both tools take the result, and the unpacked rootfs
+    // is the store, file by file.
+    let gz = d.join("gzip");
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-compress-format", "gzip"])
+            .arg(oci(&out, "c"))
+            .arg(oci(&gz, "c")),
+    );
+    let converted = Layout::new(&gz).image(Some("c"));
+    assert_eq!(converted.layers.len(), b.layers.len());
+    assert!(converted.layers.iter().all(|l| l.media_type == "application/vnd.oci.image.layer.v1.tar+gzip"));
+    run_ok(Command::new("oci-image-tool").args(["validate", "--type", "image"]).arg(&gz));
+    let bundle = d.join("bundle");
+    run_ok(
+        Command::new("umoci").args(["unpack", "--rootless", "--image"]).arg(format!("{}:c", gz.display())).arg(&bundle),
+    );
+    let mut problems = Vec::new();
+    for p in &c.store_paths {
+        compare_store_path(Path::new(p), &bundle.join("rootfs").join(p.trim_start_matches('/')), &mut problems);
+    }
+    assert!(problems.is_empty(), "umoci's rootfs differs from the store:\n  {}", problems.join("\n  "));
 }
 
 // ---- the partial pull ------------------------------------------------------------------------------
