@@ -22,7 +22,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::blob::{Digest, HashReader};
-use crate::closure::StorePath;
+use crate::closure::{REFERENCE_PREFIX, StorePath, reference_finder};
 use crate::image::{ANNOTATION_GROUP, ANNOTATION_STORE_PATHS};
 use crate::progress::Reporter;
 use crate::table::{Align, Table, human_size, short_digest};
@@ -537,8 +537,6 @@ struct RefRewriter<'a> {
 }
 
 impl<'a> RefRewriter<'a> {
-    const PREFIX: &'static [u8] = b"/nix/store/";
-
     fn new(map: &'a RewriteMap) -> Self {
         Self { map, hasher: Sha256::new(), pending: Vec::new(), matched: BTreeSet::new() }
     }
@@ -554,11 +552,11 @@ impl<'a> RefRewriter<'a> {
     /// Hashes what can be decided of `pending`; at the end of the stream (`last`), all of it.
     fn process(&mut self, last: bool) {
         let buf = &self.pending;
-        let p = Self::PREFIX.len();
+        let p = REFERENCE_PREFIX.len();
         // `scan`: where to look for the next prefix; `done`: bytes of `buf` already hashed.
         let (mut scan, mut done) = (0, 0);
         let mut hold = None;
-        while let Some(at) = find(&buf[scan..], Self::PREFIX) {
+        while let Some(at) = reference_finder().find(&buf[scan..]) {
             let m = scan + at;
             let start = m + p;
             if start + 32 > buf.len() {
@@ -607,22 +605,6 @@ impl<'a> RefRewriter<'a> {
         let found = self.matched.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect();
         ((!self.matched.is_empty()).then(|| hex::encode(self.hasher.finalize())), found)
     }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    let first = needle[0];
-    let mut from = 0;
-    while let Some(pos) = hay[from..].iter().position(|&b| b == first) {
-        let at = from + pos;
-        if hay.len() - at < needle.len() {
-            return None;
-        }
-        if &hay[at..at + needle.len()] == needle {
-            return Some(at);
-        }
-        from = at + 1;
-    }
-    None
 }
 
 /// The human report: a summary, the run config, then a table of layers.

@@ -62,6 +62,7 @@ use sha::Sha256;
 use sums::{Crc64, RollSum};
 
 use crate::blob::{BlobInfo, Compression, Digest, HashWriter, Pool, compress_chunk};
+use crate::closure::{HASH_LEN, REFERENCE_PREFIX, reference_finder};
 use crate::tarball::{self, Content, Entry, Kind};
 use crate::transport::source::{SourceImage, SourceLayer};
 
@@ -92,14 +93,10 @@ const IN_FLIGHT_FRAMES: usize = 2;
 const SPLIT_MIN: u64 = 64 << 10;
 /// A chunk free of store references is not cut by the rollsum before it holds this much.
 const MIN_FREE: usize = 3 << 20;
-/// What a store reference is found by: where it starts, a reference region (a chunk of its own)
-/// starts.
-const STORE_DIR: &[u8] = b"/nix/store/";
-static STORE_DIR_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(STORE_DIR));
-/// A reference region: the store directory, the 32 characters of a hash and what follows up to
-/// this many bytes; another reference starting inside extends it.
-const REF_SPAN: u64 = STORE_DIR.len() as u64 + 32 + (16 << 10);
+/// A reference region (a chunk of its own, starting where a [`REFERENCE_PREFIX`] does): the
+/// prefix, the hash and what follows up to this many bytes; another reference starting inside
+/// extends it.
+const REF_SPAN: u64 = (REFERENCE_PREFIX.len() + HASH_LEN) as u64 + (16 << 10);
 
 /// The table of contents (containers/storage `minimal.TOC`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -489,7 +486,7 @@ struct Chunker {
     chunk_offset: u64,
     /// The file offset up to which the current chunk is a reference region (see [`REF_SPAN`]).
     ref_end: u64,
-    /// Bytes received but not yet placed: whether a [`STORE_DIR`] starts in them is not known
+    /// Bytes received but not yet placed: whether a [`REFERENCE_PREFIX`] starts in them is not known
     /// until the next bytes come (fewer than its length; more only after tiny pieces).
     carry: Vec<u8>,
     file_hash: Sha256,
@@ -507,7 +504,7 @@ impl Chunker {
         if !self.split {
             return self.run(data, frames, p);
         }
-        let tail = STORE_DIR.len() - 1;
+        let tail = REFERENCE_PREFIX.len() - 1;
         if !self.carry.is_empty() {
             // The carry and enough new bytes to decide it (all of them, if fewer came).
             let mut joint = std::mem::take(&mut self.carry);
@@ -533,7 +530,7 @@ impl Chunker {
         self.cut(frames, p, true)
     }
 
-    /// Places `window[..ready]`: where a [`STORE_DIR`] starts in it (found in all of `window`),
+    /// Places `window[..ready]`: where a [`REFERENCE_PREFIX`] starts in it (found in all of `window`),
     /// a reference region begins (its own chunk, with the chunk before it ended).
     fn place<W: Write>(
         &mut self,
@@ -543,7 +540,7 @@ impl Chunker {
         p: &mut Producer,
     ) -> Result<()> {
         let mut at = 0;
-        for s in STORE_DIR_FINDER.find_iter(window).take_while(|&i| i < ready) {
+        for s in reference_finder().find_iter(window).take_while(|&i| i < ready) {
             self.run(&window[at..s], frames, p)?;
             if self.position() >= self.ref_end {
                 self.cut(frames, p, false)?;

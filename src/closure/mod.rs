@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{Result, bail};
 
 pub use nar_hash::NarHash;
-pub use store_path::{STORE_DIR, StorePath, StorePathError};
+pub use store_path::{HASH_LEN, REFERENCE_PREFIX, STORE_DIR, StorePath, StorePathError, reference_finder};
 
 /// What Nix knows about one store path.
 #[derive(Debug, Clone, PartialEq, Eq)]

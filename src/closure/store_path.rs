@@ -7,8 +7,20 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The store directory every image uses, whatever `--store-root` says about where the files are.
 pub const STORE_DIR: &str = "/nix/store";
 
+/// Where a reference to a store path starts inside a file's bytes: [`STORE_DIR`] and its slash,
+/// followed by the [`HASH_LEN`] characters of the hash.
+pub const REFERENCE_PREFIX: &[u8] = b"/nix/store/";
+
+/// Finds [`REFERENCE_PREFIX`] in bytes (memchr's substring search, built once).
+pub fn reference_finder() -> &'static memchr::memmem::Finder<'static> {
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(REFERENCE_PREFIX));
+    &FINDER
+}
+
 const NIX32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
-const HASH_LEN: usize = 32;
+/// The length of a store path's hash part.
+pub const HASH_LEN: usize = 32;
 /// Nix's limit on the name part of a store path.
 const MAX_NAME_LEN: usize = 211;
 
@@ -117,6 +129,14 @@ mod tests {
     use super::*;
 
     const H: &str = "0c7mkyx2ra1ph9nd61mcvy0kh8lsaxhr";
+
+    #[test]
+    fn a_reference_is_the_store_dir_and_a_hash() {
+        assert_eq!(REFERENCE_PREFIX, format!("{STORE_DIR}/").as_bytes());
+        assert_eq!(H.len(), HASH_LEN);
+        let hay = format!("x/nix/stor/nix/store/{H}-a");
+        assert_eq!(reference_finder().find(hay.as_bytes()), Some("x/nix/stor".len()));
+    }
 
     #[test]
     fn parses_full_and_base_forms() {
