@@ -82,7 +82,7 @@ const FOOTER_MAGIC: &[u8; 8] = b"GNUlInUx";
 const FOOTER_SIZE: usize = 64;
 /// Our cap on a chunk (and on a frame of headers): bounds memory on data the rollsum never cuts.
 const MAX_CHUNK: usize = 4 << 20;
-/// Frames waiting on the pool per layer, in uncompressed bytes: 64 of the usual ~64 KiB chunks
+/// Frames waiting on the pool per layer, in uncompressed bytes: enough small files' frames to
 /// keep the workers busy (16 MiB bought no speed and ~60 MiB of peak RSS on the bench store)…
 const IN_FLIGHT_BYTES: usize = 4 << 20;
 /// …and at least this many frames, whatever their size: a large file's ~3 MiB chunks, one or
